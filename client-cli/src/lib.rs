@@ -1,1 +1,15 @@
-//! x
+//! Sotto client library.
+//!
+//! - [`transport`]: the QUIC + Noise framed connection, shared with the relay and the load
+//!   tester (they depend on this crate with `default-features = false`).
+//! - [`client`]: [`client::RelayClient`], request/response and pushed messages over one
+//!   session with a relay.
+//!
+//! The contact agent and the `sotto` CLI live behind the default `agent` feature; nothing in
+//! the modules above depends on it.
+
+pub mod client;
+pub mod transport;
+
+pub use client::{ClientError, ClientOptions, Pushed, QueueCredentials, RelayClient};
+pub use transport::{FramedConnection, QuicOptions, TransportError};

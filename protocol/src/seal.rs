@@ -65,6 +65,15 @@ impl BodySealKey {
     }
 }
 
+impl PartialEq for BodySealKey {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.ct_eq(&*other.0).into()
+    }
+}
+
+impl Eq for BodySealKey {}
+
 impl std::fmt::Debug for BodySealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BodySealKey(<redacted>)")

@@ -1,1 +1,15 @@
-//! x
+//! Sotto relay: anonymous unidirectional queues over QUIC + Noise, with a durable encrypted
+//! store and delayed delivery.
+//!
+//! The binary `sotto-relay` is a thin CLI over [`server::start`]; the library exists so that
+//! integration tests and the load tester can run a real relay in-process.
+
+pub mod config;
+pub mod datadir;
+pub mod metrics;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{RunningRelay, start};

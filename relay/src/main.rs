@@ -1,1 +1,193 @@
-fn main() {}
+//! `sotto-relay`: run and manage a Sotto relay.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sotto_relay::config::{Config, Overrides};
+use sotto_relay::datadir;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sotto-relay",
+    version,
+    about = "Sotto relay: metadata-resistant anonymous message queues"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a data directory: relay identity, TLS certificate, storage key, config.toml.
+    Init {
+        /// Data directory [env: SOTTO_RELAY_DATA] [default: ~/.local/share/sotto-relay]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Host name or IP clients use to reach this relay (goes into its address).
+        #[arg(long)]
+        host: Option<String>,
+        /// UDP address to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Replace an existing identity (the old database is moved aside).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve (initialising the data directory first if it has no identity).
+    Run {
+        /// Data directory [env: SOTTO_RELAY_DATA] [default: ~/.local/share/sotto-relay]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// UDP address to listen on [env: SOTTO_RELAY_LISTEN] [default: 0.0.0.0:5443]
+        #[arg(long)]
+        listen: Option<String>,
+        /// Prometheus endpoint address, or "off" [env: SOTTO_RELAY_METRICS] [default: 127.0.0.1:5444]
+        #[arg(long)]
+        metrics: Option<String>,
+        /// Host in the relay's address [env: SOTTO_RELAY_HOST]
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Print the relay's sotto:// address (one line).
+    Address {
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Validate the configuration and explain any error.
+    CheckConfig {
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn load_config(dir: &std::path::Path, overrides: &Overrides) -> anyhow::Result<Config> {
+    Config::load(dir, env, overrides).map_err(|e| anyhow::anyhow!("configuration error: {e}"))
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sotto-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Init {
+            data,
+            host,
+            listen,
+            force,
+        } => {
+            let dir = data.unwrap_or_else(datadir::default_dir);
+            datadir::init(
+                &dir,
+                &datadir::InitOptions {
+                    host,
+                    listen,
+                    force,
+                },
+            )?;
+            let config = load_config(&dir, &Overrides::default())?;
+            let id = datadir::load_identity(&dir)?;
+            println!("initialised {}", dir.display());
+            println!(
+                "{}",
+                datadir::address(&id.relay_key, &config, config.listen.port())?
+            );
+            Ok(())
+        }
+        Cmd::Address { data } => {
+            let dir = data.unwrap_or_else(datadir::default_dir);
+            let config = load_config(&dir, &Overrides::default())?;
+            let id = datadir::load_identity(&dir)?;
+            println!(
+                "{}",
+                datadir::address(&id.relay_key, &config, config.listen.port())?
+            );
+            Ok(())
+        }
+        Cmd::CheckConfig { data } => {
+            let dir = data.unwrap_or_else(datadir::default_dir);
+            let config = load_config(&dir, &Overrides::default())?;
+            if datadir::has_identity(&dir) {
+                datadir::load_identity(&dir)?;
+            }
+            println!(
+                "configuration OK ({}): listen {}, delivery {}, metrics {}",
+                dir.join(sotto_relay::config::CONFIG_FILE).display(),
+                config.listen,
+                config.delivery.mode,
+                config.metrics
+            );
+            Ok(())
+        }
+        Cmd::Run {
+            data,
+            listen,
+            metrics,
+            host,
+        } => {
+            let dir = data.unwrap_or_else(datadir::default_dir);
+            let overrides = Overrides {
+                host,
+                listen,
+                metrics,
+            };
+            if !datadir::has_identity(&dir) {
+                datadir::init(&dir, &datadir::InitOptions::default())?;
+                eprintln!("sotto-relay: initialised new relay in {}", dir.display());
+            }
+            let config = load_config(&dir, &overrides)?;
+            init_logging(&config);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(serve(dir, config))
+        }
+    }
+}
+
+async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let relay = sotto_relay::start(&dir, config).await?;
+    println!("{}", relay.address);
+    if let Some(m) = relay.metrics_addr {
+        eprintln!("sotto-relay: metrics on http://{m}/metrics");
+    }
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight writes and closing sessions");
+    relay.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

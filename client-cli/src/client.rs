@@ -1,0 +1,1027 @@
+//! [`RelayClient`]: commands and answers over one session with a relay.
+//!
+//! This module owns one [`FramedConnection`] and the bookkeeping of its requests. It knows
+//! the queue commands (NEW, KEY, SKEY, SEND, SUB, GET, ACK, OFF, DEL, PING, DROP) and opens
+//! sealed bodies, but keeps no queues or contacts (that is the agent's job) and never
+//! retries or reconnects: a broken session is reported and the caller decides.
+//!
+//! # Tasks and state
+//!
+//! - A **writer task** owns the [`FrameSender`]. It takes outgoing transmissions from a
+//!   bounded channel and batches as many as are queued into each frame
+//!   ([`FrameBuilder`]), greedily; a cover request becomes a frame of its own.
+//! - A **reader task** owns the [`FrameReceiver`]. It decodes each frame, hands answers to
+//!   the waiting request by correlation id, pushes unsolicited MSG/END (correlation id
+//!   [`CorrId::NONE`]) to the [`Pushed`] channel returned by [`RelayClient::connect`], and
+//!   discards (and counts) the relay's cover frames.
+//! - The table of waiting requests is the one piece of state both sides touch: a request
+//!   registers its waiter *before* its transmission is queued (so an answer can never
+//!   arrive unrouted) and removes it on timeout or cancellation; the reader removes it when
+//!   the answer arrives. It sits behind a short-held mutex.
+//!
+//! # Bounds (worst-case memory per client)
+//!
+//! - [`WRITE_QUEUE`] queued transmissions of at most one frame each: 64 × 16 KiB = 1 MiB.
+//! - [`MAX_OUTSTANDING_REQUESTS`] requests waiting for an answer, each holding at most one
+//!   answer of at most one frame: 256 × 16 KiB = 4 MiB. Further requests wait for a slot
+//!   (counted against their timeout).
+//! - [`PUSH_QUEUE`] pushed messages not yet taken by the caller, each at most one frame:
+//!   64 × 16 KiB = 1 MiB. When it is full the reader stops reading, so QUIC flow control
+//!   pushes back on the relay — and answers to requests wait too: **drain the
+//!   [`Pushed`] receiver** (or drop it, which discards pushes, counted).
+//! - QUIC buffers about twice [`QuicOptions::stream_window`] (see [`crate::transport`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use quinn::VarInt;
+use rand::Rng as _;
+use rand::rngs::OsRng;
+use sotto_protocol::seal::{BodySealKey, OpenError};
+use sotto_protocol::{
+    AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhPublicKey, DhSecretKey,
+    EntityId, ErrorCode, FRAME_PLAINTEXT_LEN, Frame, FrameBuilder, MessageId, QueueAddress,
+    RecipientId, RelayAddress, Response, SenderId, Transmission,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::{
+    self, CLOSE_NORMAL, CLOSE_PROTOCOL, FrameReceiver, FrameSender, FramedConnection,
+    QuicOptions, TransportError,
+};
+
+/// Capacity of the writer's queue, in transmissions (each at most one frame, 16 KiB).
+pub const WRITE_QUEUE: usize = 64;
+
+/// Most requests waiting for an answer at once on one client.
+pub const MAX_OUTSTANDING_REQUESTS: usize = 256;
+
+/// Capacity of the [`Pushed`] channel, in events (each at most one frame, 16 KiB).
+pub const PUSH_QUEUE: usize = 64;
+
+/// Longest gap between two cover frames, whatever the rate (keeps sleeps finite).
+const MAX_COVER_GAP: Duration = Duration::from_secs(3600);
+
+/// Connection and request settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Bound on resolving, connecting and the Noise handshake together.
+    pub connect_timeout: Duration,
+    /// Bound on one request, from the call until its answer (including waiting for a free
+    /// request slot and for room in the writer's queue).
+    pub request_timeout: Duration,
+    /// QUIC settings of the connection.
+    pub quic: QuicOptions,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+            quic: QuicOptions::default(),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting failed, or the session broke.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The relay answered ERR.
+    #[error("the relay refused the request: {0}")]
+    Relay(ErrorCode),
+    /// No answer within [`ClientOptions::request_timeout`].
+    #[error("the relay did not answer in time")]
+    Timeout,
+    /// The session is closed (locally, or because the connection ended).
+    #[error("the connection to the relay is closed")]
+    Closed,
+    /// The relay answered with something that does not answer this request.
+    #[error("unexpected answer from the relay: {0}")]
+    UnexpectedResponse(&'static str),
+    /// Malformed data: a command that breaks a field limit, or an undecodable frame from
+    /// the relay.
+    #[error("malformed protocol data: {0}")]
+    Protocol(#[from] DecodeError),
+    /// A message body did not open with the queue's sealing key.
+    #[error("a message from the relay failed to open (corrupted, or not for this queue)")]
+    Open(#[from] OpenError),
+}
+
+/// Something the relay sent without being asked, or the end of the session.
+#[derive(Debug)]
+pub enum Pushed {
+    /// A message on a subscribed queue. The client does not know which credentials it
+    /// belongs to; open it with [`SealedMessage::open`] and the queue's credentials.
+    Msg {
+        /// The queue the message is on.
+        recipient_id: RecipientId,
+        /// The message as the relay sent it.
+        msg: SealedMessage,
+    },
+    /// The subscription to this queue ended (another session subscribed, or it was deleted).
+    End {
+        /// The queue.
+        recipient_id: RecipientId,
+    },
+    /// The session ended; nothing more will be pushed. [`ClientError::Closed`] after
+    /// [`RelayClient::close`] or an orderly end, otherwise the error that ended it.
+    Closed(ClientError),
+}
+
+/// A message as delivered by the relay: the body is still sealed to the queue's DH key.
+#[derive(Clone)]
+pub struct SealedMessage {
+    /// Id to acknowledge.
+    pub msg_id: MessageId,
+    /// Receipt time at the relay (seconds since the Unix epoch, rounded by the relay).
+    pub timestamp: u64,
+    /// Flags the sender set.
+    pub flags: u8,
+    /// The body sealed by the relay.
+    pub sealed_body: Vec<u8>,
+}
+
+impl SealedMessage {
+    /// Opens the body with the queue's sealing key.
+    ///
+    /// # Errors
+    /// [`ClientError::Open`] if the body does not authenticate under `creds.seal_key`.
+    pub fn open(&self, creds: &QueueCredentials) -> Result<ReceivedMessage, ClientError> {
+        let body = creds.seal_key.open(&self.msg_id, &self.sealed_body)?;
+        Ok(ReceivedMessage {
+            msg_id: self.msg_id,
+            timestamp: self.timestamp,
+            flags: self.flags,
+            body,
+        })
+    }
+}
+
+/// A message with its body opened (the sender's end-to-end ciphertext, padded).
+#[derive(Clone)]
+pub struct ReceivedMessage {
+    /// Id to acknowledge.
+    pub msg_id: MessageId,
+    /// Receipt time at the relay (seconds since the Unix epoch, rounded by the relay).
+    pub timestamp: u64,
+    /// Flags the sender set.
+    pub flags: u8,
+    /// The body as the sender sent it.
+    pub body: Vec<u8>,
+}
+
+/// Everything a recipient needs to use a queue it created. `Debug` shows no ids or keys.
+#[derive(Clone)]
+pub struct QueueCredentials {
+    /// The relay holding the queue.
+    pub relay: RelayAddress,
+    /// Id for the recipient's commands.
+    pub recipient_id: RecipientId,
+    /// Id the sender uses (goes into the invitation).
+    pub sender_id: SenderId,
+    /// Key that signs the recipient's commands.
+    pub recipient_key: AuthSecretKey,
+    /// Recipient's X25519 key for body sealing.
+    pub dh_key: DhSecretKey,
+    /// Relay's per-queue X25519 key for body sealing.
+    pub relay_dh_key: DhPublicKey,
+    /// Key that opens sealed bodies, derived from `dh_key` and `relay_dh_key`.
+    pub seal_key: BodySealKey,
+}
+
+impl QueueCredentials {
+    /// The address a sender uses: relay address and sender id.
+    pub fn queue_address(&self) -> QueueAddress {
+        QueueAddress {
+            relay: self.relay.clone(),
+            sender_id: self.sender_id,
+        }
+    }
+}
+
+/// Counters of one client (every discard path is counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Cover (DROP) frames queued by [`RelayClient::send_cover`] or the cover task.
+    pub cover_sent: u64,
+    /// Cover ticks skipped because the writer's queue was full of real traffic.
+    pub cover_skipped: u64,
+    /// Cover (DROP) transmissions received from the relay and discarded.
+    pub cover_received: u64,
+    /// Answers whose request had already timed out or been cancelled.
+    pub late_answers: u64,
+    /// Pushed events discarded because the [`Pushed`] receiver was dropped.
+    pub pushes_discarded: u64,
+    /// Unsolicited transmissions that were neither MSG, END nor DROP (ignored).
+    pub unexpected: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    cover_sent: AtomicU64,
+    cover_skipped: AtomicU64,
+    cover_received: AtomicU64,
+    late_answers: AtomicU64,
+    pushes_discarded: AtomicU64,
+    unexpected: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Requests waiting for their answer, by correlation id.
+#[derive(Debug, Default)]
+struct Waiters {
+    by_corr: HashMap<u64, oneshot::Sender<Response>>,
+    /// Set once the session ended; no waiter is registered after that.
+    closed: bool,
+}
+
+/// State shared by the handles and the reader task.
+#[derive(Debug, Default)]
+struct Shared {
+    waiters: Mutex<Waiters>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        // A panic while holding this lock cannot leave the map inconsistent (single
+        // insert/remove operations), so a poisoned lock is still usable.
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the session for requests: every waiter sees its sender dropped (→ `Closed`).
+    fn close(&self) {
+        let mut w = self.waiters();
+        w.closed = true;
+        w.by_corr.clear();
+    }
+}
+
+/// Removes a request's waiter when the request finishes in any way (answer, timeout,
+/// cancellation).
+struct WaiterGuard<'a> {
+    shared: &'a Shared,
+    corr: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.waiters().by_corr.remove(&self.corr);
+    }
+}
+
+/// What the writer task sends.
+#[derive(Debug)]
+enum Outgoing {
+    /// A transmission to batch into the next frame.
+    Transmission(Transmission),
+    /// A cover frame (one DROP), sent as a frame of its own.
+    Cover,
+}
+
+#[derive(Debug)]
+struct Inner {
+    relay: RelayAddress,
+    handshake_hash: [u8; 32],
+    connection: quinn::Connection,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Bounds requests waiting for an answer ([`MAX_OUTSTANDING_REQUESTS`]).
+    slots: Semaphore,
+    next_corr: AtomicU64,
+    request_timeout: Duration,
+    shared: Arc<Shared>,
+    /// Cancelled by [`RelayClient::close`], when the last handle is dropped, or when either
+    /// task ends; stops both tasks and the cover task.
+    cancel: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.connection.close(VarInt::from_u32(CLOSE_NORMAL), b"");
+    }
+}
+
+/// A session with one relay. Cheap to clone; all clones share the session, which closes
+/// when [`RelayClient::close`] is called or the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct RelayClient {
+    inner: Arc<Inner>,
+}
+
+impl RelayClient {
+    /// Connects to `relay` (QUIC + Noise against the pinned key) and starts the session's
+    /// tasks. Returns the client and the receiver of pushed events, which must be drained
+    /// (see the module documentation) or dropped.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ClientError::Transport`] as [`transport::connect`] (including
+    /// [`TransportError::IdentityMismatch`] for a relay that does not hold the pinned key).
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        relay: &RelayAddress,
+        opts: &ClientOptions,
+    ) -> Result<(RelayClient, mpsc::Receiver<Pushed>), ClientError> {
+        let config = transport::client_config(&opts.quic)?;
+        let framed =
+            transport::connect_with(endpoint, Some(config), relay, opts.connect_timeout).await?;
+        Ok(Self::from_framed(framed, relay.clone(), opts))
+    }
+
+    /// Starts a client on an already established session (for tests and tools that make
+    /// the connection themselves).
+    pub fn from_framed(
+        framed: FramedConnection,
+        relay: RelayAddress,
+        opts: &ClientOptions,
+    ) -> (RelayClient, mpsc::Receiver<Pushed>) {
+        let FramedConnection {
+            connection,
+            sender,
+            receiver,
+            handshake_hash,
+        } = framed;
+        let (out_tx, out_rx) = mpsc::channel(WRITE_QUEUE);
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
+        let shared = Arc::new(Shared::default());
+        let cancel = CancellationToken::new();
+        tokio::spawn(write_loop(
+            sender,
+            out_rx,
+            connection.clone(),
+            shared.clone(),
+            cancel.clone(),
+        ));
+        tokio::spawn(read_loop(
+            receiver,
+            push_tx,
+            connection.clone(),
+            shared.clone(),
+            cancel.clone(),
+        ));
+        let inner = Inner {
+            relay,
+            handshake_hash,
+            connection,
+            outgoing: out_tx,
+            slots: Semaphore::new(MAX_OUTSTANDING_REQUESTS),
+            next_corr: AtomicU64::new(1),
+            request_timeout: opts.request_timeout,
+            shared,
+            cancel,
+        };
+        (
+            RelayClient {
+                inner: Arc::new(inner),
+            },
+            push_rx,
+        )
+    }
+
+    /// The session's Noise handshake hash (what signed commands bind).
+    pub fn handshake_hash(&self) -> [u8; 32] {
+        self.inner.handshake_hash
+    }
+
+    /// The relay this client is connected to.
+    pub fn relay(&self) -> &RelayAddress {
+        &self.inner.relay
+    }
+
+    /// The underlying QUIC connection (for its statistics).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.inner.connection
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// A snapshot of the client's counters.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            requests: get(&c.requests),
+            cover_sent: get(&c.cover_sent),
+            cover_skipped: get(&c.cover_skipped),
+            cover_received: get(&c.cover_received),
+            late_answers: get(&c.late_answers),
+            pushes_discarded: get(&c.pushes_discarded),
+            unexpected: get(&c.unexpected),
+        }
+    }
+
+    /// Sends one command and waits for its answer. With `key`, the command is signed,
+    /// bound to this session's handshake hash. An ERR answer becomes
+    /// [`ClientError::Relay`]; any other answer is returned as is.
+    ///
+    /// # Errors
+    /// [`ClientError::Protocol`] if the command breaks a field limit (nothing is sent),
+    /// [`ClientError::Timeout`] after [`ClientOptions::request_timeout`],
+    /// [`ClientError::Closed`] if the session ends first, [`ClientError::Relay`] for ERR.
+    pub async fn request(
+        &self,
+        entity: Option<EntityId>,
+        cmd: Command,
+        key: Option<&AuthSecretKey>,
+    ) -> Result<Response, ClientError> {
+        cmd.validate()?;
+        let inner = &*self.inner;
+        let deadline = Instant::now() + inner.request_timeout;
+        let _slot = tokio::time::timeout_at(deadline, inner.slots.acquire())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Closed)?;
+        let corr = inner.next_corr.fetch_add(1, Ordering::Relaxed);
+        let corr_id = CorrId::from_u64(corr);
+        let t = match key {
+            Some(k) => Transmission::signed(corr_id, entity, &cmd, k, &inner.handshake_hash),
+            None => Transmission::command(corr_id, entity, &cmd),
+        };
+        if !FrameBuilder::fits_empty(&t) {
+            return Err(ClientError::Protocol(DecodeError::TooLong {
+                field: "transmission",
+                len: t.encoded_len(),
+                max: FRAME_PLAINTEXT_LEN,
+            }));
+        }
+        let (tx, rx) = oneshot::channel();
+        let _guard = {
+            let mut w = inner.shared.waiters();
+            if w.closed {
+                return Err(ClientError::Closed);
+            }
+            w.by_corr.insert(corr, tx);
+            WaiterGuard {
+                shared: &inner.shared,
+                corr,
+            }
+        };
+        tokio::time::timeout_at(deadline, inner.outgoing.send(Outgoing::Transmission(t)))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Closed)?;
+        bump(&inner.shared.counters.requests);
+        let answer = tokio::time::timeout_at(deadline, rx)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Closed)?;
+        match answer {
+            Response::Err(code) => Err(ClientError::Relay(code)),
+            r => Ok(r),
+        }
+    }
+
+    /// Creates a queue (NEW) with fresh recipient keys; returns its credentials, including
+    /// the body sealing key derived with the relay's per-queue DH key.
+    ///
+    /// # Errors
+    /// As [`RelayClient::request`]; [`ClientError::Relay`] with AUTH for a wrong or missing
+    /// create password; [`ClientError::UnexpectedResponse`] for an answer other than IDS or
+    /// an unusable relay DH key.
+    pub async fn create_queue(
+        &self,
+        password: Option<&[u8]>,
+    ) -> Result<QueueCredentials, ClientError> {
+        let recipient_key = AuthSecretKey::generate(&mut OsRng);
+        let dh_key = DhSecretKey::generate(&mut OsRng);
+        let cmd = Command::New {
+            recipient_auth_key: recipient_key.public(),
+            recipient_dh_key: dh_key.public(),
+            password: password.unwrap_or_default().to_vec(),
+        };
+        match self.request(None, cmd, None).await? {
+            Response::Ids {
+                recipient_id,
+                sender_id,
+                relay_dh_key,
+            } => {
+                let seal_key = BodySealKey::derive(&dh_key, &relay_dh_key)
+                    .ok_or(ClientError::UnexpectedResponse("low-order relay DH key"))?;
+                Ok(QueueCredentials {
+                    relay: self.inner.relay.clone(),
+                    recipient_id,
+                    sender_id,
+                    recipient_key,
+                    dh_key,
+                    relay_dh_key,
+                    seal_key,
+                })
+            }
+            r => Err(unexpected("NEW expects IDS", &r)),
+        }
+    }
+
+    /// Secures the queue with the sender's key (KEY, signed by the recipient).
+    ///
+    /// # Errors
+    /// As [`RelayClient::request`]; an answer other than OK is
+    /// [`ClientError::UnexpectedResponse`].
+    pub async fn secure(
+        &self,
+        creds: &QueueCredentials,
+        sender_key: AuthPublicKey,
+    ) -> Result<(), ClientError> {
+        self.recipient_ok(creds, Command::Key { sender_key }, "KEY expects OK")
+            .await
+    }
+
+    /// Secures a queue from the sender's side (SKEY with `sender_key`'s public key, signed
+    /// by `sender_key` itself).
+    ///
+    /// # Errors
+    /// As [`RelayClient::secure`]; PROHIBITED if the queue is already secured.
+    pub async fn sender_secure(
+        &self,
+        sender_id: SenderId,
+        sender_key: &AuthSecretKey,
+    ) -> Result<(), ClientError> {
+        let cmd = Command::SKey {
+            sender_key: sender_key.public(),
+        };
+        let r = self
+            .request(Some(sender_id.into()), cmd, Some(sender_key))
+            .await?;
+        expect_ok("SKEY expects OK", &r)
+    }
+
+    /// Sends a message (SEND), signed with `key` when given (required once the queue is
+    /// secured). `body` should already be padded to [`sotto_protocol::MAX_BODY`].
+    ///
+    /// # Errors
+    /// As [`RelayClient::request`]: AUTH, QUOTA, LARGE, PROHIBITED… as
+    /// [`ClientError::Relay`]; a body over the limit as [`ClientError::Protocol`].
+    pub async fn send(
+        &self,
+        sender_id: SenderId,
+        key: Option<&AuthSecretKey>,
+        flags: u8,
+        body: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let r = self
+            .request(Some(sender_id.into()), Command::Send { flags, body }, key)
+            .await?;
+        expect_ok("SEND expects OK", &r)
+    }
+
+    /// Subscribes this session to the queue (SUB): its messages arrive as [`Pushed::Msg`].
+    ///
+    /// # Errors
+    /// As [`RelayClient::secure`].
+    pub async fn subscribe(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
+        self.recipient_ok(creds, Command::Sub, "SUB expects OK").await
+    }
+
+    /// Fetches one message (GET) and opens its body; `None` when the queue is empty.
+    ///
+    /// # Errors
+    /// As [`RelayClient::request`]; [`ClientError::Open`] if the body does not open.
+    pub async fn get(
+        &self,
+        creds: &QueueCredentials,
+    ) -> Result<Option<ReceivedMessage>, ClientError> {
+        let r = self.recipient_request(creds, Command::Get).await?;
+        match r {
+            Response::Msg {
+                msg_id,
+                timestamp,
+                flags,
+                sealed_body,
+            } => {
+                let sealed = SealedMessage {
+                    msg_id,
+                    timestamp,
+                    flags,
+                    sealed_body,
+                };
+                sealed.open(creds).map(Some)
+            }
+            Response::NoMsg => Ok(None),
+            r => Err(unexpected("GET expects MSG or NO_MSG", &r)),
+        }
+    }
+
+    /// Acknowledges (deletes) a delivered message (ACK). Returns `true` when the relay
+    /// deleted it, `false` when it answered NO_MSG (no such message: already acknowledged,
+    /// expired, or not the one last delivered) — a harmless outcome, not an error.
+    ///
+    /// # Errors
+    /// As [`RelayClient::request`].
+    pub async fn ack(
+        &self,
+        creds: &QueueCredentials,
+        msg_id: MessageId,
+    ) -> Result<bool, ClientError> {
+        match self
+            .recipient_request(creds, Command::Ack { msg_id })
+            .await?
+        {
+            Response::Ok => Ok(true),
+            Response::NoMsg => Ok(false),
+            r => Err(unexpected("ACK expects OK or NO_MSG", &r)),
+        }
+    }
+
+    /// Stops the queue accepting messages (OFF).
+    ///
+    /// # Errors
+    /// As [`RelayClient::secure`].
+    pub async fn off(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
+        self.recipient_ok(creds, Command::Off, "OFF expects OK").await
+    }
+
+    /// Deletes the queue and its messages (DEL).
+    ///
+    /// # Errors
+    /// As [`RelayClient::secure`].
+    pub async fn delete(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
+        self.recipient_ok(creds, Command::Del, "DEL expects OK").await
+    }
+
+    /// PING → PONG.
+    ///
+    /// # Errors
+    /// As [`RelayClient::request`].
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(None, Command::Ping, None).await? {
+            Response::Pong => Ok(()),
+            r => Err(unexpected("PING expects PONG", &r)),
+        }
+    }
+
+    /// Queues one cover frame (a single DROP, no answer). Waits while the writer's queue is
+    /// full.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the session has ended.
+    pub async fn send_cover(&self) -> Result<(), ClientError> {
+        self.inner
+            .outgoing
+            .send(Outgoing::Cover)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        bump(&self.inner.shared.counters.cover_sent);
+        Ok(())
+    }
+
+    /// Starts a task sending cover frames as a Poisson process of `rate_per_s` frames per
+    /// second (exponentially distributed gaps, so cover ticks are memoryless like the
+    /// relay's delays). A tick that finds the writer's queue full of real traffic is skipped
+    /// (counted). The task ends when the session closes; a rate that is not a positive
+    /// finite number starts a task that ends at once.
+    pub fn start_cover_traffic(&self, rate_per_s: f64) -> JoinHandle<()> {
+        let outgoing = self.inner.outgoing.clone();
+        let cancel = self.inner.cancel.clone();
+        let shared = self.inner.shared.clone();
+        tokio::spawn(async move {
+            if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
+                return;
+            }
+            loop {
+                let gap = exponential_gap(rate_per_s, OsRng.r#gen::<f64>());
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(gap) => {}
+                }
+                match outgoing.try_send(Outgoing::Cover) {
+                    Ok(()) => bump(&shared.counters.cover_sent),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        bump(&shared.counters.cover_skipped);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        })
+    }
+
+    /// Closes the session now: queued transmissions are discarded, waiting requests fail
+    /// with [`ClientError::Closed`], the [`Pushed`] channel gets [`Pushed::Closed`] and
+    /// ends. The QUIC close is sent while the endpoint keeps running.
+    pub async fn close(&self) {
+        self.inner.cancel.cancel();
+        self.inner.shared.close();
+        self.inner
+            .connection
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"");
+    }
+
+    async fn recipient_request(
+        &self,
+        creds: &QueueCredentials,
+        cmd: Command,
+    ) -> Result<Response, ClientError> {
+        self.request(
+            Some(creds.recipient_id.into()),
+            cmd,
+            Some(&creds.recipient_key),
+        )
+        .await
+    }
+
+    async fn recipient_ok(
+        &self,
+        creds: &QueueCredentials,
+        cmd: Command,
+        name: &'static str,
+    ) -> Result<(), ClientError> {
+        let r = self.recipient_request(creds, cmd).await?;
+        expect_ok(name, &r)
+    }
+}
+
+/// `expected` as in [`unexpected`], e.g. "KEY expects OK".
+fn expect_ok(expected: &'static str, r: &Response) -> Result<(), ClientError> {
+    match r {
+        Response::Ok => Ok(()),
+        r => Err(unexpected(expected, r)),
+    }
+}
+
+/// `expected` says what the command should have been answered with, e.g. "NEW expects IDS".
+fn unexpected(expected: &'static str, r: &Response) -> ClientError {
+    tracing::debug!(expected, answer = r.name(), "unexpected answer");
+    ClientError::UnexpectedResponse(expected)
+}
+
+/// A gap of an exponential distribution with the given rate, from a uniform sample
+/// `u ∈ [0, 1)`, capped at [`MAX_COVER_GAP`].
+fn exponential_gap(rate_per_s: f64, u: f64) -> Duration {
+    // 1 − u ∈ (0, 1], so the logarithm is finite and ≤ 0.
+    let secs = -(1.0 - u).ln() / rate_per_s;
+    if secs.is_finite() && secs >= 0.0 {
+        Duration::from_secs_f64(secs.min(MAX_COVER_GAP.as_secs_f64()))
+    } else {
+        MAX_COVER_GAP
+    }
+}
+
+/// Owns the sending half: batches queued transmissions into frames.
+async fn write_loop(
+    mut sender: FrameSender,
+    mut queue: mpsc::Receiver<Outgoing>,
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let mut carried: Option<Outgoing> = None;
+    loop {
+        let first = match carried.take() {
+            Some(o) => o,
+            None => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                o = queue.recv() => match o {
+                    Some(o) => o,
+                    // Every handle is gone: end the stream in an orderly way.
+                    None => {
+                        let _ = sender.finish();
+                        break;
+                    }
+                },
+            },
+        };
+        let frame = match first {
+            Outgoing::Cover => FrameBuilder::cover_command(),
+            Outgoing::Transmission(t) => {
+                let mut b = FrameBuilder::new();
+                // `request` only queues transmissions that fit an empty frame.
+                b.push(&t);
+                while let Ok(next) = queue.try_recv() {
+                    match next {
+                        Outgoing::Transmission(t) if b.push(&t) => {}
+                        other => {
+                            carried = Some(other);
+                            break;
+                        }
+                    }
+                }
+                b.finish()
+            }
+        };
+        let sent = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            r = sender.send_frame(frame) => r,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "session writer stopped");
+            break;
+        }
+    }
+    shared.close();
+    cancel.cancel();
+    // Nothing more will be written; if the reader is still running it ends too.
+    drop(connection);
+}
+
+/// Why the reader stopped.
+enum ReadEnd {
+    /// `close()`, or the last handle dropped.
+    Cancelled,
+    /// The session failed or ended.
+    Failed(ClientError),
+}
+
+/// Owns the receiving half: routes answers and pushes events.
+async fn read_loop(
+    mut receiver: FrameReceiver,
+    pushed: mpsc::Sender<Pushed>,
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let end = read_frames(&mut receiver, &pushed, &connection, &shared, &cancel).await;
+    shared.close();
+    cancel.cancel();
+    let reason = match end {
+        ReadEnd::Cancelled => ClientError::Closed,
+        ReadEnd::Failed(e) => {
+            tracing::debug!(error = %e, "session reader stopped");
+            e
+        }
+    };
+    // Best effort: a full channel means the caller is not reading; it still sees the
+    // channel end once this task drops its sender.
+    if pushed.try_send(Pushed::Closed(reason)).is_err() {
+        bump(&shared.counters.pushes_discarded);
+    }
+}
+
+async fn read_frames(
+    receiver: &mut FrameReceiver,
+    pushed: &mpsc::Sender<Pushed>,
+    connection: &quinn::Connection,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> ReadEnd {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return ReadEnd::Cancelled,
+            f = receiver.recv_frame() => f,
+        };
+        let plaintext = match frame {
+            Ok(Some(p)) => p,
+            Ok(None) => return ReadEnd::Failed(ClientError::Closed),
+            Err(TransportError::Closed) => return ReadEnd::Failed(ClientError::Closed),
+            Err(e) => return ReadEnd::Failed(ClientError::Transport(e)),
+        };
+        let transmissions = match Frame::decode(&plaintext) {
+            Ok(ts) => ts,
+            Err(e) => return protocol_failure(connection, e),
+        };
+        for t in transmissions {
+            let answer = match t.decode_response() {
+                Ok(r) => r,
+                Err(e) => return protocol_failure(connection, e),
+            };
+            if let Response::Drop = answer {
+                bump(&shared.counters.cover_received);
+                continue;
+            }
+            if t.corr_id != CorrId::NONE {
+                let waiter = shared.waiters().by_corr.remove(&t.corr_id.as_u64());
+                let delivered = waiter.is_some_and(|w| w.send(answer).is_ok());
+                if !delivered {
+                    bump(&shared.counters.late_answers);
+                }
+                continue;
+            }
+            let event = match (answer, t.entity) {
+                (
+                    Response::Msg {
+                        msg_id,
+                        timestamp,
+                        flags,
+                        sealed_body,
+                    },
+                    Some(entity),
+                ) => Pushed::Msg {
+                    recipient_id: entity.into(),
+                    msg: SealedMessage {
+                        msg_id,
+                        timestamp,
+                        flags,
+                        sealed_body,
+                    },
+                },
+                (Response::End, Some(entity)) => Pushed::End {
+                    recipient_id: entity.into(),
+                },
+                _ => {
+                    bump(&shared.counters.unexpected);
+                    continue;
+                }
+            };
+            // Waiting here is the backpressure: QUIC flow control then slows the relay.
+            let sent = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                r = pushed.send(event) => r,
+            };
+            if sent.is_err() {
+                bump(&shared.counters.pushes_discarded);
+            }
+        }
+    }
+}
+
+fn protocol_failure(connection: &quinn::Connection, e: DecodeError) -> ReadEnd {
+    connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"");
+    ReadEnd::Failed(ClientError::Protocol(e))
+}
+
+impl std::fmt::Debug for QueueCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids link a queue's two sides and keys are secrets: print neither.
+        f.debug_struct("QueueCredentials")
+            .field("relay", &self.relay.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SealedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedMessage")
+            .field("timestamp", &self.timestamp)
+            .field("flags", &self.flags)
+            .field("sealed_len", &self.sealed_body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("timestamp", &self.timestamp)
+            .field("flags", &self.flags)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_gaps_are_finite_and_have_the_right_mean() {
+        assert_eq!(exponential_gap(2.0, 0.0), Duration::ZERO);
+        assert!(exponential_gap(1e-9, 0.999_999) <= MAX_COVER_GAP);
+        // Deterministic quantiles: mean of −ln(1−u)/λ over a uniform grid ≈ 1/λ.
+        let n = 100_000;
+        let mean: f64 = (0..n)
+            .map(|i| exponential_gap(4.0, (i as f64 + 0.5) / n as f64).as_secs_f64())
+            .sum::<f64>()
+            / n as f64;
+        assert!((mean - 0.25).abs() < 0.01, "{mean}");
+    }
+
+    #[test]
+    fn credentials_debug_shows_no_ids_or_keys() {
+        let relay: RelayAddress = "sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@h:9"
+            .parse()
+            .unwrap();
+        let dh_key = DhSecretKey::generate(&mut OsRng);
+        let relay_dh = DhSecretKey::generate(&mut OsRng).public();
+        let creds = QueueCredentials {
+            relay,
+            recipient_id: RecipientId([7; 24]),
+            sender_id: SenderId([8; 24]),
+            recipient_key: AuthSecretKey::generate(&mut OsRng),
+            seal_key: BodySealKey::derive(&dh_key, &relay_dh).unwrap(),
+            dh_key,
+            relay_dh_key: relay_dh,
+        };
+        let s = format!("{creds:?}");
+        assert!(!s.contains(&creds.recipient_id.to_string()));
+        assert!(!s.contains(&creds.sender_id.to_string()));
+        assert!(!s.contains("7, 7"));
+        assert_eq!(
+            creds.queue_address().to_string(),
+            format!("sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@h:9#{}", creds.sender_id)
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! The relay's data directory: identity, TLS certificate, storage key, configuration and
+//! database, with the permissions each needs.
+//!
+//! ```text
+//! DIR/               0700
+//!   relay.key        0600  Noise static secret (the relay's identity), base64url
+//!   storage.key      0600  key that encrypts and indexes the database, base64url
+//!   tls.crt          0644  self-signed certificate (DER); not an identity
+//!   tls.key          0600  its private key (PKCS#8 DER)
+//!   config.toml      0600  configuration (may hold create_password)
+//!   queues.redb      0600  the store
+//! ```
+//!
+//! Nothing here is ever silently replaced: `init` refuses an existing identity without
+//! `--force`, and a missing or unreadable file is an error that names it and the fix.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sotto_protocol::RelayStaticKey;
+use sotto_protocol::address::{Host, RelayAddress};
+
+use crate::config::{CONFIG_FILE, Config};
+use crate::store::StorageKey;
+
+/// Relay identity file.
+pub const RELAY_KEY_FILE: &str = "relay.key";
+/// Storage key file.
+pub const STORAGE_KEY_FILE: &str = "storage.key";
+/// TLS certificate file.
+pub const TLS_CERT_FILE: &str = "tls.crt";
+/// TLS private key file.
+pub const TLS_KEY_FILE: &str = "tls.key";
+/// Database file.
+pub const DB_FILE: &str = "queues.redb";
+
+/// The default data directory: `SOTTO_RELAY_DATA`, else `$XDG_DATA_HOME/sotto-relay`
+/// (`~/.local/share/sotto-relay`).
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SOTTO_RELAY_DATA") {
+        return PathBuf::from(d);
+    }
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("sotto-relay")
+}
+
+/// Whether `dir` holds a relay identity.
+pub fn has_identity(dir: &Path) -> bool {
+    dir.join(RELAY_KEY_FILE).exists()
+}
+
+/// What `init` needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// Public host for the address.
+    pub host: Option<String>,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Replace an existing identity.
+    pub force: bool,
+}
+
+/// Creates the data directory with a new identity, TLS certificate, storage key, config file
+/// and an empty database.
+///
+/// # Errors
+/// An existing identity without `force`, or any file that cannot be written.
+pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
+    if has_identity(dir) && !opts.force {
+        bail!(
+            "{} already holds a relay identity ({}); refusing to replace it. \
+             Use --force to create a new identity (clients that know the old address will refuse the new one, \
+             and the existing queues become unreadable)",
+            dir.display(),
+            dir.join(RELAY_KEY_FILE).display()
+        );
+    }
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set permissions on {}", dir.display()))?;
+
+    let mut rng = rand::rngs::OsRng;
+    let key = RelayStaticKey::generate(&mut rng);
+    let storage = StorageKey::generate(&mut rng);
+    let mut config = Config::default();
+    if let Some(h) = &opts.host {
+        config.host = h.clone();
+    }
+    if let Some(l) = &opts.listen {
+        config.listen = l.parse().with_context(|| {
+            format!("invalid --listen `{l}`: expected an address such as 0.0.0.0:5443")
+        })?;
+    }
+    config.validate()?;
+    let (cert, tls_key) = sotto_client::transport::self_signed_cert(&config.host)?;
+
+    if opts.force {
+        // A new identity means a new storage key, so the old database could never be read
+        // again: move it aside rather than deleting anybody's messages.
+        let db = dir.join(DB_FILE);
+        if db.exists() {
+            let aside = dir.join(format!("{DB_FILE}.old-{}", unix_now()));
+            fs::rename(&db, &aside)
+                .with_context(|| format!("cannot move {} aside", db.display()))?;
+        }
+    }
+    write_secret(
+        &dir.join(RELAY_KEY_FILE),
+        URL_SAFE_NO_PAD.encode(key.secret_bytes()).as_bytes(),
+    )?;
+    write_secret(
+        &dir.join(STORAGE_KEY_FILE),
+        URL_SAFE_NO_PAD.encode(storage.as_bytes()).as_bytes(),
+    )?;
+    write_secret(&dir.join(TLS_KEY_FILE), &tls_key)?;
+    write_file(&dir.join(TLS_CERT_FILE), &cert, 0o644)?;
+    if !dir.join(CONFIG_FILE).exists() || opts.force {
+        write_secret(
+            &dir.join(CONFIG_FILE),
+            config.to_commented_toml().as_bytes(),
+        )?;
+    }
+    crate::store::Store::create(&dir.join(DB_FILE), &storage)?;
+    Ok(())
+}
+
+/// Everything `run` loads from the data directory.
+pub struct Identity {
+    /// Noise static key.
+    pub relay_key: RelayStaticKey,
+    /// Store key.
+    pub storage_key: StorageKey,
+    /// TLS certificate (DER).
+    pub tls_cert: Vec<u8>,
+    /// TLS key (PKCS#8 DER).
+    pub tls_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Identity(relay: {:?}, secrets: <redacted>)",
+            self.relay_key.public()
+        )
+    }
+}
+
+/// Loads the identity files.
+///
+/// # Errors
+/// A message naming the missing, unreadable or malformed file and what to do.
+pub fn load_identity(dir: &Path) -> anyhow::Result<Identity> {
+    let relay_key = RelayStaticKey::from_bytes(read_key(&dir.join(RELAY_KEY_FILE))?);
+    let storage_key = StorageKey::from_bytes(read_key(&dir.join(STORAGE_KEY_FILE))?);
+    let tls_cert = read(&dir.join(TLS_CERT_FILE))?;
+    let tls_key = read(&dir.join(TLS_KEY_FILE))?;
+    Ok(Identity {
+        relay_key,
+        storage_key,
+        tls_cert,
+        tls_key,
+    })
+}
+
+/// The relay's address from its key and configured host and port.
+///
+/// # Errors
+/// If `config.host` is not a valid host.
+pub fn address(key: &RelayStaticKey, config: &Config, port: u16) -> anyhow::Result<RelayAddress> {
+    let host: Host = config
+        .host
+        .parse()
+        .with_context(|| format!("invalid host `{}` in configuration", config.host))?;
+    Ok(RelayAddress {
+        key: key.public(),
+        host,
+        port,
+    })
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    fs::read(path).with_context(|| {
+        format!(
+            "cannot read {}: restore it from your backup, fix its permissions (the relay user must own it), \
+             or create a new identity with `sotto-relay init --force`",
+            path.display()
+        )
+    })
+}
+
+fn read_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = read(path)?;
+    let decoded = URL_SAFE_NO_PAD
+        .decode(String::from_utf8_lossy(&text).trim())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok());
+    match decoded {
+        Some(k) => Ok(k),
+        None => bail!(
+            "{} is damaged: expected 32 bytes in base64url. Restore it from your backup",
+            path.display()
+        ),
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_file(path, bytes, 0o600)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_creates_private_files_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("relay");
+        init(&d, &InitOptions::default()).unwrap();
+        for (f, mode) in [
+            (RELAY_KEY_FILE, 0o600),
+            (STORAGE_KEY_FILE, 0o600),
+            (TLS_KEY_FILE, 0o600),
+            (CONFIG_FILE, 0o600),
+            (DB_FILE, 0o600),
+        ] {
+            let m = fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m, mode, "{f}");
+        }
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let id1 = load_identity(&d).unwrap();
+        let err = init(&d, &InitOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("--force"));
+        assert_eq!(
+            load_identity(&d).unwrap().relay_key.public(),
+            id1.relay_key.public()
+        );
+        init(
+            &d,
+            &InitOptions {
+                force: true,
+                ..InitOptions::default()
+            },
+        )
+        .unwrap();
+        assert_ne!(
+            load_identity(&d).unwrap().relay_key.public(),
+            id1.relay_key.public()
+        );
+    }
+
+    #[test]
+    fn damaged_or_missing_key_files_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &InitOptions::default()).unwrap();
+        fs::write(dir.path().join(STORAGE_KEY_FILE), "not a key").unwrap();
+        let e = load_identity(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("storage.key") && e.contains("damaged"), "{e}");
+        fs::remove_file(dir.path().join(RELAY_KEY_FILE)).unwrap();
+        let e = format!("{:#}", load_identity(dir.path()).unwrap_err());
+        assert!(e.contains("relay.key"), "{e}");
+    }
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics and their HTTP endpoint.
+//!
+//! Every name is prefixed `sotto_`. Labels are only from fixed, small sets (command names,
+//! error codes, limit names): never a queue id, key or client address, so a scrape reveals
+//! nothing about who uses the relay. The endpoint is a minimal HTTP/1.1 responder for
+//! `GET /metrics` on the configured (loopback by default) address.
+
+use std::net::SocketAddr;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+/// All relay metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry they live in.
+    pub registry: Registry,
+    /// Open sessions (handshake completed).
+    pub sessions: IntGauge,
+    /// Handshakes by result (`ok`, `failed`, `timeout`).
+    pub handshakes: IntCounterVec,
+    /// Commands by kind.
+    pub commands: IntCounterVec,
+    /// Error answers by code.
+    pub errors: IntCounterVec,
+    /// Queues stored.
+    pub queues: IntGauge,
+    /// Messages stored.
+    pub stored_messages: IntGauge,
+    /// Messages accepted (SEND answered OK).
+    pub messages_sent: IntCounter,
+    /// Messages delivered (MSG sent).
+    pub messages_delivered: IntCounter,
+    /// Messages acknowledged (deleted).
+    pub messages_acked: IntCounter,
+    /// Messages removed by TTL.
+    pub messages_expired: IntCounter,
+    /// Queues removed for idleness.
+    pub queues_expired: IntCounter,
+    /// Record bytes received.
+    pub bytes_in: IntCounter,
+    /// Record bytes sent.
+    pub bytes_out: IntCounter,
+    /// Cover frames sent by the relay.
+    pub cover_sent: IntCounter,
+    /// Cover (DROP) frames received.
+    pub cover_received: IntCounter,
+    /// Messages waiting for release.
+    pub pool_size: IntGauge,
+    /// Realised delays.
+    pub delay_seconds: Histogram,
+    /// Durable commit latency.
+    pub commit_seconds: Histogram,
+    /// Writes per commit.
+    pub commit_batch: Histogram,
+    /// Refusals by limit name.
+    pub rate_limited: IntCounterVec,
+    /// Sessions closed for a protocol violation (malformed or undecryptable record).
+    pub protocol_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Errors
+    /// Only if two metrics share a name (a programming error caught by tests).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(format!("sotto_{name}"), help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(format!("sotto_{name}"), help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(format!("sotto_{name}"), help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<Histogram> {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(format!("sotto_{name}"), help).buckets(buckets),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let m = Metrics {
+            sessions: gauge("sessions", "Open sessions")?,
+            handshakes: counter_vec("handshakes_total", "Handshakes by result", "result")?,
+            commands: counter_vec("commands_total", "Commands received by kind", "command")?,
+            errors: counter_vec("errors_total", "Error answers by code", "code")?,
+            queues: gauge("queues", "Queues stored")?,
+            stored_messages: gauge("stored_messages", "Messages stored (released or not)")?,
+            messages_sent: counter(
+                "messages_sent_total",
+                "Messages accepted (SEND answered OK)",
+            )?,
+            messages_delivered: counter(
+                "messages_delivered_total",
+                "MSG transmissions sent to recipients",
+            )?,
+            messages_acked: counter("messages_acked_total", "Messages acknowledged and deleted")?,
+            messages_expired: counter("messages_expired_total", "Messages deleted by TTL")?,
+            queues_expired: counter("queues_expired_total", "Idle queues deleted")?,
+            bytes_in: counter("bytes_in_total", "Record bytes received")?,
+            bytes_out: counter("bytes_out_total", "Record bytes sent")?,
+            cover_sent: counter(
+                "cover_frames_sent_total",
+                "Cover frames sent to subscribed sessions",
+            )?,
+            cover_received: counter(
+                "cover_frames_received_total",
+                "Cover (DROP) frames received",
+            )?,
+            pool_size: gauge(
+                "scheduler_pool_size",
+                "Messages waiting for their release time",
+            )?,
+            delay_seconds: histogram(
+                "delivery_delay_seconds",
+                "Realised delay between storing a message and releasing it",
+                prometheus::exponential_buckets(0.01, 2.0, 16)?,
+            )?,
+            commit_seconds: histogram(
+                "store_commit_seconds",
+                "Durable commit latency",
+                prometheus::exponential_buckets(0.0002, 2.0, 16)?,
+            )?,
+            commit_batch: histogram(
+                "store_commit_batch_size",
+                "Writes grouped into one commit",
+                prometheus::exponential_buckets(1.0, 2.0, 12)?,
+            )?,
+            rate_limited: counter_vec("rate_limited_total", "Refusals by limit", "limit")?,
+            protocol_errors: counter(
+                "protocol_errors_total",
+                "Sessions closed for a malformed or undecryptable record",
+            )?,
+            registry,
+        };
+        Ok(m)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Largest request head read from a scraper.
+const MAX_REQUEST: usize = 8192;
+
+/// Serves `GET /metrics` on `addr` until `shutdown`.
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let Ok((mut sock, _)) = accepted else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_REQUEST];
+                let mut n = 0;
+                let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while n < buf.len() {
+                        match sock.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                if read.is_err() {
+                    return;
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let response = if head.starts_with("GET /metrics ")
+                    || head.starts_with("GET /metrics?")
+                {
+                    let body = metrics.render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                let _ = sock.write_all(response.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register_and_render_with_prefix() {
+        let m = Metrics::new().unwrap();
+        m.commands.with_label_values(&["SEND"]).inc();
+        let text = m.render();
+        assert!(text.contains("sotto_commands_total{command=\"SEND\"} 1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("sotto_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,1293 @@
+//! The relay server: QUIC listener, sessions, queue commands, delivery.
+//!
+//! Shape (after mini-redis `server.rs`):
+//! - a [`Listener`] task admits connections under the session caps and handshake rate
+//!   limits (refusing with a metric rather than blocking accept) and spawns one task per
+//!   connection;
+//! - each session has a reader task (records → frames), a writer task (transmissions →
+//!   greedily batched frames, plus optional cover frames) and its own loop that owns the
+//!   session state (subscriptions, messages in flight) and runs store writes concurrently so
+//!   many SENDs of one session share a group commit;
+//! - the [`Router`] maps each subscribed queue to the one session subscribed to it;
+//! - the scheduler task (see [`crate::scheduler`]) owns the delay pool and wakes subscribers
+//!   when a message is released;
+//! - an expiry task enforces TTL and idle-queue removal; a gauge task refreshes counts.
+//!
+//! Shutdown is cooperative: a [`CancellationToken`] stops accepting, sessions finish their
+//! in-flight store writes and close, the writer thread drains.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rand::{Rng as _, SeedableRng as _};
+use sotto_client::transport::{self, FrameReceiver, FrameSender, FramedConnection};
+use sotto_protocol::seal::BodySealKey;
+use sotto_protocol::{
+    AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhSecretKey, EntityId, ErrorCode,
+    Frame, FrameBuilder, MessageId, RecipientId, RelayAddress, RelayStaticKey, Response, SenderId,
+    Transmission,
+};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::datadir::{self, Identity};
+use crate::metrics::Metrics;
+use crate::scheduler::{self, DelaySampler, Pending, Scheduler, SchedulerMetrics};
+use crate::store::{
+    NewMessage, QueueRecord, QueueRef, QueueStatus, Store, StoreError, StoreMetrics, StoreOptions,
+    WriteOp, WriteOutcome,
+};
+
+/// Transmissions waiting for a session's writer. Each holds at most one MSG (~15.5 KiB), so
+/// a full queue costs ≤ 4 MiB per session; beyond it the session loop waits.
+const OUT_QUEUE: usize = 256;
+
+/// Decoded frames waiting for a session's loop (each ≤ 16 KiB of transmissions).
+const IN_FRAMES: usize = 4;
+
+/// Store writes one session may have in flight; beyond it the session stops reading.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Bound of the scheduler's input channel (≈ 56 bytes per entry).
+const SCHEDULER_QUEUE: usize = 65_536;
+
+/// Largest batch the scheduler releases at once.
+const RELEASE_BATCH: usize = 1024;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RunningRelay {
+    /// The relay's `sotto://` address (with the bound port).
+    pub address: RelayAddress,
+    /// The UDP socket address the listener is bound to.
+    pub local_addr: SocketAddr,
+    /// Where `/metrics` is served, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Metrics (for tests and the embedded load tester).
+    pub metrics: Metrics,
+    /// The store (for tests).
+    pub store: Store,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    endpoint: quinn::Endpoint,
+}
+
+impl RunningRelay {
+    /// Stops accepting, lets sessions finish in-flight writes, closes them, and waits.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(20), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions did not finish within 20 s; closing anyway");
+        }
+        self.endpoint
+            .close(transport::CLOSE_NORMAL.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        drop(self.metrics);
+        if !self.store.close(Duration::from_secs(20)).await {
+            tracing::warn!("store writer did not finish within 20 s");
+        }
+    }
+
+    /// A token that, when cancelled, shuts the relay down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts a relay from the data directory `dir` (which must be initialised) with `config`.
+///
+/// # Errors
+/// Unreadable identity, a store that cannot be opened, an address that cannot be bound.
+pub async fn start(dir: &Path, config: Config) -> anyhow::Result<RunningRelay> {
+    let identity = datadir::load_identity(dir)?;
+    start_with(dir, config, identity).await
+}
+
+/// As [`start`] with an identity already loaded.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(
+    dir: &Path,
+    config: Config,
+    identity: Identity,
+) -> anyhow::Result<RunningRelay> {
+    use anyhow::Context as _;
+    let metrics = Metrics::new()?;
+    let store = Store::open(
+        &dir.join(datadir::DB_FILE),
+        &identity.storage_key,
+        StoreOptions {
+            max_batch: config.store.max_batch,
+            unsafe_no_fsync: config.store.unsafe_no_fsync,
+            cache_bytes: config.store.cache_mib << 20,
+            metrics: Some(StoreMetrics {
+                commit_seconds: metrics.commit_seconds.clone(),
+                batch_size: metrics.commit_batch.clone(),
+            }),
+        },
+    )?;
+    if config.store.unsafe_no_fsync {
+        tracing::warn!(
+            "store.unsafe_no_fsync is ON: acknowledged messages can be lost on a crash (benchmarks only)"
+        );
+    }
+    let server_config = transport::server_config(
+        identity.tls_cert.clone(),
+        identity.tls_key.clone(),
+        &config.quic.options(),
+    )?;
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
+    let local_addr = endpoint.local_addr()?;
+    let address = datadir::address(&identity.relay_key, &config, local_addr.port())?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let metrics_addr = match config.metrics_addr() {
+        Some(a) => Some(
+            crate::metrics::serve(a, metrics.clone(), shutdown.clone())
+                .await
+                .with_context(|| {
+                    format!("cannot serve metrics on {a} (set --metrics off or another address)")
+                })?,
+        ),
+        None => None,
+    };
+
+    // The scheduler: refill from the store, then run.
+    let now = unix_ms();
+    let mut pool = Scheduler::new();
+    for (q, release, inserted) in store.pending_after(now)? {
+        pool.insert(q, inserted, release);
+    }
+    if !pool.is_empty() {
+        tracing::info!(
+            pending = pool.len(),
+            "restored messages waiting for release"
+        );
+    }
+    let (sched_tx, sched_rx) = mpsc::channel(SCHEDULER_QUEUE);
+    let (released_tx, mut released_rx) = mpsc::channel::<Vec<scheduler::Released<QueueRef>>>(64);
+    tracker.spawn(scheduler::run(
+        pool,
+        sched_rx,
+        released_tx,
+        shutdown.clone(),
+        unix_ms,
+        Some(SchedulerMetrics {
+            pool_size: metrics.pool_size.clone(),
+            delay_seconds: metrics.delay_seconds.clone(),
+        }),
+        RELEASE_BATCH,
+    ));
+
+    let limits = &config.limits;
+    let per_s = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    let shared = Arc::new(Shared {
+        sampler: Mutex::new(DelaySampler::new(
+            config.delivery.delay_mode()?,
+            rand::rngs::StdRng::from_entropy(),
+        )),
+        handshake_limiter: RateLimiter::keyed(
+            Quota::per_second(per_s(limits.handshakes_per_ip_per_s))
+                .allow_burst(per_s(limits.handshakes_per_ip_per_s.saturating_mul(2))),
+        ),
+        per_ip: Mutex::new(HashMap::new()),
+        sessions: AtomicUsize::new(0),
+        next_session: AtomicU64::new(1),
+        router: Router::default(),
+        dummy_key: AuthSecretKey::generate(&mut rand::rngs::OsRng).public(),
+        key: identity.relay_key,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        scheduler: sched_tx,
+        shutdown: shutdown.clone(),
+        config,
+    });
+
+    // Released messages wake their subscriber.
+    {
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            while let Some(batch) = released_rx.recv().await {
+                for r in batch {
+                    shared.router.wake(&r.item);
+                }
+            }
+        });
+    }
+    tracker.spawn(expiry_task(shared.clone()));
+    tracker.spawn(gauge_task(shared.clone()));
+    tracker.spawn(limiter_prune_task(shared.clone()));
+    tracker.spawn(accept_loop(
+        endpoint.clone(),
+        shared.clone(),
+        tracker.clone(),
+    ));
+
+    if shared.config.log.sensitive {
+        tracing::warn!(
+            "SENSITIVE LOGGING IS ON: logs will contain client addresses and queue ids. Turn log.sensitive off in production."
+        );
+    }
+    tracing::info!(%address, listen = %local_addr, "relay serving");
+    Ok(RunningRelay {
+        address,
+        local_addr,
+        metrics_addr,
+        metrics,
+        store,
+        shutdown,
+        tracker,
+        endpoint,
+    })
+}
+
+/// State shared by every task of one relay.
+struct Shared {
+    config: Config,
+    key: RelayStaticKey,
+    store: Store,
+    metrics: Metrics,
+    router: Router,
+    scheduler: mpsc::Sender<Pending<QueueRef>>,
+    sampler: Mutex<DelaySampler<rand::rngs::StdRng>>,
+    /// Verifies signatures for ids that name no queue, so AUTH costs the same either way.
+    dummy_key: AuthPublicKey,
+    shutdown: CancellationToken,
+    /// Handshakes per source address. Keys are IP addresses held only in memory and pruned
+    /// every minute; worst case ≈ 100 bytes × distinct addresses seen in a minute.
+    handshake_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Open sessions per source address (entries removed at zero).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    sessions: AtomicUsize,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    fn limited(&self, limit: &str) {
+        self.metrics.rate_limited.with_label_values(&[limit]).inc();
+    }
+
+    /// A peer address for logs: redacted unless sensitive logging is on.
+    fn peer(&self, addr: SocketAddr) -> String {
+        if self.config.log.sensitive {
+            addr.to_string()
+        } else {
+            "<redacted>".into()
+        }
+    }
+}
+
+/// Which session is subscribed to which queue.
+#[derive(Default)]
+struct Router {
+    subs: Mutex<HashMap<QueueRef, Arc<Inbox>>>,
+}
+
+/// Events for one session, coalesced so that a slow session never blocks the router and
+/// memory stays bounded by its subscriptions.
+struct Inbox {
+    session: u64,
+    wake: Mutex<HashSet<QueueRef>>,
+    end: Mutex<HashSet<QueueRef>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn new(session: u64) -> Self {
+        Self {
+            session,
+            wake: Mutex::new(HashSet::new()),
+            end: Mutex::new(HashSet::new()),
+            notify: Notify::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere; the data (sets and maps) stays consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Router {
+    /// Subscribes `inbox` to `q`; the previous subscriber (another session) gets END.
+    fn subscribe(&self, q: QueueRef, inbox: &Arc<Inbox>) {
+        let old = lock(&self.subs).insert(q, inbox.clone());
+        if let Some(old) = old.filter(|o| o.session != inbox.session) {
+            lock(&old.end).insert(q);
+            old.notify.notify_one();
+        }
+    }
+
+    /// Removes `q` if `session` holds it.
+    fn unsubscribe(&self, q: &QueueRef, session: u64) {
+        let mut subs = lock(&self.subs);
+        if subs.get(q).is_some_and(|i| i.session == session) {
+            subs.remove(q);
+        }
+    }
+
+    /// Ends the subscription to a deleted queue; the subscriber (if another session) gets END.
+    fn end(&self, q: &QueueRef, by_session: u64) {
+        let old = lock(&self.subs).remove(q);
+        if let Some(old) = old.filter(|o| o.session != by_session) {
+            lock(&old.end).insert(*q);
+            old.notify.notify_one();
+        }
+    }
+
+    /// Tells the subscriber of `q` (if any) that a message may be available.
+    fn wake(&self, q: &QueueRef) {
+        let inbox = lock(&self.subs).get(q).cloned();
+        if let Some(inbox) = inbox {
+            lock(&inbox.wake).insert(*q);
+            inbox.notify.notify_one();
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let ip = incoming.remote_address().ip();
+        // Cheap checks before any cryptography.
+        if shared.handshake_limiter.check_key(&ip).is_err() {
+            shared.limited("handshakes_per_ip");
+            incoming.refuse();
+            continue;
+        }
+        if shared.sessions.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+            shared.limited("max_sessions");
+            incoming.refuse();
+            continue;
+        }
+        {
+            let per_ip = lock(&shared.per_ip);
+            if per_ip.get(&ip).copied().unwrap_or(0) >= shared.config.limits.max_sessions_per_ip {
+                drop(per_ip);
+                shared.limited("max_sessions_per_ip");
+                incoming.refuse();
+                continue;
+            }
+        }
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            // Count the session from the handshake on, so half-open handshakes are capped too.
+            let _guard = SessionGuard::new(&shared, remote.ip());
+            let timeout = shared.config.limits.handshake_timeout;
+            let handshake = async {
+                let conn = incoming.await.map_err(transport::TransportError::Connect)?;
+                transport::accept(conn, &shared.key, timeout).await
+            };
+            let framed = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                r = tokio::time::timeout(timeout, handshake) => match r {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => {
+                        shared.metrics.handshakes.with_label_values(&["failed"]).inc();
+                        tracing::debug!(peer = %shared.peer(remote), error = %e, "handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.metrics.handshakes.with_label_values(&["timeout"]).inc();
+                        return;
+                    }
+                },
+            };
+            shared.metrics.handshakes.with_label_values(&["ok"]).inc();
+            shared.metrics.sessions.inc();
+            let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(session = id, peer = %shared.peer(remote), "session open");
+            run_session(shared.clone(), framed, id).await;
+            shared.metrics.sessions.dec();
+            tracing::debug!(session = id, "session closed");
+        });
+    }
+}
+
+/// Counts a session (total and per address) for its lifetime.
+struct SessionGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl SessionGuard {
+    fn new(shared: &Arc<Shared>, ip: IpAddr) -> Self {
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        *lock(&shared.per_ip).entry(ip).or_insert(0) += 1;
+        Self {
+            shared: shared.clone(),
+            ip,
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = lock(&self.shared.per_ip);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A subscribed queue in one session.
+struct Sub {
+    recipient_id: RecipientId,
+    seal_key: BodySealKey,
+}
+
+/// A message delivered in this session and not yet acknowledged.
+#[derive(Clone, Copy)]
+struct InFlight {
+    msg_id: MessageId,
+    seq: u64,
+}
+
+/// The result of a store write, applied by the session loop when it completes.
+enum Completion {
+    /// Send this answer.
+    Reply(Transmission),
+    /// An ACK's delete finished.
+    Acked {
+        queue: QueueRef,
+        reply: Transmission,
+    },
+    /// A DEL finished.
+    Deleted {
+        queue: QueueRef,
+        reply: Transmission,
+    },
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    hash: [u8; 32],
+    out: mpsc::Sender<Transmission>,
+    inbox: Arc<Inbox>,
+    subs: HashMap<QueueRef, Sub>,
+    in_flight: HashMap<QueueRef, InFlight>,
+    writes: FuturesUnordered<WriteFuture>,
+    commands: DefaultDirectRateLimiter,
+    news: DefaultDirectRateLimiter,
+    subscribed: Arc<AtomicUsize>,
+}
+
+async fn run_session(shared: Arc<Shared>, framed: FramedConnection, id: u64) {
+    let FramedConnection {
+        connection,
+        sender,
+        receiver,
+        handshake_hash,
+    } = framed;
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (frames_tx, mut frames_rx) = mpsc::channel(IN_FRAMES);
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn(read_frames(receiver, frames_tx, shared.clone()));
+    let writer = tokio::spawn(write_frames(
+        sender,
+        out_rx,
+        shared.clone(),
+        subscribed.clone(),
+    ));
+
+    let limits = &shared.config.limits;
+    let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    let mut s = Session {
+        id,
+        hash: handshake_hash,
+        out: out_tx,
+        inbox: Arc::new(Inbox::new(id)),
+        subs: HashMap::new(),
+        in_flight: HashMap::new(),
+        writes: FuturesUnordered::new(),
+        commands: RateLimiter::direct(
+            Quota::per_second(nz(limits.commands_per_session_per_s))
+                .allow_burst(nz(limits.commands_per_session_per_s.saturating_mul(2))),
+        ),
+        news: RateLimiter::direct(
+            Quota::per_minute(nz(limits.new_per_session_per_min))
+                .allow_burst(nz(limits.new_per_session_per_min)),
+        ),
+        subscribed,
+        shared: shared.clone(),
+    };
+
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            frame = frames_rx.recv(), if reading && s.writes.len() < MAX_IN_FLIGHT => match frame {
+                Some(transmissions) => {
+                    for t in transmissions {
+                        s.handle(t).await;
+                    }
+                }
+                None => reading = false,
+            },
+            Some(done) = s.writes.next() => s.complete(done).await,
+            () = s.inbox.notify.notified() => s.drain_inbox().await,
+        }
+        if !reading && s.writes.is_empty() {
+            break;
+        }
+    }
+    // Finish in-flight store writes so that what was written is answered (or at least
+    // durable) before the session goes away.
+    while let Some(done) = s.writes.next().await {
+        s.complete(done).await;
+    }
+    for q in s.subs.keys() {
+        shared.router.unsubscribe(q, id);
+    }
+    drop(s);
+    reader.abort();
+    // The writer flushes what is queued, then finishes the stream.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    connection.close(transport::CLOSE_NORMAL.into(), b"");
+}
+
+/// Reads records, decodes frames, and hands their transmissions to the session loop. A
+/// malformed or undecryptable record ends the session (the transport closes the connection
+/// with a protocol error).
+async fn read_frames(
+    mut receiver: FrameReceiver,
+    tx: mpsc::Sender<Vec<Transmission>>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        match receiver.recv_frame().await {
+            Ok(Some(plain)) => {
+                shared
+                    .metrics
+                    .bytes_in
+                    .inc_by(sotto_protocol::FRAME_LEN as u64);
+                match Frame::decode(&plain) {
+                    Ok(ts) => {
+                        if tx.send(ts).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        shared.metrics.protocol_errors.inc();
+                        tracing::debug!(error = %e, "malformed frame; closing session");
+                        return;
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                if matches!(
+                    e,
+                    transport::TransportError::Record(_)
+                        | transport::TransportError::TruncatedRecord(_)
+                ) {
+                    shared.metrics.protocol_errors.inc();
+                }
+                tracing::debug!(error = %e, "session read ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Batches transmissions greedily into frames; sends cover frames at the configured rate
+/// while the session has subscriptions.
+async fn write_frames(
+    mut sender: FrameSender,
+    mut rx: mpsc::Receiver<Transmission>,
+    shared: Arc<Shared>,
+    subscribed: Arc<AtomicUsize>,
+) {
+    let cover_rate = shared.config.delivery.cover_rate;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let next_cover = |rng: &mut rand::rngs::StdRng| {
+        let u: f64 = rng.r#gen::<f64>().max(f64::MIN_POSITIVE);
+        tokio::time::Instant::now() + Duration::from_secs_f64((-u.ln() / cover_rate).min(3600.0))
+    };
+    let mut cover_at = (cover_rate > 0.0).then(|| next_cover(&mut rng));
+    let mut carry: Option<Transmission> = None;
+    loop {
+        let first = match carry.take() {
+            Some(t) => t,
+            None => {
+                let cover = async {
+                    match cover_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    t = rx.recv() => match t {
+                        Some(t) => t,
+                        None => break,
+                    },
+                    () = cover => {
+                        cover_at = Some(next_cover(&mut rng));
+                        if subscribed.load(Ordering::Relaxed) > 0 {
+                            if sender.send_frame(FrameBuilder::cover_response()).await.is_err() {
+                                return;
+                            }
+                            shared.metrics.cover_sent.inc();
+                            shared.metrics.bytes_out.inc_by(sotto_protocol::FRAME_LEN as u64);
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut frame = FrameBuilder::new();
+        if !frame.push(&first) {
+            // Cannot happen: every transmission the relay builds fits an empty frame.
+            tracing::error!("transmission larger than a frame dropped");
+            continue;
+        }
+        while let Ok(t) = rx.try_recv() {
+            if !frame.push(&t) {
+                carry = Some(t);
+                break;
+            }
+        }
+        if sender.send_frame(frame.finish()).await.is_err() {
+            return;
+        }
+        shared
+            .metrics
+            .bytes_out
+            .inc_by(sotto_protocol::FRAME_LEN as u64);
+    }
+    let _ = sender.finish();
+}
+
+/// Entity id that a command requires, by kind.
+enum Needs {
+    Nothing,
+    Recipient,
+    Sender,
+}
+
+fn needs(cmd: &Command) -> Needs {
+    match cmd {
+        Command::New { .. } | Command::Ping | Command::Drop | Command::Fwd { .. } => Needs::Nothing,
+        Command::SKey { .. } | Command::Send { .. } => Needs::Sender,
+        _ => Needs::Recipient,
+    }
+}
+
+impl Session {
+    async fn reply(&mut self, corr: CorrId, entity: Option<EntityId>, resp: Response) {
+        if let Response::Err(code) = &resp {
+            self.shared
+                .metrics
+                .errors
+                .with_label_values(&[code.name()])
+                .inc();
+        }
+        let _ = self
+            .out
+            .send(Transmission::response(corr, entity, &resp))
+            .await;
+    }
+
+    async fn handle(&mut self, t: Transmission) {
+        let corr = t.corr_id;
+        let entity = t.entity;
+        let cmd = match t.decode_command() {
+            Ok(c) => c,
+            Err(DecodeError::TooLong { field: "body", .. }) => {
+                return self
+                    .reply(corr, entity, Response::Err(ErrorCode::Large))
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .reply(corr, entity, Response::Err(ErrorCode::Syntax))
+                    .await;
+            }
+        };
+        self.shared
+            .metrics
+            .commands
+            .with_label_values(&[cmd.name()])
+            .inc();
+        if matches!(cmd, Command::Drop) {
+            self.shared.metrics.cover_received.inc();
+            return;
+        }
+        if self.commands.check().is_err() {
+            self.shared.limited("commands_per_session");
+            return self
+                .reply(corr, entity, Response::Err(ErrorCode::Limited))
+                .await;
+        }
+        match (needs(&cmd), entity) {
+            (Needs::Nothing, Some(_)) | (Needs::Recipient | Needs::Sender, None) => {
+                return self
+                    .reply(corr, entity, Response::Err(ErrorCode::Syntax))
+                    .await;
+            }
+            _ => {}
+        }
+        match (cmd, entity) {
+            (Command::Ping, _) => self.reply(corr, None, Response::Pong).await,
+            (
+                Command::New {
+                    recipient_auth_key,
+                    recipient_dh_key,
+                    password,
+                },
+                _,
+            ) => {
+                self.new_queue(corr, recipient_auth_key, recipient_dh_key, password)
+                    .await;
+            }
+            (Command::Fwd { .. }, _) => {
+                self.reply(corr, None, Response::Err(ErrorCode::FwdRefused))
+                    .await;
+            }
+            (Command::Send { flags, body }, Some(e)) => self.send(&t, e, flags, body).await,
+            (Command::SKey { sender_key }, Some(e)) => self.sender_key(&t, e, sender_key).await,
+            (cmd, Some(e)) => self.recipient_command(&t, e, cmd).await,
+            (_, None) => {
+                self.reply(corr, None, Response::Err(ErrorCode::Syntax))
+                    .await
+            }
+        }
+    }
+
+    async fn new_queue(
+        &mut self,
+        corr: CorrId,
+        recipient_key: AuthPublicKey,
+        recipient_dh: sotto_protocol::DhPublicKey,
+        password: Vec<u8>,
+    ) {
+        if self.news.check().is_err() {
+            self.shared.limited("new_per_session");
+            return self
+                .reply(corr, None, Response::Err(ErrorCode::Limited))
+                .await;
+        }
+        let expected = self.shared.config.create_password.as_bytes();
+        if !expected.is_empty() && !bool::from(expected.ct_eq(password.as_slice())) {
+            return self.reply(corr, None, Response::Err(ErrorCode::Auth)).await;
+        }
+        let mut rng = rand::rngs::OsRng;
+        let relay_dh = DhSecretKey::generate(&mut rng);
+        let Some(seal_key) = BodySealKey::derive(&relay_dh, &recipient_dh) else {
+            return self
+                .reply(corr, None, Response::Err(ErrorCode::Syntax))
+                .await;
+        };
+        let now = unix_ms() / 1000;
+        let rec = QueueRecord {
+            recipient_id: RecipientId::random(&mut rng),
+            sender_id: SenderId::random(&mut rng),
+            recipient_key,
+            sender_key: None,
+            relay_dh_public: relay_dh.public(),
+            seal_key,
+            status: QueueStatus::Active,
+            created_at: now,
+            last_active: now,
+        };
+        let answer = Response::Ids {
+            recipient_id: rec.recipient_id,
+            sender_id: rec.sender_id,
+            relay_dh_key: rec.relay_dh_public,
+        };
+        let store = self.shared.store.clone();
+        self.writes.push(Box::pin(async move {
+            let resp = match store.write(WriteOp::CreateQueue(rec)).await {
+                Ok(WriteOutcome::Done) => answer,
+                Ok(_) => Response::Err(ErrorCode::Internal),
+                Err(e) => store_error(&e),
+            };
+            Completion::Reply(Transmission::response(corr, None, &resp))
+        }));
+    }
+
+    /// Looks up a queue by sender id and checks `t`'s signature against `key_of(record)`,
+    /// doing the same work (one read, one verification) whether or not the queue exists.
+    fn lookup_sender(&self, id: SenderId) -> Result<Option<(QueueRef, QueueRecord)>, ErrorCode> {
+        self.shared.store.queue_by_sender(&id).map_err(|e| {
+            tracing::error!(error = %e, "store read failed");
+            ErrorCode::Internal
+        })
+    }
+
+    async fn send(&mut self, t: &Transmission, e: EntityId, flags: u8, body: Vec<u8>) {
+        let corr = t.corr_id;
+        let found = match self.lookup_sender(SenderId::from(e)) {
+            Ok(f) => f,
+            Err(code) => return self.reply(corr, Some(e), Response::Err(code)).await,
+        };
+        let authorised = match &found {
+            Some((_, rec)) => match rec.sender_key {
+                Some(k) => t.verify(&k, &self.hash),
+                // Unsecured queue: unsigned SEND only.
+                None => t.signature.is_none() || t.verify(&self.shared.dummy_key, &self.hash),
+            },
+            None => {
+                let _ = t.verify(&self.shared.dummy_key, &self.hash);
+                false
+            }
+        };
+        let Some((queue, rec)) =
+            found.filter(|(_, r)| authorised && r.status == QueueStatus::Active)
+        else {
+            return self
+                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
+                .await;
+        };
+        drop(rec);
+        let now = unix_ms();
+        let release_at = lock(&self.shared.sampler).release_at(now);
+        let gran = self
+            .shared
+            .config
+            .delivery
+            .timestamp_granularity
+            .as_secs()
+            .max(1);
+        let msg = NewMessage {
+            msg_id: MessageId::random(&mut rand::rngs::OsRng),
+            timestamp: (now / 1000) / gran * gran,
+            received_ms: now,
+            release_at_ms: release_at,
+            flags,
+            body,
+        };
+        let store = self.shared.store.clone();
+        let scheduler = self.shared.scheduler.clone();
+        let metrics = self.shared.metrics.clone();
+        let quota = self.shared.config.queues.quota;
+        self.writes.push(Box::pin(async move {
+            let resp = match store.write(WriteOp::Append { queue, msg, quota }).await {
+                Ok(WriteOutcome::Appended { .. }) => {
+                    metrics.messages_sent.inc();
+                    // The scheduler wakes the subscriber at release time; if its queue is
+                    // full the message is still stored and visible after release (the
+                    // recipient sees it on its next SUB/GET/ACK).
+                    let _ = scheduler
+                        .send(Pending {
+                            item: queue,
+                            inserted_at: now,
+                            release_at,
+                        })
+                        .await;
+                    Response::Ok
+                }
+                Ok(WriteOutcome::QuotaExceeded) => Response::Err(ErrorCode::Quota),
+                Ok(WriteOutcome::NoQueue | WriteOutcome::Disabled) => {
+                    Response::Err(ErrorCode::Auth)
+                }
+                Ok(_) => Response::Err(ErrorCode::Internal),
+                Err(e) => store_error(&e),
+            };
+            if let Response::Err(code) = &resp {
+                metrics.errors.with_label_values(&[code.name()]).inc();
+            }
+            Completion::Reply(Transmission::response(corr, Some(e), &resp))
+        }));
+    }
+
+    async fn sender_key(&mut self, t: &Transmission, e: EntityId, key: AuthPublicKey) {
+        let corr = t.corr_id;
+        let found = match self.lookup_sender(SenderId::from(e)) {
+            Ok(f) => f,
+            Err(code) => return self.reply(corr, Some(e), Response::Err(code)).await,
+        };
+        // SKEY is signed by the key it installs (proof of possession).
+        let valid = t.verify(&key, &self.hash);
+        let Some((queue, rec)) = found.filter(|_| valid) else {
+            return self
+                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
+                .await;
+        };
+        if rec.sender_key.is_some_and(|k| k != key) {
+            return self
+                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
+                .await;
+        }
+        self.push_simple_write(corr, e, WriteOp::SetSenderKey { queue, key });
+    }
+
+    fn push_simple_write(&mut self, corr: CorrId, e: EntityId, op: WriteOp) {
+        let store = self.shared.store.clone();
+        let metrics = self.shared.metrics.clone();
+        self.writes.push(Box::pin(async move {
+            let resp = match store.write(op).await {
+                Ok(WriteOutcome::Done) => Response::Ok,
+                Ok(WriteOutcome::NoQueue | WriteOutcome::KeyConflict) => {
+                    Response::Err(ErrorCode::Auth)
+                }
+                Ok(_) => Response::Err(ErrorCode::Internal),
+                Err(e) => store_error(&e),
+            };
+            if let Response::Err(code) = &resp {
+                metrics.errors.with_label_values(&[code.name()]).inc();
+            }
+            Completion::Reply(Transmission::response(corr, Some(e), &resp))
+        }));
+    }
+
+    async fn recipient_command(&mut self, t: &Transmission, e: EntityId, cmd: Command) {
+        let corr = t.corr_id;
+        let rid = RecipientId::from(e);
+        let found = match self.shared.store.queue(&rid) {
+            Ok(f) => f,
+            Err(err) => {
+                tracing::error!(error = %err, "store read failed");
+                return self
+                    .reply(corr, Some(e), Response::Err(ErrorCode::Internal))
+                    .await;
+            }
+        };
+        let key = found
+            .as_ref()
+            .map_or(self.shared.dummy_key, |(_, r)| r.recipient_key);
+        let valid = t.verify(&key, &self.hash);
+        let Some((queue, rec)) = found.filter(|_| valid) else {
+            return self
+                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
+                .await;
+        };
+        match cmd {
+            Command::Key { sender_key } => {
+                self.push_simple_write(
+                    corr,
+                    e,
+                    WriteOp::SetSenderKey {
+                        queue,
+                        key: sender_key,
+                    },
+                );
+            }
+            Command::Off => self.push_simple_write(corr, e, WriteOp::Disable { queue }),
+            Command::Del => {
+                let store = self.shared.store.clone();
+                self.writes.push(Box::pin(async move {
+                    let resp = match store.write(WriteOp::DeleteQueue { queue }).await {
+                        Ok(WriteOutcome::Done) => Response::Ok,
+                        Ok(_) => Response::Err(ErrorCode::Auth),
+                        Err(e) => store_error(&e),
+                    };
+                    Completion::Deleted {
+                        queue,
+                        reply: Transmission::response(corr, Some(e), &resp),
+                    }
+                }));
+            }
+            Command::Sub => {
+                if !self.subs.contains_key(&queue)
+                    && self.subs.len() >= self.shared.config.limits.subscriptions_per_session
+                {
+                    self.shared.limited("subscriptions_per_session");
+                    return self
+                        .reply(corr, Some(e), Response::Err(ErrorCode::Limited))
+                        .await;
+                }
+                self.shared.router.subscribe(queue, &self.inbox);
+                self.subs.insert(
+                    queue,
+                    Sub {
+                        recipient_id: rid,
+                        seal_key: rec.seal_key.clone(),
+                    },
+                );
+                self.subscribed.store(self.subs.len(), Ordering::Relaxed);
+                self.in_flight.remove(&queue);
+                self.touch(queue, &rec);
+                self.reply(corr, Some(e), Response::Ok).await;
+                self.deliver(queue, None).await;
+            }
+            Command::Get => {
+                self.touch(queue, &rec);
+                match self.first_visible(&queue) {
+                    Ok(Some(m)) => {
+                        self.in_flight.insert(
+                            queue,
+                            InFlight {
+                                msg_id: m.msg.msg_id,
+                                seq: m.seq,
+                            },
+                        );
+                        self.send_msg(corr, e, &rec.seal_key, &m.msg).await;
+                    }
+                    Ok(None) => self.reply(corr, Some(e), Response::NoMsg).await,
+                    Err(code) => self.reply(corr, Some(e), Response::Err(code)).await,
+                }
+            }
+            Command::Ack { msg_id } => {
+                let Some(f) = self
+                    .in_flight
+                    .get(&queue)
+                    .copied()
+                    .filter(|f| f.msg_id == msg_id)
+                else {
+                    return self.reply(corr, Some(e), Response::NoMsg).await;
+                };
+                let store = self.shared.store.clone();
+                self.writes.push(Box::pin(async move {
+                    let resp = match store
+                        .write(WriteOp::DeleteMessage {
+                            queue,
+                            seq: f.seq,
+                            msg_id,
+                        })
+                        .await
+                    {
+                        Ok(WriteOutcome::Done) => Response::Ok,
+                        Ok(_) => Response::NoMsg,
+                        Err(e) => store_error(&e),
+                    };
+                    Completion::Acked {
+                        queue,
+                        reply: Transmission::response(corr, Some(e), &resp),
+                    }
+                }));
+            }
+            _ => {
+                self.reply(corr, Some(e), Response::Err(ErrorCode::Syntax))
+                    .await
+            }
+        }
+    }
+
+    /// Records recipient activity for idle expiry, at most hourly.
+    fn touch(&mut self, queue: QueueRef, rec: &QueueRecord) {
+        let now = unix_ms() / 1000;
+        if now.saturating_sub(rec.last_active) >= 3600 {
+            let store = self.shared.store.clone();
+            self.writes.push(Box::pin(async move {
+                let _ = store.write(WriteOp::Touch { queue, now }).await;
+                Completion::Reply(Transmission::response(CorrId::NONE, None, &Response::Drop))
+            }));
+        }
+    }
+
+    fn first_visible(
+        &self,
+        queue: &QueueRef,
+    ) -> Result<Option<crate::store::StoredMessage>, ErrorCode> {
+        self.shared
+            .store
+            .first_visible(queue, unix_ms())
+            .map_err(|e| {
+                tracing::error!(error = %e, "store read failed");
+                ErrorCode::Internal
+            })
+    }
+
+    async fn send_msg(
+        &mut self,
+        corr: CorrId,
+        e: EntityId,
+        seal_key: &BodySealKey,
+        m: &NewMessage,
+    ) {
+        let sealed_body = seal_key.seal(&m.msg_id, &m.body);
+        self.shared.metrics.messages_delivered.inc();
+        self.reply(
+            corr,
+            Some(e),
+            Response::Msg {
+                msg_id: m.msg_id,
+                timestamp: m.timestamp,
+                flags: m.flags,
+                sealed_body,
+            },
+        )
+        .await;
+    }
+
+    /// Pushes the next visible message of a subscribed queue, unless one is in flight.
+    async fn deliver(&mut self, queue: QueueRef, _hint: Option<()>) {
+        if self.in_flight.contains_key(&queue) {
+            return;
+        }
+        let Some(sub) = self.subs.get(&queue) else {
+            return;
+        };
+        let (rid, seal_key) = (sub.recipient_id, sub.seal_key.clone());
+        match self.first_visible(&queue) {
+            Ok(Some(m)) => {
+                self.in_flight.insert(
+                    queue,
+                    InFlight {
+                        msg_id: m.msg.msg_id,
+                        seq: m.seq,
+                    },
+                );
+                self.send_msg(CorrId::NONE, rid.into(), &seal_key, &m.msg)
+                    .await;
+            }
+            Ok(None) => {}
+            Err(_) => {}
+        }
+    }
+
+    async fn complete(&mut self, done: Completion) {
+        match done {
+            Completion::Reply(t) => {
+                if t.corr_id == CorrId::NONE && t.entity.is_none() {
+                    return; // internal write (touch)
+                }
+                let _ = self.out.send(t).await;
+            }
+            Completion::Acked { queue, reply } => {
+                self.in_flight.remove(&queue);
+                if matches!(reply.decode_response(), Ok(Response::Ok)) {
+                    self.shared.metrics.messages_acked.inc();
+                }
+                let _ = self.out.send(reply).await;
+                self.deliver(queue, None).await;
+            }
+            Completion::Deleted { queue, reply } => {
+                if matches!(reply.decode_response(), Ok(Response::Ok)) {
+                    self.shared.router.end(&queue, self.id);
+                    self.subs.remove(&queue);
+                    self.subscribed.store(self.subs.len(), Ordering::Relaxed);
+                    self.in_flight.remove(&queue);
+                }
+                let _ = self.out.send(reply).await;
+            }
+        }
+    }
+
+    async fn drain_inbox(&mut self) {
+        let ended: Vec<QueueRef> = lock(&self.inbox.end).drain().collect();
+        for q in ended {
+            if let Some(sub) = self.subs.remove(&q) {
+                self.in_flight.remove(&q);
+                self.subscribed.store(self.subs.len(), Ordering::Relaxed);
+                self.reply(CorrId::NONE, Some(sub.recipient_id.into()), Response::End)
+                    .await;
+            }
+        }
+        let woken: Vec<QueueRef> = lock(&self.inbox.wake).drain().collect();
+        for q in woken {
+            self.deliver(q, None).await;
+        }
+    }
+}
+
+fn store_error(e: &StoreError) -> Response {
+    tracing::warn!(error = %e, "store write refused");
+    match e {
+        StoreError::Io(_) => Response::Err(ErrorCode::Store),
+        _ => Response::Err(ErrorCode::Internal),
+    }
+}
+
+async fn expiry_task(shared: Arc<Shared>) {
+    let q = &shared.config.queues;
+    let mut tick = tokio::time::interval(q.expiry_interval);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = unix_ms() / 1000;
+        loop {
+            let op = WriteOp::Expire {
+                messages_before: now.saturating_sub(q.message_ttl.as_secs()),
+                queues_idle_before: now.saturating_sub(q.idle_expiry.as_secs()),
+                max: 1000,
+            };
+            match shared.store.write(op).await {
+                Ok(WriteOutcome::Expired {
+                    messages,
+                    queues,
+                    more,
+                }) => {
+                    shared.metrics.messages_expired.inc_by(messages);
+                    shared.metrics.queues_expired.inc_by(queues);
+                    if messages + queues > 0 {
+                        tracing::info!(messages, queues, "expired");
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn gauge_task(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok((q, m)) = shared.store.counts() {
+            shared
+                .metrics
+                .queues
+                .set(i64::try_from(q).unwrap_or(i64::MAX));
+            shared
+                .metrics
+                .stored_messages
+                .set(i64::try_from(m).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+async fn limiter_prune_task(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.handshake_limiter.retain_recent();
+        shared.handshake_limiter.shrink_to_fit();
+    }
+}

@@ -1,0 +1,1437 @@
+//! The queue store: one redb file, encrypted records, keyed-hash indexes, group commit.
+//!
+//! What it owns: the database file and the single writer thread. What it does not: queue
+//! semantics (who may do what) — sessions decide, the store only applies writes atomically
+//! and re-checks the invariants that must hold inside one transaction (queue exists, quota,
+//! status).
+//!
+//! # Layout
+//! ```text
+//! queues    QueueRef (keyed BLAKE3 of recipient id) → encrypted QueueRecord
+//! senders   keyed BLAKE3 of sender id               → QueueRef
+//! messages  (QueueRef, seq)                          → release_at_ms (u64) ‖ nonce ‖ encrypted message
+//! pending   (release_at_ms, QueueRef, seq)           → ()   messages not yet released at write time
+//! by_time   (received_s, QueueRef, seq)              → ()   for TTL expiry
+//! meta      "check" → encrypted constant (detects a wrong storage key); "next_seq" → u64
+//! ```
+//! Wire ids never appear on disk: tables are keyed by `BLAKE3-keyed(index key, "r"|"s" ‖ id)`.
+//! Values are XChaCha20-Poly1305 under a key derived from the storage key, with random
+//! nonces and the table name and record key as associated data (a record cannot be moved to
+//! another key). Release and receipt times of *undelivered* messages are visible in keys to
+//! someone holding the file without the storage key (documented in the threat model).
+//!
+//! # Durability
+//! Every write goes through one writer thread that groups all writes waiting in its bounded
+//! channel (up to `max_batch`) into one durable transaction: one fsync serves many SENDs.
+//! A caller gets its outcome only after that commit returns, so "OK" to a SEND means the
+//! message is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand_core::{CryptoRngCore, RngCore as _};
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _,
+    TableDefinition, WriteTransaction,
+};
+use sotto_protocol::ids::ID_LEN;
+use sotto_protocol::keys::KEY_LEN;
+use sotto_protocol::seal::BodySealKey;
+use sotto_protocol::{AuthPublicKey, DhPublicKey, MessageId, RecipientId, SenderId};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+/// Reference to a queue on disk: the keyed hash of its recipient id.
+pub type QueueRef = [u8; 32];
+
+const QUEUES: TableDefinition<'_, QueueRef, &[u8]> = TableDefinition::new("queues");
+const SENDERS: TableDefinition<'_, [u8; 32], QueueRef> = TableDefinition::new("senders");
+const MESSAGES: TableDefinition<'_, (QueueRef, u64), &[u8]> = TableDefinition::new("messages");
+const PENDING: TableDefinition<'_, (u64, QueueRef, u64), ()> = TableDefinition::new("pending");
+const BY_TIME: TableDefinition<'_, (u64, QueueRef, u64), ()> = TableDefinition::new("by_time");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+const CHECK_PLAINTEXT: &[u8] = b"sotto relay store v1";
+const NONCE_LEN: usize = 24;
+const RECORD_VERSION: u8 = 1;
+
+/// Bound of the writer's input channel. Each waiting job holds at most one message
+/// (≤ `MAX_BODY` + ~100 bytes), so the channel costs at most ~16 MiB when full; senders
+/// wait (backpressure) beyond it.
+pub const WRITE_QUEUE: usize = 1024;
+
+/// The key that encrypts and indexes the store. Kept in its own file, apart from the database.
+#[derive(Clone)]
+pub struct StorageKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl StorageKey {
+    /// A fresh random key.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut k = [0u8; KEY_LEN];
+        rng.fill_bytes(&mut k);
+        Self(Zeroizing::new(k))
+    }
+
+    /// From raw bytes.
+    pub fn from_bytes(b: [u8; KEY_LEN]) -> Self {
+        Self(Zeroizing::new(b))
+    }
+
+    /// Raw bytes (secret).
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StorageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageKey(<redacted>)")
+    }
+}
+
+/// Store failures. Messages name the file and the fix where an operator must act.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file does not exist.
+    #[error(
+        "database {0} is missing while the relay identity exists: restore it from your backup \
+         (a relay never silently starts over with an empty store), or run `sotto-relay init --force`"
+    )]
+    Missing(PathBuf),
+    /// The file exists but cannot be opened as a database.
+    #[error(
+        "cannot open database {path}: {reason}. The file may be damaged, truncated or unreadable: \
+         check its permissions, restore it from your backup; the relay will not start over with an empty store"
+    )]
+    Open {
+        /// File.
+        path: PathBuf,
+        /// redb's error.
+        reason: String,
+    },
+    /// The storage key does not decrypt this database.
+    #[error(
+        "database {0} was not written with this storage key (storage.key): restore the matching storage.key from your backup"
+    )]
+    WrongKey(PathBuf),
+    /// A record failed to decrypt or decode.
+    #[error("damaged record in the database: {0}")]
+    Corrupt(String),
+    /// An I/O or redb error during a transaction (e.g. disk full). Nothing of that batch was
+    /// committed.
+    #[error("database write failed: {0}")]
+    Io(String),
+    /// The writer has stopped (shutdown).
+    #[error("store is shut down")]
+    Closed,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// Whether a queue accepts messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueStatus {
+    /// Accepting messages.
+    Active,
+    /// Disabled by its recipient (OFF).
+    Off,
+}
+
+/// A queue as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct QueueRecord {
+    /// Recipient id.
+    pub recipient_id: RecipientId,
+    /// Sender id.
+    pub sender_id: SenderId,
+    /// Verifies the recipient's commands.
+    pub recipient_key: AuthPublicKey,
+    /// Verifies the sender's SENDs once secured.
+    pub sender_key: Option<AuthPublicKey>,
+    /// The relay's per-queue DH public key (returned in IDS).
+    pub relay_dh_public: DhPublicKey,
+    /// Body sealing key shared with the recipient (the DH secret is not kept).
+    pub seal_key: BodySealKey,
+    /// Accepting or not.
+    pub status: QueueStatus,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+    /// Last recipient or sender activity, Unix seconds (coarse: updated at most hourly).
+    pub last_active: u64,
+}
+
+impl std::fmt::Debug for QueueRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueRecord")
+            .field("secured", &self.sender_key.is_some())
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message as given to [`WriteOp::Append`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Message id (random, unique per queue).
+    pub msg_id: MessageId,
+    /// Rounded timestamp shown to the recipient, Unix seconds.
+    pub timestamp: u64,
+    /// Exact receipt time, Unix milliseconds (for expiry and delay metrics; never sent).
+    pub received_ms: u64,
+    /// When the message becomes visible, Unix milliseconds.
+    pub release_at_ms: u64,
+    /// SEND flags.
+    pub flags: u8,
+    /// Body as sent (the sender's end-to-end ciphertext).
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewMessage({} bytes)", self.body.len())
+    }
+}
+
+/// A stored message with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Sequence number within the store (orders messages of a queue).
+    pub seq: u64,
+    /// The message.
+    pub msg: NewMessage,
+}
+
+/// A write, applied by the writer thread inside a grouped transaction.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create a queue (ids must be fresh).
+    CreateQueue(QueueRecord),
+    /// KEY/SKEY: set the sender key if none; same key again is accepted.
+    SetSenderKey {
+        /// Queue.
+        queue: QueueRef,
+        /// Key.
+        key: AuthPublicKey,
+    },
+    /// OFF.
+    Disable {
+        /// Queue.
+        queue: QueueRef,
+    },
+    /// DEL: the queue, its sender index and all its messages.
+    DeleteQueue {
+        /// Queue.
+        queue: QueueRef,
+    },
+    /// SEND.
+    Append {
+        /// Queue.
+        queue: QueueRef,
+        /// Message.
+        msg: NewMessage,
+        /// Most messages the queue may hold.
+        quota: u32,
+    },
+    /// ACK: delete message `seq` if it has id `msg_id`.
+    DeleteMessage {
+        /// Queue.
+        queue: QueueRef,
+        /// Position.
+        seq: u64,
+        /// Expected id.
+        msg_id: MessageId,
+    },
+    /// Record activity on a queue (for idle expiry).
+    Touch {
+        /// Queue.
+        queue: QueueRef,
+        /// Unix seconds.
+        now: u64,
+    },
+    /// Delete messages received before `messages_before` (Unix seconds) and queues idle
+    /// since before `queues_idle_before`, at most `max` of each per call.
+    Expire {
+        /// Message cutoff.
+        messages_before: u64,
+        /// Queue cutoff.
+        queues_idle_before: u64,
+        /// Work bound per call.
+        max: usize,
+    },
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Done.
+    Done,
+    /// The queue does not exist (any more).
+    NoQueue,
+    /// SEND to a disabled queue.
+    Disabled,
+    /// The queue is full.
+    QuotaExceeded,
+    /// A different sender key is already set.
+    KeyConflict,
+    /// ACK of a message that is not there (already deleted or another id).
+    NoMessage,
+    /// SEND stored at this position.
+    Appended {
+        /// Position.
+        seq: u64,
+    },
+    /// Expiry results.
+    Expired {
+        /// Messages deleted.
+        messages: u64,
+        /// Queues deleted.
+        queues: u64,
+        /// Whether the bound was hit (call again).
+        more: bool,
+    },
+}
+
+/// Store options.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most writes per transaction.
+    pub max_batch: usize,
+    /// Benchmark-only: no fsync.
+    pub unsafe_no_fsync: bool,
+    /// Page cache in bytes.
+    pub cache_bytes: usize,
+    /// Commit metrics.
+    pub metrics: Option<StoreMetrics>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            unsafe_no_fsync: false,
+            cache_bytes: 64 << 20,
+            metrics: None,
+        }
+    }
+}
+
+/// Histograms the writer fills.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// Seconds per durable commit.
+    pub commit_seconds: prometheus::Histogram,
+    /// Writes per commit.
+    pub batch_size: prometheus::Histogram,
+}
+
+struct Keys {
+    index: [u8; 32],
+    aead: XChaCha20Poly1305,
+}
+
+impl Keys {
+    fn new(k: &StorageKey) -> Self {
+        let index = blake3::derive_key("sotto v1 store index", k.as_bytes());
+        let enc = Zeroizing::new(blake3::derive_key(
+            "sotto v1 store encryption",
+            k.as_bytes(),
+        ));
+        Self {
+            index,
+            aead: XChaCha20Poly1305::new((&*enc).into()),
+        }
+    }
+
+    fn recipient_ref(&self, id: &RecipientId) -> QueueRef {
+        let mut h = blake3::Hasher::new_keyed(&self.index);
+        h.update(b"r");
+        h.update(id.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn sender_ref(&self, id: &SenderId) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.index);
+        h.update(b"s");
+        h.update(id.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .aead
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: ad,
+                },
+            )
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(StoreError::Corrupt("record too short".into()));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        self.aead
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: ad })
+            .map(Zeroizing::new)
+            .map_err(|_| StoreError::Corrupt("record failed authentication".into()))
+    }
+}
+
+fn queue_ad(queue: &QueueRef) -> Vec<u8> {
+    let mut ad = b"queues".to_vec();
+    ad.extend_from_slice(queue);
+    ad
+}
+
+fn message_ad(queue: &QueueRef, seq: u64, release_at: u64) -> Vec<u8> {
+    let mut ad = b"messages".to_vec();
+    ad.extend_from_slice(queue);
+    ad.extend_from_slice(&seq.to_be_bytes());
+    ad.extend_from_slice(&release_at.to_be_bytes());
+    ad
+}
+
+/// Encoding of a [`QueueRecord`] (before encryption); decoding lives in
+/// [`decode_queue_record`] and is fuzzed.
+pub fn encode_queue_record(q: &QueueRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(256);
+    v.push(RECORD_VERSION);
+    v.extend_from_slice(q.recipient_id.as_bytes());
+    v.extend_from_slice(q.sender_id.as_bytes());
+    v.extend_from_slice(&q.recipient_key.to_bytes());
+    match &q.sender_key {
+        Some(k) => {
+            v.push(1);
+            v.extend_from_slice(&k.to_bytes());
+        }
+        None => v.push(0),
+    }
+    v.extend_from_slice(q.relay_dh_public.as_bytes());
+    v.extend_from_slice(q.seal_key.as_bytes());
+    v.push(match q.status {
+        QueueStatus::Active => 0,
+        QueueStatus::Off => 1,
+    });
+    v.extend_from_slice(&q.created_at.to_be_bytes());
+    v.extend_from_slice(&q.last_active.to_be_bytes());
+    v
+}
+
+/// Decodes a queue record.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] on any malformed input.
+pub fn decode_queue_record(b: &[u8]) -> Result<QueueRecord, StoreError> {
+    use sotto_protocol::codec::Reader;
+    let bad = |e: sotto_protocol::DecodeError| StoreError::Corrupt(format!("queue record: {e}"));
+    let mut r = Reader::new(b);
+    if r.u8().map_err(bad)? != RECORD_VERSION {
+        return Err(StoreError::Corrupt("queue record: unknown version".into()));
+    }
+    let recipient_id = RecipientId(r.array::<ID_LEN>().map_err(bad)?);
+    let sender_id = SenderId(r.array::<ID_LEN>().map_err(bad)?);
+    let recipient_key = AuthPublicKey::from_bytes(&r.array().map_err(bad)?).map_err(bad)?;
+    let sender_key = match r.u8().map_err(bad)? {
+        0 => None,
+        1 => Some(AuthPublicKey::from_bytes(&r.array().map_err(bad)?).map_err(bad)?),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "queue record: bad sender key flag".into(),
+            ));
+        }
+    };
+    let relay_dh_public = DhPublicKey(r.array().map_err(bad)?);
+    let seal_key = BodySealKey::from_bytes(r.array().map_err(bad)?);
+    let status = match r.u8().map_err(bad)? {
+        0 => QueueStatus::Active,
+        1 => QueueStatus::Off,
+        _ => return Err(StoreError::Corrupt("queue record: bad status".into())),
+    };
+    let created_at = r.u64().map_err(bad)?;
+    let last_active = r.u64().map_err(bad)?;
+    r.finish().map_err(bad)?;
+    Ok(QueueRecord {
+        recipient_id,
+        sender_id,
+        recipient_key,
+        sender_key,
+        relay_dh_public,
+        seal_key,
+        status,
+        created_at,
+        last_active,
+    })
+}
+
+/// Encoding of a message (before encryption; the release time is stored beside it).
+pub fn encode_message(m: &NewMessage) -> Vec<u8> {
+    let mut v = Vec::with_capacity(48 + m.body.len());
+    v.push(RECORD_VERSION);
+    v.extend_from_slice(m.msg_id.as_bytes());
+    v.extend_from_slice(&m.timestamp.to_be_bytes());
+    v.extend_from_slice(&m.received_ms.to_be_bytes());
+    v.push(m.flags);
+    v.extend_from_slice(&m.body);
+    v
+}
+
+/// Decodes a message encoded by [`encode_message`].
+///
+/// # Errors
+/// [`StoreError::Corrupt`] on any malformed input.
+pub fn decode_message(b: &[u8], release_at_ms: u64) -> Result<NewMessage, StoreError> {
+    use sotto_protocol::codec::Reader;
+    let bad = |e: sotto_protocol::DecodeError| StoreError::Corrupt(format!("message: {e}"));
+    let mut r = Reader::new(b);
+    if r.u8().map_err(bad)? != RECORD_VERSION {
+        return Err(StoreError::Corrupt("message: unknown version".into()));
+    }
+    let msg_id = MessageId(r.array().map_err(bad)?);
+    let timestamp = r.u64().map_err(bad)?;
+    let received_ms = r.u64().map_err(bad)?;
+    let flags = r.u8().map_err(bad)?;
+    let body = r.rest().to_vec();
+    if body.len() > sotto_protocol::MAX_BODY {
+        return Err(StoreError::Corrupt("message: body too large".into()));
+    }
+    Ok(NewMessage {
+        msg_id,
+        timestamp,
+        received_ms,
+        release_at_ms,
+        flags,
+        body,
+    })
+}
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    keys: Arc<Keys>,
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    /// Fires when the writer thread has exited and released the database file.
+    writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// Handle to the store. Cheap to clone; reads run on the caller's thread (redb MVCC), writes
+/// go to the writer thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.inner.path.display())
+    }
+}
+
+impl Store {
+    /// Creates a new, empty database at `path` (which must not exist).
+    ///
+    /// # Errors
+    /// The file exists or cannot be written.
+    pub fn create(path: &Path, key: &StorageKey) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if path.exists() {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                reason: "refusing to create a database over an existing file".into(),
+            });
+        }
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let keys = Keys::new(key);
+        let txn = db.begin_write().map_err(io)?;
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let check = keys.seal(b"meta check", CHECK_PLAINTEXT);
+            meta.insert("check", check.as_slice()).map_err(io)?;
+            meta.insert("next_seq", 1u64.to_be_bytes().as_slice())
+                .map_err(io)?;
+            txn.open_table(QUEUES).map_err(io)?;
+            txn.open_table(SENDERS).map_err(io)?;
+            txn.open_table(MESSAGES).map_err(io)?;
+            txn.open_table(PENDING).map_err(io)?;
+            txn.open_table(BY_TIME).map_err(io)?;
+        }
+        txn.commit().map_err(io)?;
+        Ok(())
+    }
+
+    /// Opens an existing database and starts its writer thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`], [`StoreError::Open`] (damaged, unreadable),
+    /// [`StoreError::WrongKey`].
+    pub fn open(path: &Path, key: &StorageKey, opts: StoreOptions) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
+        // Check readability ourselves first: redb's error for EACCES is less clear.
+        std::fs::File::open(path).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .open(path)
+            .map_err(|e| open_err(e.to_string()))?;
+        let keys = Keys::new(key);
+        let next_seq = {
+            let txn = db.begin_read().map_err(|e| open_err(e.to_string()))?;
+            let meta = txn
+                .open_table(META)
+                .map_err(|e| open_err(format!("not a Sotto store ({e})")))?;
+            let check = meta
+                .get("check")
+                .map_err(|e| open_err(e.to_string()))?
+                .ok_or_else(|| open_err("not a Sotto store (no check record)".into()))?;
+            match keys.open(b"meta check", check.value()) {
+                Ok(p) if p.as_slice() == CHECK_PLAINTEXT => {}
+                _ => return Err(StoreError::WrongKey(path.to_owned())),
+            }
+            let seq = meta
+                .get("next_seq")
+                .map_err(|e| open_err(e.to_string()))?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| open_err("missing sequence counter".into()))?;
+            // Tables must all exist; a damaged file fails here rather than mid-traffic.
+            for t in [QUEUES] {
+                txn.open_table(t).map_err(|e| open_err(e.to_string()))?;
+            }
+            txn.open_table(MESSAGES)
+                .map_err(|e| open_err(e.to_string()))?;
+            seq
+        };
+        let db = Arc::new(db);
+        let keys = Arc::new(keys);
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (done_tx, done_rx) = oneshot::channel();
+        let writer = Writer {
+            db: db.clone(),
+            keys: keys.clone(),
+            next_seq,
+            opts,
+        };
+        std::thread::Builder::new()
+            .name("sotto-store-writer".into())
+            .spawn(move || {
+                writer.run(rx);
+                let _ = done_tx.send(());
+            })
+            .map_err(io)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                keys,
+                path: path.to_owned(),
+                writer: tx,
+                writer_done: std::sync::Mutex::new(Some(done_rx)),
+            }),
+        })
+    }
+
+    /// Releases this handle and waits until every write queued before it is committed and the
+    /// writer thread has released the database file. Returns `false` if other handles are
+    /// still alive after `timeout` (the file then stays open until they are dropped).
+    pub async fn close(self, timeout: std::time::Duration) -> bool {
+        let done = self
+            .inner
+            .writer_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(self);
+        match done {
+            Some(rx) => tokio::time::timeout(timeout, rx).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The on-disk reference of a recipient id.
+    pub fn queue_ref(&self, id: &RecipientId) -> QueueRef {
+        self.inner.keys.recipient_ref(id)
+    }
+
+    /// Applies a write durably and returns its outcome.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the batch it was part of failed to commit (nothing of it is on
+    /// disk), [`StoreError::Closed`] after shutdown.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Looks up a queue by recipient id.
+    ///
+    /// # Errors
+    /// Read or decryption failure.
+    pub fn queue(&self, id: &RecipientId) -> Result<Option<(QueueRef, QueueRecord)>, StoreError> {
+        let r = self.queue_ref(id);
+        Ok(self.queue_by_ref(&r)?.map(|q| (r, q)))
+    }
+
+    /// Looks up a queue by its reference.
+    ///
+    /// # Errors
+    /// Read or decryption failure.
+    pub fn queue_by_ref(&self, r: &QueueRef) -> Result<Option<QueueRecord>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let t = txn.open_table(QUEUES).map_err(io)?;
+        match t.get(r).map_err(io)? {
+            Some(v) => Ok(Some(decode_queue_record(
+                &self.inner.keys.open(&queue_ad(r), v.value())?,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Looks up a queue by sender id.
+    ///
+    /// # Errors
+    /// Read or decryption failure.
+    pub fn queue_by_sender(
+        &self,
+        id: &SenderId,
+    ) -> Result<Option<(QueueRef, QueueRecord)>, StoreError> {
+        let s = self.inner.keys.sender_ref(id);
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let senders = txn.open_table(SENDERS).map_err(io)?;
+        let Some(r) = senders.get(&s).map_err(io)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let t = txn.open_table(QUEUES).map_err(io)?;
+        match t.get(&r).map_err(io)? {
+            Some(v) => Ok(Some((
+                r,
+                decode_queue_record(&self.inner.keys.open(&queue_ad(&r), v.value())?)?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// The first message of a queue (lowest position) that is released at `now_ms`.
+    ///
+    /// # Errors
+    /// Read or decryption failure.
+    pub fn first_visible(
+        &self,
+        queue: &QueueRef,
+        now_ms: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let t = txn.open_table(MESSAGES).map_err(io)?;
+        for entry in t.range((*queue, 0u64)..=(*queue, u64::MAX)).map_err(io)? {
+            let (k, v) = entry.map_err(io)?;
+            let (_, seq) = k.value();
+            let value = v.value();
+            let (release, sealed) = split_release(value)?;
+            if release > now_ms {
+                continue;
+            }
+            let plain = self
+                .inner
+                .keys
+                .open(&message_ad(queue, seq, release), sealed)?;
+            return Ok(Some(StoredMessage {
+                seq,
+                msg: decode_message(&plain, release)?,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Number of messages in a queue.
+    ///
+    /// # Errors
+    /// Read failure.
+    pub fn message_count(&self, queue: &QueueRef) -> Result<usize, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let t = txn.open_table(MESSAGES).map_err(io)?;
+        Ok(t.range((*queue, 0u64)..=(*queue, u64::MAX))
+            .map_err(io)?
+            .count())
+    }
+
+    /// Messages whose release time is after `now_ms`, for refilling the scheduler at start:
+    /// (queue, release time, receipt time).
+    ///
+    /// # Errors
+    /// Read failure.
+    pub fn pending_after(&self, now_ms: u64) -> Result<Vec<(QueueRef, u64, u64)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let t = txn.open_table(PENDING).map_err(io)?;
+        let mut out = Vec::new();
+        for entry in t
+            .range((now_ms.saturating_add(1), [0u8; 32], 0u64)..)
+            .map_err(io)?
+        {
+            let (k, _) = entry.map_err(io)?;
+            let (release, q, _seq) = k.value();
+            out.push((q, release, now_ms));
+        }
+        Ok(out)
+    }
+
+    /// (queues, messages) in the store.
+    ///
+    /// # Errors
+    /// Read failure.
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let q = txn.open_table(QUEUES).map_err(io)?.len().map_err(io)?;
+        let m = txn.open_table(MESSAGES).map_err(io)?.len().map_err(io)?;
+        Ok((q, m))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Number of raw bytes stored for a queue's messages (for tests of encryption).
+    #[doc(hidden)]
+    pub fn raw_values(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(io)?;
+        let t = txn.open_table(MESSAGES).map_err(io)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(io)? {
+            out.push(e.map_err(io)?.1.value().to_vec());
+        }
+        Ok(out)
+    }
+}
+
+fn split_release(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    if value.len() < 8 {
+        return Err(StoreError::Corrupt("message value too short".into()));
+    }
+    let (r, rest) = value.split_at(8);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(r);
+    Ok((u64::from_be_bytes(b), rest))
+}
+
+struct Writer {
+    db: Arc<Database>,
+    keys: Arc<Keys>,
+    next_seq: u64,
+    opts: StoreOptions,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < self.opts.max_batch {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let seq_before = self.next_seq;
+            match self.apply_batch(&jobs) {
+                Ok(outcomes) => {
+                    if let Some(m) = &self.opts.metrics {
+                        m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                        m.batch_size.observe(jobs.len() as f64);
+                    }
+                    for (job, out) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(out));
+                    }
+                }
+                Err(e) => {
+                    // Nothing of the batch is committed: positions are reused.
+                    self.next_seq = seq_before;
+                    tracing::error!(error = %e, writes = jobs.len(), "store commit failed; writes refused");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_batch(&mut self, jobs: &[Job]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(io)?;
+        if self.opts.unsafe_no_fsync {
+            txn.set_durability(Durability::None).map_err(io)?;
+        }
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outcomes.push(self.apply(&txn, &job.op)?);
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            meta.insert("next_seq", self.next_seq.to_be_bytes().as_slice())
+                .map_err(io)?;
+        }
+        txn.commit().map_err(io)?;
+        Ok(outcomes)
+    }
+
+    fn read_queue(
+        &self,
+        txn: &WriteTransaction,
+        q: &QueueRef,
+    ) -> Result<Option<QueueRecord>, StoreError> {
+        let t = txn.open_table(QUEUES).map_err(io)?;
+        let v = t.get(q).map_err(io)?;
+        match v {
+            Some(v) => Ok(Some(decode_queue_record(
+                &self.keys.open(&queue_ad(q), v.value())?,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_queue(
+        &self,
+        txn: &WriteTransaction,
+        q: &QueueRef,
+        rec: &QueueRecord,
+    ) -> Result<(), StoreError> {
+        let mut t = txn.open_table(QUEUES).map_err(io)?;
+        let sealed = self.keys.seal(&queue_ad(q), &encode_queue_record(rec));
+        t.insert(q, sealed.as_slice()).map_err(io)?;
+        Ok(())
+    }
+
+    fn apply(&mut self, txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+        match op {
+            WriteOp::CreateQueue(rec) => {
+                let q = self.keys.recipient_ref(&rec.recipient_id);
+                let s = self.keys.sender_ref(&rec.sender_id);
+                {
+                    let senders = txn.open_table(SENDERS).map_err(io)?;
+                    if senders.get(&s).map_err(io)?.is_some() {
+                        return Err(StoreError::Io("sender id collision".into()));
+                    }
+                }
+                self.write_queue(txn, &q, rec)?;
+                txn.open_table(SENDERS)
+                    .map_err(io)?
+                    .insert(&s, &q)
+                    .map_err(io)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::SetSenderKey { queue, key } => {
+                let Some(mut rec) = self.read_queue(txn, queue)? else {
+                    return Ok(WriteOutcome::NoQueue);
+                };
+                match rec.sender_key {
+                    Some(k) if k == *key => Ok(WriteOutcome::Done),
+                    Some(_) => Ok(WriteOutcome::KeyConflict),
+                    None => {
+                        rec.sender_key = Some(*key);
+                        self.write_queue(txn, queue, &rec)?;
+                        Ok(WriteOutcome::Done)
+                    }
+                }
+            }
+            WriteOp::Disable { queue } => {
+                let Some(mut rec) = self.read_queue(txn, queue)? else {
+                    return Ok(WriteOutcome::NoQueue);
+                };
+                rec.status = QueueStatus::Off;
+                self.write_queue(txn, queue, &rec)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::Touch { queue, now } => {
+                let Some(mut rec) = self.read_queue(txn, queue)? else {
+                    return Ok(WriteOutcome::NoQueue);
+                };
+                rec.last_active = *now;
+                self.write_queue(txn, queue, &rec)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::DeleteQueue { queue } => {
+                let Some(rec) = self.read_queue(txn, queue)? else {
+                    return Ok(WriteOutcome::NoQueue);
+                };
+                self.delete_queue(txn, queue, &rec)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::Append { queue, msg, quota } => {
+                let Some(rec) = self.read_queue(txn, queue)? else {
+                    return Ok(WriteOutcome::NoQueue);
+                };
+                if rec.status != QueueStatus::Active {
+                    return Ok(WriteOutcome::Disabled);
+                }
+                let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+                let count = messages
+                    .range((*queue, 0u64)..=(*queue, u64::MAX))
+                    .map_err(io)?
+                    .take(*quota as usize)
+                    .count();
+                if count >= *quota as usize {
+                    return Ok(WriteOutcome::QuotaExceeded);
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let sealed = self.keys.seal(
+                    &message_ad(queue, seq, msg.release_at_ms),
+                    &encode_message(msg),
+                );
+                let mut value = Vec::with_capacity(8 + sealed.len());
+                value.extend_from_slice(&msg.release_at_ms.to_be_bytes());
+                value.extend_from_slice(&sealed);
+                messages
+                    .insert((*queue, seq), value.as_slice())
+                    .map_err(io)?;
+                drop(messages);
+                if msg.release_at_ms > msg.received_ms {
+                    txn.open_table(PENDING)
+                        .map_err(io)?
+                        .insert((msg.release_at_ms, *queue, seq), ())
+                        .map_err(io)?;
+                }
+                txn.open_table(BY_TIME)
+                    .map_err(io)?
+                    .insert((msg.received_ms / 1000, *queue, seq), ())
+                    .map_err(io)?;
+                // Idle-expiry bookkeeping at hourly granularity (not a write per message).
+                let now_s = msg.received_ms / 1000;
+                if now_s.saturating_sub(rec.last_active) >= 3600 {
+                    let mut rec = rec;
+                    rec.last_active = now_s;
+                    self.write_queue(txn, queue, &rec)?;
+                }
+                Ok(WriteOutcome::Appended { seq })
+            }
+            WriteOp::DeleteMessage { queue, seq, msg_id } => {
+                let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+                let found = match messages.get((*queue, *seq)).map_err(io)? {
+                    Some(v) => {
+                        let (release, sealed) = split_release(v.value())?;
+                        let plain = self.keys.open(&message_ad(queue, *seq, release), sealed)?;
+                        let m = decode_message(&plain, release)?;
+                        (m.msg_id == *msg_id).then_some((release, m.received_ms))
+                    }
+                    None => None,
+                };
+                let Some((release, received_ms)) = found else {
+                    return Ok(WriteOutcome::NoMessage);
+                };
+                messages.remove((*queue, *seq)).map_err(io)?;
+                drop(messages);
+                txn.open_table(PENDING)
+                    .map_err(io)?
+                    .remove((release, *queue, *seq))
+                    .map_err(io)?;
+                txn.open_table(BY_TIME)
+                    .map_err(io)?
+                    .remove((received_ms / 1000, *queue, *seq))
+                    .map_err(io)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::Expire {
+                messages_before,
+                queues_idle_before,
+                max,
+            } => self.expire(txn, *messages_before, *queues_idle_before, *max),
+        }
+    }
+
+    fn delete_queue(
+        &self,
+        txn: &WriteTransaction,
+        queue: &QueueRef,
+        rec: &QueueRecord,
+    ) -> Result<(), StoreError> {
+        txn.open_table(QUEUES)
+            .map_err(io)?
+            .remove(queue)
+            .map_err(io)?;
+        txn.open_table(SENDERS)
+            .map_err(io)?
+            .remove(&self.keys.sender_ref(&rec.sender_id))
+            .map_err(io)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+        let mut doomed = Vec::new();
+        for e in messages
+            .range((*queue, 0u64)..=(*queue, u64::MAX))
+            .map_err(io)?
+        {
+            let (k, v) = e.map_err(io)?;
+            let (_, seq) = k.value();
+            let (release, sealed) = split_release(v.value())?;
+            let received = self
+                .keys
+                .open(&message_ad(queue, seq, release), sealed)
+                .and_then(|p| decode_message(&p, release))
+                .map(|m| m.received_ms / 1000)
+                .ok();
+            doomed.push((seq, release, received));
+        }
+        let mut pending = txn.open_table(PENDING).map_err(io)?;
+        let mut by_time = txn.open_table(BY_TIME).map_err(io)?;
+        for (seq, release, received) in doomed {
+            messages.remove((*queue, seq)).map_err(io)?;
+            pending.remove((release, *queue, seq)).map_err(io)?;
+            if let Some(r) = received {
+                by_time.remove((r, *queue, seq)).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(
+        &self,
+        txn: &WriteTransaction,
+        messages_before: u64,
+        queues_idle_before: u64,
+        max: usize,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut n_msgs = 0u64;
+        let mut more = false;
+        {
+            let mut by_time = txn.open_table(BY_TIME).map_err(io)?;
+            let mut old = Vec::new();
+            for e in by_time
+                .range(..(messages_before, [0u8; 32], 0u64))
+                .map_err(io)?
+            {
+                if old.len() >= max {
+                    more = true;
+                    break;
+                }
+                old.push(e.map_err(io)?.0.value());
+            }
+            let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+            let mut pending = txn.open_table(PENDING).map_err(io)?;
+            for (t, q, seq) in old {
+                by_time.remove((t, q, seq)).map_err(io)?;
+                let release = match messages.remove((q, seq)).map_err(io)? {
+                    Some(v) => split_release(v.value()).map(|(r, _)| r).ok(),
+                    None => None,
+                };
+                if let Some(r) = release {
+                    pending.remove((r, q, seq)).map_err(io)?;
+                    n_msgs += 1;
+                }
+            }
+        }
+        let mut idle = Vec::new();
+        {
+            let queues = txn.open_table(QUEUES).map_err(io)?;
+            for e in queues.iter().map_err(io)? {
+                let (k, v) = e.map_err(io)?;
+                let q = k.value();
+                let rec = decode_queue_record(&self.keys.open(&queue_ad(&q), v.value())?)?;
+                if rec.last_active < queues_idle_before && rec.created_at < queues_idle_before {
+                    if idle.len() >= max {
+                        more = true;
+                        break;
+                    }
+                    idle.push((q, rec));
+                }
+            }
+        }
+        for (q, rec) in &idle {
+            self.delete_queue(txn, q, rec)?;
+        }
+        Ok(WriteOutcome::Expired {
+            messages: n_msgs,
+            queues: idle.len() as u64,
+            more,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::OsRng;
+    use sotto_protocol::{AuthSecretKey, DhSecretKey};
+
+    fn record() -> QueueRecord {
+        let dh = DhSecretKey::generate(&mut OsRng);
+        QueueRecord {
+            recipient_id: RecipientId::random(&mut OsRng),
+            sender_id: SenderId::random(&mut OsRng),
+            recipient_key: AuthSecretKey::generate(&mut OsRng).public(),
+            sender_key: None,
+            relay_dh_public: dh.public(),
+            seal_key: BodySealKey::from_bytes([3; 32]),
+            status: QueueStatus::Active,
+            created_at: 1000,
+            last_active: 1000,
+        }
+    }
+
+    fn message(id: u8, received_ms: u64, release_at_ms: u64) -> NewMessage {
+        NewMessage {
+            msg_id: MessageId([id; 24]),
+            timestamp: received_ms / 1000,
+            received_ms,
+            release_at_ms,
+            flags: 0,
+            body: vec![id; 100],
+        }
+    }
+
+    fn open(dir: &Path) -> Store {
+        let key = StorageKey::from_bytes([7; 32]);
+        let path = dir.join("q.redb");
+        if !path.exists() {
+            Store::create(&path, &key).unwrap();
+        }
+        Store::open(&path, &key, StoreOptions::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn queue_and_message_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rec = record();
+        assert_eq!(
+            store
+                .write(WriteOp::CreateQueue(rec.clone()))
+                .await
+                .unwrap(),
+            WriteOutcome::Done
+        );
+        let (q, got) = store.queue(&rec.recipient_id).unwrap().unwrap();
+        assert_eq!(got, rec);
+        assert_eq!(store.queue_by_sender(&rec.sender_id).unwrap().unwrap().0, q);
+        let key = AuthSecretKey::generate(&mut OsRng).public();
+        assert_eq!(
+            store
+                .write(WriteOp::SetSenderKey { queue: q, key })
+                .await
+                .unwrap(),
+            WriteOutcome::Done
+        );
+        let other = AuthSecretKey::generate(&mut OsRng).public();
+        assert_eq!(
+            store
+                .write(WriteOp::SetSenderKey {
+                    queue: q,
+                    key: other
+                })
+                .await
+                .unwrap(),
+            WriteOutcome::KeyConflict
+        );
+        for i in 0..3u8 {
+            let out = store
+                .write(WriteOp::Append {
+                    queue: q,
+                    msg: message(i, 5_000_000, 5_000_000 + u64::from(i) * 1000),
+                    quota: 3,
+                })
+                .await
+                .unwrap();
+            assert!(matches!(out, WriteOutcome::Appended { .. }));
+        }
+        assert_eq!(
+            store
+                .write(WriteOp::Append {
+                    queue: q,
+                    msg: message(9, 5_000_000, 5_000_000),
+                    quota: 3
+                })
+                .await
+                .unwrap(),
+            WriteOutcome::QuotaExceeded
+        );
+        // Only released messages are visible.
+        let first = store.first_visible(&q, 5_000_000).unwrap().unwrap();
+        assert_eq!(first.msg.msg_id, MessageId([0; 24]));
+        assert_eq!(store.pending_after(5_000_000).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .write(WriteOp::DeleteMessage {
+                    queue: q,
+                    seq: first.seq,
+                    msg_id: MessageId([1; 24])
+                })
+                .await
+                .unwrap(),
+            WriteOutcome::NoMessage
+        );
+        store
+            .write(WriteOp::DeleteMessage {
+                queue: q,
+                seq: first.seq,
+                msg_id: first.msg.msg_id,
+            })
+            .await
+            .unwrap();
+        assert!(store.first_visible(&q, 5_000_000).unwrap().is_none());
+        assert_eq!(
+            store
+                .first_visible(&q, 5_001_000)
+                .unwrap()
+                .unwrap()
+                .msg
+                .body,
+            vec![1; 100]
+        );
+        assert_eq!(store.message_count(&q).unwrap(), 2);
+        store
+            .write(WriteOp::DeleteQueue { queue: q })
+            .await
+            .unwrap();
+        assert!(store.queue(&rec.recipient_id).unwrap().is_none());
+        assert!(store.queue_by_sender(&rec.sender_id).unwrap().is_none());
+        assert_eq!(store.counts().unwrap(), (0, 0));
+        assert!(store.pending_after(0).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn nothing_in_the_clear_and_wrong_key_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rec = record();
+        store
+            .write(WriteOp::CreateQueue(rec.clone()))
+            .await
+            .unwrap();
+        let q = store.queue_ref(&rec.recipient_id);
+        let mut m = message(1, 1, 1);
+        m.body = b"attack at dawn, attack at dawn".to_vec();
+        store
+            .write(WriteOp::Append {
+                queue: q,
+                msg: m,
+                quota: 10,
+            })
+            .await
+            .unwrap();
+        drop(store);
+        let raw = std::fs::read(dir.path().join("q.redb")).unwrap();
+        let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b"attack at dawn"));
+        assert!(!has(rec.recipient_id.as_bytes()));
+        assert!(!has(rec.sender_id.as_bytes()));
+        let e = Store::open(
+            &dir.path().join("q.redb"),
+            &StorageKey::from_bytes([8; 32]),
+            StoreOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, StoreError::WrongKey(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn expiry_removes_old_messages_and_idle_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let old = record();
+        let mut fresh = record();
+        fresh.created_at = 10_000;
+        fresh.last_active = 10_000;
+        store
+            .write(WriteOp::CreateQueue(old.clone()))
+            .await
+            .unwrap();
+        store
+            .write(WriteOp::CreateQueue(fresh.clone()))
+            .await
+            .unwrap();
+        let qf = store.queue_ref(&fresh.recipient_id);
+        store
+            .write(WriteOp::Append {
+                queue: qf,
+                msg: message(1, 9_000_000, 9_000_000),
+                quota: 9,
+            })
+            .await
+            .unwrap();
+        store
+            .write(WriteOp::Append {
+                queue: qf,
+                msg: message(2, 10_000_000, 10_000_000),
+                quota: 9,
+            })
+            .await
+            .unwrap();
+        let out = store
+            .write(WriteOp::Expire {
+                messages_before: 9_500,
+                queues_idle_before: 5_000,
+                max: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            WriteOutcome::Expired {
+                messages: 1,
+                queues: 1,
+                more: false
+            }
+        );
+        assert!(store.queue(&old.recipient_id).unwrap().is_none());
+        assert_eq!(store.message_count(&qf).unwrap(), 1);
+    }
+
+    #[test]
+    fn missing_and_garbage_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StorageKey::from_bytes([1; 32]);
+        let p = dir.path().join("none.redb");
+        assert!(matches!(
+            Store::open(&p, &key, StoreOptions::default()),
+            Err(StoreError::Missing(_))
+        ));
+        std::fs::write(&p, vec![0x5a; 10_000]).unwrap();
+        let e = Store::open(&p, &key, StoreOptions::default()).unwrap_err();
+        assert!(matches!(e, StoreError::Open { .. }), "{e}");
+        assert!(e.to_string().contains("none.redb"));
+    }
+
+    #[test]
+    fn record_codecs_round_trip_and_reject_garbage() {
+        let rec = record();
+        assert_eq!(
+            decode_queue_record(&encode_queue_record(&rec)).unwrap(),
+            rec
+        );
+        let m = message(4, 1, 2);
+        assert_eq!(decode_message(&encode_message(&m), 2).unwrap(), m);
+        let enc = encode_queue_record(&rec);
+        for n in 0..enc.len() {
+            assert!(decode_queue_record(&enc[..n]).is_err());
+        }
+        assert!(decode_message(&[], 0).is_err());
+        assert!(decode_message(&[9; 100], 0).is_err());
+    }
+}
