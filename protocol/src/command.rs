@@ -46,7 +46,7 @@ pub enum Command {
         /// Key that will verify the sender's SENDs.
         sender_key: AuthPublicKey,
     },
-    /// Sender secures the queue with its own key (once; unsigned or signed by that key).
+    /// Sender secures the queue with its own key (once; signed by that same key).
     SKey {
         /// Key that will verify the sender's SENDs.
         sender_key: AuthPublicKey,
@@ -315,7 +315,8 @@ impl Command {
             Command::Del => out.push(tag::DEL),
             Command::Fwd { relay, sealed } => {
                 out.push(tag::FWD);
-                put_short_bytes(out, relay.to_string().as_bytes());
+                // u16 prefix: the longest canonical address (MAX_ADDRESS_LEN) exceeds 255.
+                put_long_bytes(out, relay.to_string().as_bytes());
                 put_long_bytes(out, sealed);
             }
             Command::Ping => out.push(tag::PING),
@@ -368,10 +369,13 @@ impl Command {
             tag::OFF => Command::Off,
             tag::DEL => Command::Del,
             tag::FWD => {
-                let text = r.short_bytes("relay address", MAX_ADDRESS_LEN)?;
+                let text = r.long_bytes("relay address", MAX_ADDRESS_LEN)?;
+                // Only the canonical text form is accepted, so every FWD has exactly one
+                // encoding (decode ∘ encode is the identity on bytes).
                 let relay = std::str::from_utf8(text)
                     .ok()
-                    .and_then(|t| t.parse().ok())
+                    .and_then(|t| t.parse::<RelayAddress>().ok())
+                    .filter(|a| a.to_string().as_bytes() == text)
                     .ok_or(DecodeError::InvalidValue("relay address"))?;
                 let sealed = r.long_bytes("sealed transmission", SEALED_LEN)?;
                 if sealed.len() != SEALED_LEN {
