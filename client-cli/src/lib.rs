@@ -8,6 +8,8 @@
 //! The contact agent and the `sotto` CLI live behind the default `agent` feature; nothing in
 //! the modules above depends on it.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod client;
 pub mod transport;
 

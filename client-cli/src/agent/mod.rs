@@ -1,0 +1,1652 @@
+//! The contact agent: a local profile of relays and contacts, end-to-end encrypted duplex
+//! connections made of queues, and the work of keeping them (sending, receiving in order
+//! and once, rotating queues). The `sotto` CLI is a thin layer over [`Agent`]; privacy
+//! clients can embed it the same way.
+//!
+//! What it owns: the profile (through [`store::Store`], the single source of truth, re-read
+//! under a lock for every change so that several processes can share a profile), one
+//! connection per relay ([`net::Net`]), Olm sessions (vodozemac), the outbox. What it does
+//! not: the wire format of queues (`sotto-protocol`), sessions with relays
+//! ([`crate::RelayClient`]), anything a person sees (the CLI formats [`Event`]s).
+//!
+//! The full description — connection flow, invitation format, ratchet and padding, what is
+//! stored and how — is `docs/client.md`.
+//!
+//! # Metadata
+//!
+//! - Every SEND body is exactly [`sotto_protocol::MAX_BODY`] bytes ([`wire`]).
+//! - Sends made *because something was received* (the inviter's SKEY and READY after a
+//!   HELLO, the sender's SKEY and SWITCHED after a rotation request, deleting the old queue
+//!   after a rotation) are never sent at once: each batch waits an independent random delay,
+//!   exponential with mean [`AgentOptions::auto_delay_mean`]. Delivery receipts are not
+//!   sent at all.
+
+pub mod invitation;
+pub mod net;
+pub mod secret;
+mod state;
+mod store;
+pub mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng as _;
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use serde::Serialize;
+use sotto_protocol::{AuthSecretKey, ErrorCode, QueueAddress, RecipientId, RelayAddress};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use vodozemac::Curve25519PublicKey;
+use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle};
+
+use crate::client::{ClientOptions, Pushed, QueueCredentials, SealedMessage};
+use invitation::{Invitation, InvitationError};
+use net::{Net, NetError};
+use secret::Secret32;
+pub use state::StateError;
+use state::{
+    Action, Arrival, Contact, InboxEntry, Lease, OutboxItem, PendingInvitation, QueueOwner,
+    RecvQueue, SendQueue, State,
+};
+pub use store::{KdfParams, StoreError};
+use store::{ReceiverLock, Store};
+use wire::{Message, Payload, WireError};
+
+pub use wire::MAX_TEXT_LEN;
+
+/// Default mean of the random delay before automatic sends.
+pub const DEFAULT_AUTO_DELAY_MEAN: Duration = Duration::from_secs(2);
+
+/// Longest automatic-send delay, as a multiple of the mean (keeps the tail finite).
+const AUTO_DELAY_CAP_FACTOR: u32 = 20;
+
+/// How long an outbox item stays leased to the process doing it (longer than the worst
+/// case of [`net::ATTEMPTS`] connects and requests with the default timeouts).
+const LEASE: Duration = Duration::from_secs(120);
+
+/// How often the receive loop re-reads the profile (new queues to subscribe, outbox items
+/// that fell due, broken connections to restore).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Longest pause between attempts to reach a relay or do a contact's outbox that failed.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Longest name of a contact, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Called with every SEND body just before it goes to [`crate::RelayClient::send`]
+/// (diagnostics and tests: e.g. to check that every body has the same length).
+pub type SendTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Settings of an [`Agent`].
+#[derive(Clone)]
+pub struct AgentOptions {
+    /// Connection and request settings.
+    pub client: ClientOptions,
+    /// Mean of the exponential random delay before automatic sends (zero: no delay, for
+    /// tests only).
+    pub auto_delay_mean: Duration,
+    /// Argon2id cost for a new profile (an existing profile keeps its own).
+    pub kdf: KdfParams,
+    /// See [`SendTap`].
+    pub send_tap: Option<SendTap>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            client: ClientOptions::default(),
+            auto_delay_mean: DEFAULT_AUTO_DELAY_MEAN,
+            kdf: KdfParams::DEFAULT,
+            send_tap: None,
+        }
+    }
+}
+
+/// Why an agent operation failed. Display texts are one line meant for the person using
+/// the CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Profile storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A relay could not be reached or refused a request.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// No contact of that name.
+    #[error("unknown contact `{0}` (see `sotto contacts`)")]
+    UnknownContact(String),
+    /// The contact's set-up is not complete on this side yet.
+    #[error(
+        "contact `{0}` is not connected yet: the invitation has not been accepted, or \
+         `sotto recv` has not run since"
+    )]
+    ContactPending(String),
+    /// The name is in use.
+    #[error("a contact or invitation named `{0}` already exists")]
+    NameTaken(String),
+    /// The name is not acceptable.
+    #[error(
+        "invalid name `{0}`: use 1 to {MAX_NAME_LEN} characters, no `:`, no control \
+         characters, no leading or trailing spaces"
+    )]
+    BadName(String),
+    /// No relay was given and none is configured.
+    #[error("no relay configured: add one with `sotto relay add sotto://…`")]
+    NoRelay,
+    /// `--via` names no known relay.
+    #[error(
+        "unknown relay `{0}`: give a full sotto:// address or one listed by `sotto relay list`"
+    )]
+    UnknownRelay(String),
+    /// A relay address that does not parse.
+    #[error("invalid relay address `{text}`: {source}")]
+    BadRelayAddress {
+        /// What was given.
+        text: String,
+        /// Why.
+        #[source]
+        source: sotto_protocol::AddressError,
+    },
+    /// A malformed invitation.
+    #[error("malformed invitation: {0}")]
+    Invitation(#[from] InvitationError),
+    /// The invitation's queue is already secured by someone else.
+    #[error("this invitation has already been used")]
+    InvitationUsed,
+    /// The invitation's queue does not exist (any more).
+    #[error("this invitation is no longer valid (its queue does not exist)")]
+    InvitationGone,
+    /// The text is too long for one message.
+    #[error("message is {0} bytes; the most one message carries is {MAX_TEXT_LEN}")]
+    TooLong(usize),
+    /// Too many messages waiting to be sent to this contact.
+    #[error(
+        "too many messages to `{0}` are waiting to be sent; run `sotto recv` when the relay is reachable"
+    )]
+    OutboxFull(String),
+    /// A rotation is already under way.
+    #[error(
+        "a queue rotation for `{0}` is already under way; wait for it to finish (`sotto recv`)"
+    )]
+    Rotating(String),
+    /// A message (or set-up step) stays queued because the relay could not take it.
+    #[error(
+        "not delivered to `{contact}` yet ({source}); it stays queued and is retried by the next `sotto send` or `sotto recv`"
+    )]
+    NotDelivered {
+        /// The contact.
+        contact: String,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// Another process is doing this contact's outbox and did not finish in time.
+    #[error("another sotto process is sending to `{0}`; try again")]
+    Busy(String),
+    /// Unusable stored data.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The Olm keys in an invitation are unusable.
+    #[error("malformed invitation: its keys are unusable")]
+    InvitationKeys,
+    /// Stopped by the test hook [`ReceiveOptions::stop_before_ack`].
+    #[error("stopped before acknowledging a message (test hook)")]
+    StoppedBeforeAck,
+}
+
+impl From<WireError> for AgentError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::TooLong(n) => AgentError::TooLong(n),
+            _ => AgentError::State(StateError("message encoding")),
+        }
+    }
+}
+
+/// Something that happened while receiving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A text from a contact, in the order the contact sent it.
+    Message {
+        /// The contact's name.
+        contact: String,
+        /// The text.
+        text: String,
+        /// The contact's sequence number for it.
+        seq: u64,
+        /// When the relay received it (Unix seconds, rounded by the relay).
+        timestamp: u64,
+    },
+    /// A contact's set-up completed.
+    Connected {
+        /// The contact's name.
+        contact: String,
+    },
+    /// A rotation of our receive queue for this contact finished (the old queue is
+    /// deleted shortly after, as an automatic action).
+    Rotated {
+        /// The contact's name.
+        contact: String,
+    },
+    /// Messages from this contact never arrived and were given up on.
+    Missed {
+        /// The contact's name.
+        contact: String,
+        /// How many.
+        count: u64,
+    },
+    /// A message failed authentication or could not be decrypted, and was dropped.
+    Rejected {
+        /// The contact's name, when the queue is known to belong to one.
+        contact: Option<String>,
+    },
+    /// Something did not work and is being retried (e.g. a relay is unreachable).
+    Warning {
+        /// What.
+        message: String,
+    },
+}
+
+/// How long [`Agent::receive`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveOptions {
+    /// Return after this long at most (`None`: until stopped).
+    pub wait: Option<Duration>,
+    /// Return once every queue is subscribed, nothing arrived for this long, and no outbox
+    /// item falls due before `wait` ends (`None`: never for that reason).
+    pub idle: Option<Duration>,
+    /// Return when cancelled.
+    pub stop: Option<CancellationToken>,
+    /// **Test hook**: return [`AgentError::StoppedBeforeAck`] right after the first text
+    /// has been persisted and shown, without acknowledging it — what a crash at that point
+    /// does. The relay then delivers it again and the agent must show it only once.
+    pub stop_before_ack: bool,
+}
+
+/// State of a contact as [`Agent::contacts`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactStatus {
+    /// An invitation made here, not used yet.
+    Invited,
+    /// Set-up under way.
+    Connecting,
+    /// Both directions work.
+    Connected,
+    /// Moving our receive queue to another relay.
+    Rotating,
+}
+
+/// A contact as [`Agent::contacts`] reports it (no keys or queue ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContactInfo {
+    /// Local name.
+    pub name: String,
+    /// Status.
+    pub status: ContactStatus,
+    /// Relays we receive this contact's messages on (`host:port`).
+    pub receive_relays: Vec<String>,
+    /// Relay we send to (`host:port`), once known.
+    pub send_relay: Option<String>,
+    /// Outbox items waiting.
+    pub queued: usize,
+}
+
+/// A local profile and its connections.
+pub struct Agent {
+    store: Store,
+    opts: AgentOptions,
+    net: Net,
+    /// Random id of this instance, for outbox leases.
+    owner: u64,
+    /// Contacts whose outbox failed: not before this instant, and the current backoff.
+    backoff: HashMap<u64, (Instant, Duration)>,
+}
+
+/// What processing one received message produced.
+#[derive(Default)]
+struct Outcome {
+    contact: Option<u64>,
+    notices: Vec<Event>,
+}
+
+enum Claim {
+    Done,
+    Busy,
+    Item(u64, Action),
+}
+
+impl Agent {
+    /// Creates a new profile in `home`.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyInitialised`], I/O errors.
+    pub fn create(home: &Path, passphrase: &[u8], opts: AgentOptions) -> Result<Self, AgentError> {
+        let store = Store::create(home, passphrase, opts.kdf)?;
+        Ok(Self::with_store(store, opts))
+    }
+
+    /// Opens the profile in `home`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInitialised`], [`StoreError::WrongPassphrase`], I/O errors.
+    pub fn open(home: &Path, passphrase: &[u8], opts: AgentOptions) -> Result<Self, AgentError> {
+        let store = Store::open(home, passphrase)?;
+        Ok(Self::with_store(store, opts))
+    }
+
+    fn with_store(store: Store, opts: AgentOptions) -> Self {
+        let net = Net::new(opts.client.clone());
+        Self {
+            store,
+            opts,
+            net,
+            owner: OsRng.next_u64(),
+            backoff: HashMap::new(),
+        }
+    }
+
+    /// The profile directory.
+    pub fn home(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// Closes every connection (pending outbox items stay in the profile).
+    pub async fn close(mut self) {
+        self.net.close_all().await;
+    }
+
+    // ---------------------------------------------------------------- relays
+
+    /// Known relays; the first is the default receive relay.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn relays(&self) -> Result<Vec<RelayAddress>, AgentError> {
+        let st = self.store.read()?;
+        st.relays
+            .iter()
+            .map(|r| {
+                r.parse()
+                    .map_err(|_| AgentError::State(StateError("relay address")))
+            })
+            .collect()
+    }
+
+    /// Adds a relay (no-op if known). The first relay added is the default.
+    ///
+    /// # Errors
+    /// [`AgentError::BadRelayAddress`], store errors.
+    pub fn add_relay(&self, addr: &str) -> Result<RelayAddress, AgentError> {
+        let a = parse_relay(addr)?;
+        let text = a.to_string();
+        self.store.update(|st| {
+            if !st.relays.contains(&text) {
+                st.relays.push(text.clone());
+            }
+            Ok::<_, AgentError>(())
+        })?;
+        Ok(a)
+    }
+
+    /// Removes a relay from the list (queues on it keep working until rotated away).
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownRelay`], store errors.
+    pub fn remove_relay(&self, spec: &str) -> Result<RelayAddress, AgentError> {
+        let a = self.resolve_relay(Some(spec))?;
+        let text = a.to_string();
+        self.store.update(|st| {
+            let before = st.relays.len();
+            st.relays.retain(|r| *r != text);
+            if st.relays.len() == before {
+                return Err(AgentError::UnknownRelay(spec.to_owned()));
+            }
+            Ok(())
+        })?;
+        Ok(a)
+    }
+
+    /// A relay from a `--via`-style argument: a full address, or a known relay named by its
+    /// address, `host:port` or host. `None`: the default relay.
+    ///
+    /// # Errors
+    /// [`AgentError::NoRelay`], [`AgentError::UnknownRelay`],
+    /// [`AgentError::BadRelayAddress`].
+    pub fn resolve_relay(&self, spec: Option<&str>) -> Result<RelayAddress, AgentError> {
+        let known = self.relays()?;
+        let Some(spec) = spec else {
+            return known.into_iter().next().ok_or(AgentError::NoRelay);
+        };
+        if spec.starts_with(sotto_protocol::address::SCHEME) {
+            return parse_relay(spec);
+        }
+        let matches: Vec<RelayAddress> = known
+            .into_iter()
+            .filter(|r| r.host_port() == spec || r.host.to_string() == spec)
+            .collect();
+        match <[RelayAddress; 1]>::try_from(matches) {
+            Ok([one]) => Ok(one),
+            Err(_) => Err(AgentError::UnknownRelay(spec.to_owned())),
+        }
+    }
+
+    // ---------------------------------------------------------------- contacts
+
+    /// Makes an invitation on `via` (default: the default relay) for a contact to be called
+    /// `name` (default `contact-N`). Returns the one-line `sotto:` link.
+    ///
+    /// # Errors
+    /// Relay errors, [`AgentError::NameTaken`], [`AgentError::BadName`], store errors.
+    pub async fn invite(
+        &mut self,
+        via: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<String, AgentError> {
+        let relay = self.resolve_relay(via)?;
+        if let Some(n) = name {
+            check_name(n)?;
+            if self.store.read()?.name_taken(n) {
+                return Err(AgentError::NameTaken(n.to_owned()));
+            }
+        }
+        let creds = self.create_queue(&relay).await?;
+        let mut account = Account::new();
+        let otk = account
+            .generate_one_time_keys(1)
+            .created
+            .into_iter()
+            .next()
+            .ok_or(AgentError::State(StateError("one-time key")))?;
+        account.mark_keys_as_published();
+        let mut invitation_id = [0u8; 16];
+        OsRng.fill_bytes(&mut invitation_id);
+        let envelope_key = Secret32::random();
+        let link = Invitation {
+            id: invitation_id,
+            identity_key: account.curve25519_key().to_bytes(),
+            one_time_key: otk.to_bytes(),
+            envelope_key: envelope_key.clone(),
+            queue: creds.queue_address(),
+        }
+        .to_link();
+        let account = account.pickle().encrypt(self.store.pickle_key());
+        let queue = RecvQueue::new(&creds, envelope_key);
+        let name = name.map(str::to_owned);
+        self.store.update(|st| {
+            let id = st.take_id();
+            let name = name.unwrap_or_else(|| format!("contact-{id}"));
+            if st.name_taken(&name) {
+                return Err(AgentError::NameTaken(name));
+            }
+            st.invitations.push(PendingInvitation {
+                id,
+                invitation_id,
+                name,
+                queue,
+                account,
+                link: link.clone(),
+            });
+            Ok(())
+        })?;
+        Ok(link)
+    }
+
+    /// Accepts an invitation: secures the inviter's queue (SKEY), creates our receive queue
+    /// on `via` (default: the default relay) and sends the HELLO. Returns once the relay
+    /// accepted the HELLO.
+    ///
+    /// # Errors
+    /// [`AgentError::Invitation`], [`AgentError::InvitationUsed`],
+    /// [`AgentError::InvitationGone`], [`AgentError::NameTaken`], relay errors.
+    pub async fn accept(
+        &mut self,
+        link: &str,
+        name: &str,
+        via: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let inv = Invitation::parse(link)?;
+        check_name(name)?;
+        if self.store.read()?.name_taken(name) {
+            return Err(AgentError::NameTaken(name.to_owned()));
+        }
+        let relay = self.resolve_relay(via)?;
+        let account = Account::new();
+        let session = account
+            .create_outbound_session(
+                SessionConfig::version_1(),
+                Curve25519PublicKey::from_bytes(inv.identity_key),
+                Curve25519PublicKey::from_bytes(inv.one_time_key),
+            )
+            .map_err(|_| AgentError::InvitationKeys)?;
+        let creds = self.create_queue(&relay).await?;
+        let sender_key = Secret32::random();
+        let skey = AuthSecretKey::from_bytes(sender_key.expose());
+        let sender_id = inv.queue.sender_id;
+        let secured = self
+            .net
+            .request(&inv.queue.relay, async |c| {
+                c.sender_secure(sender_id, &skey).await
+            })
+            .await;
+        if let Err(e) = secured {
+            self.delete_queue_best_effort(&creds).await;
+            return Err(match e.relay_code() {
+                Some(ErrorCode::Prohibited) => AgentError::InvitationUsed,
+                Some(ErrorCode::Auth) => AgentError::InvitationGone,
+                _ => AgentError::Net(e),
+            });
+        }
+        let envelope_key = Secret32::random();
+        let hello = Payload::Hello {
+            invitation_id: inv.id,
+            reply_queue: creds.queue_address().to_string(),
+            envelope_key: envelope_key.clone(),
+        };
+        let pickle_key = *self.store.pickle_key();
+        let name = name.to_owned();
+        let (contact, item) = self.store.update(|st| {
+            if st.name_taken(&name) {
+                return Err(AgentError::NameTaken(name.clone()));
+            }
+            let id = st.take_id();
+            st.contacts.push(Contact {
+                id,
+                name: name.clone(),
+                invitation_id: None,
+                session: session.pickle().encrypt(&pickle_key),
+                recv: vec![RecvQueue::new(&creds, envelope_key)],
+                send: Some(SendQueue {
+                    queue: inv.queue.to_string(),
+                    sender_key,
+                    envelope_key: inv.envelope_key.clone(),
+                }),
+                connected: false,
+                next_send_seq: 0,
+                next_recv_seq: 0,
+                reorder: Default::default(),
+                seen: Default::default(),
+                inbox: Vec::new(),
+                rotating: false,
+            });
+            let item = enqueue_message(st, &pickle_key, id, hello, now_ms(), false)?;
+            Ok((id, item))
+        })?;
+        self.flush_contact(contact, Some(item), true).await
+    }
+
+    /// Sends a text; returns once the relay answered OK (the message is durable there).
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownContact`], [`AgentError::ContactPending`],
+    /// [`AgentError::TooLong`], [`AgentError::OutboxFull`], [`AgentError::NotDelivered`]
+    /// (the message stays queued).
+    pub async fn send(&mut self, name: &str, text: &str) -> Result<(), AgentError> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(AgentError::TooLong(text.len()));
+        }
+        let pickle_key = *self.store.pickle_key();
+        let (contact, item) = self.store.update(|st| {
+            let id = sendable_contact(st, name)?;
+            if st.outbox_len(id) >= state::MAX_OUTBOX {
+                return Err(AgentError::OutboxFull(name.to_owned()));
+            }
+            let payload = Payload::Text(text.to_owned());
+            let item = enqueue_message(st, &pickle_key, id, payload, now_ms(), false)?;
+            Ok((id, item))
+        })?;
+        self.flush_contact(contact, Some(item), true).await
+    }
+
+    /// Moves our receive queue for `name` to the relay `via`: creates the new queue and
+    /// asks the contact to switch. Messages keep arriving on the old queue until the
+    /// contact has switched; then the old queue is deleted (both done by
+    /// [`Agent::receive`]).
+    ///
+    /// # Errors
+    /// As [`Agent::send`], [`AgentError::Rotating`], relay errors.
+    pub async fn rotate(&mut self, name: &str, via: &str) -> Result<(), AgentError> {
+        let relay = self.resolve_relay(Some(via))?;
+        {
+            let st = self.store.read()?;
+            let id = sendable_contact(&st, name)?;
+            if st.contact(id).is_some_and(|c| c.rotating) {
+                return Err(AgentError::Rotating(name.to_owned()));
+            }
+        }
+        let creds = self.create_queue(&relay).await?;
+        let envelope_key = Secret32::random();
+        let payload = Payload::NewQueue {
+            queue: creds.queue_address().to_string(),
+            envelope_key: envelope_key.clone(),
+        };
+        let pickle_key = *self.store.pickle_key();
+        let res = self.store.update(|st| {
+            let id = sendable_contact(st, name)?;
+            let c = st
+                .contact_mut(id)
+                .ok_or_else(|| AgentError::UnknownContact(name.to_owned()))?;
+            if c.rotating {
+                return Err(AgentError::Rotating(name.to_owned()));
+            }
+            c.rotating = true;
+            c.recv.push(RecvQueue::new(&creds, envelope_key));
+            let item = enqueue_message(st, &pickle_key, id, payload, now_ms(), false)?;
+            Ok((id, item))
+        });
+        let (contact, item) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.delete_queue_best_effort(&creds).await;
+                return Err(e);
+            }
+        };
+        self.flush_contact(contact, Some(item), true).await
+    }
+
+    /// Deletes a contact (or a pending invitation): deletes our receive queues on their
+    /// relays, then forgets it. The contact is not told; its sends start failing.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownContact`]; relay errors (then nothing is forgotten).
+    pub async fn delete(&mut self, name: &str) -> Result<(), AgentError> {
+        let queues: Vec<RecvQueue> = {
+            let st = self.store.read()?;
+            if let Some(c) = st.contact_by_name(name) {
+                c.recv.clone()
+            } else if let Some(i) = st.invitations.iter().find(|i| i.name == name) {
+                vec![i.queue.clone()]
+            } else {
+                return Err(AgentError::UnknownContact(name.to_owned()));
+            }
+        };
+        for q in &queues {
+            self.delete_queue(q).await?;
+        }
+        self.store.update(|st| {
+            if let Some(id) = st.contact_by_name(name).map(|c| c.id) {
+                st.remove_contact(id);
+            }
+            st.invitations.retain(|i| i.name != name);
+            Ok::<_, AgentError>(())
+        })
+    }
+
+    /// Contacts and pending invitations.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn contacts(&self) -> Result<Vec<ContactInfo>, AgentError> {
+        let st = self.store.read()?;
+        let host = |r: &str| {
+            r.parse::<RelayAddress>()
+                .map(|a| a.host_port())
+                .unwrap_or_else(|_| "?".into())
+        };
+        let mut out: Vec<ContactInfo> = st
+            .contacts
+            .iter()
+            .map(|c| ContactInfo {
+                name: c.name.clone(),
+                status: if c.rotating {
+                    ContactStatus::Rotating
+                } else if c.connected && c.send.is_some() {
+                    ContactStatus::Connected
+                } else {
+                    ContactStatus::Connecting
+                },
+                receive_relays: c.recv.iter().map(|q| host(&q.relay)).collect(),
+                send_relay: c.send.as_ref().map(|s| {
+                    s.queue
+                        .parse::<QueueAddress>()
+                        .map(|q| q.relay.host_port())
+                        .unwrap_or_else(|_| "?".into())
+                }),
+                queued: st.outbox_len(c.id),
+            })
+            .collect();
+        out.extend(st.invitations.iter().map(|i| ContactInfo {
+            name: i.name.clone(),
+            status: ContactStatus::Invited,
+            receive_relays: vec![host(&i.queue.relay)],
+            send_relay: None,
+            queued: 0,
+        }));
+        Ok(out)
+    }
+
+    /// The credentials of the queues we receive `name`'s messages on (oldest first).
+    /// For tools and tests that inspect queues directly; these are secrets.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownContact`], unusable stored data.
+    pub fn receive_credentials(&self, name: &str) -> Result<Vec<QueueCredentials>, AgentError> {
+        let st = self.store.read()?;
+        let c = st
+            .contact_by_name(name)
+            .ok_or_else(|| AgentError::UnknownContact(name.to_owned()))?;
+        c.recv
+            .iter()
+            .map(|q| q.creds().map_err(AgentError::from))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- receiving
+
+    /// Receives: subscribes to every receive queue, processes messages (decrypts, orders,
+    /// de-duplicates, completes contact set-ups and rotations), calls `on_event` for each
+    /// [`Event`], does outbox items as they fall due, and restores broken connections.
+    /// Each text is persisted, then shown (`on_event`), then marked shown, then
+    /// acknowledged. Returns when `opts` say so or `on_event` breaks.
+    ///
+    /// # Errors
+    /// [`StoreError::ReceiverBusy`]; the first relay error when no queue could be
+    /// subscribed at all; store errors.
+    pub async fn receive<F>(
+        &mut self,
+        opts: ReceiveOptions,
+        mut on_event: F,
+    ) -> Result<(), AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let _receiver: ReceiverLock = self.store.lock_receiver()?;
+        let start = Instant::now();
+        let deadline = opts.wait.map(|w| start + w);
+        if self.show_inbox(&mut on_event)?.is_break() {
+            return Ok(());
+        }
+        let mut subs = Subscriptions::default();
+        let first = self.sync_subscriptions(&mut subs, &mut on_event).await?;
+        if let Some(e) = first {
+            if subs.live.is_empty() {
+                return Err(AgentError::Net(e));
+            }
+        }
+        let mut last_activity = Instant::now();
+        let stop = opts.stop.clone().unwrap_or_default();
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            if let Some(idle) = opts.idle {
+                if now.duration_since(last_activity) >= idle
+                    && subs.complete
+                    && !self.outbox_due_before(deadline)?
+                {
+                    break;
+                }
+            }
+            let tick = deadline.map_or(now + TICK, |d| d.min(now + TICK));
+            enum Step {
+                Push(Option<net::Tagged>),
+                Tick,
+                Stop,
+            }
+            let step = tokio::select! {
+                _ = stop.cancelled() => Step::Stop,
+                p = self.net.pushes().recv() => Step::Push(p),
+                _ = tokio::time::sleep_until(tick) => Step::Tick,
+            };
+            match step {
+                Step::Stop => break,
+                // The agent holds a sender, so the channel never ends.
+                Step::Push(None) => break,
+                Step::Push(Some(t)) => match t.event {
+                    Pushed::Msg { recipient_id, msg } => {
+                        last_activity = Instant::now();
+                        let flow = self
+                            .handle_msg(&t.relay, recipient_id, msg, &opts, &mut on_event)
+                            .await?;
+                        if flow.is_break() {
+                            break;
+                        }
+                    }
+                    Pushed::End { recipient_id } => {
+                        subs.live.remove(&(t.relay.to_string(), recipient_id.0));
+                    }
+                    Pushed::Closed(_) => {
+                        let current = self.net.serial(&t.relay);
+                        if current.is_none() || current == Some(t.serial) {
+                            self.net.drop_conn(&t.relay).await;
+                        }
+                    }
+                },
+                Step::Tick => {
+                    self.sync_subscriptions(&mut subs, &mut on_event).await?;
+                    self.flush_due(&mut on_event).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Does every outbox item that is due (automatic sends whose delay has passed, and
+    /// anything a failure left behind). Failures become [`Event::Warning`]s and are retried
+    /// later with a growing pause.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn flush_due<F>(&mut self, on_event: &mut F) -> Result<(), AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let due = self.store.read()?.due_contacts(now_ms(), self.owner);
+        let now = Instant::now();
+        for c in due {
+            if self.backoff.get(&c).is_some_and(|(until, _)| now < *until) {
+                continue;
+            }
+            match self.flush_contact(c, None, false).await {
+                Ok(()) => {
+                    self.backoff.remove(&c);
+                }
+                Err(e @ (AgentError::Store(_) | AgentError::State(_))) => return Err(e),
+                Err(e) => {
+                    let pause = self
+                        .backoff
+                        .get(&c)
+                        .map_or(Duration::from_secs(1), |(_, p)| (*p * 2).min(MAX_BACKOFF));
+                    self.backoff.insert(c, (Instant::now() + pause, pause));
+                    let _ = on_event(&Event::Warning {
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn outbox_due_before(&self, deadline: Option<Instant>) -> Result<bool, AgentError> {
+        let st = self.store.read()?;
+        let Some(due) = st.next_due_ms() else {
+            return Ok(false);
+        };
+        let Some(deadline) = deadline else {
+            return Ok(true);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok(due <= now_ms().saturating_add(millis(left)))
+    }
+
+    /// Shows texts that were persisted but not shown (after a crash, or a callback that
+    /// broke early), then marks them shown.
+    fn show_inbox<F>(&self, on_event: &mut F) -> Result<ControlFlow<()>, AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let st = self.store.read()?;
+        let mut shown: Vec<u64> = Vec::new();
+        let mut flow = ControlFlow::Continue(());
+        'outer: for c in &st.contacts {
+            for e in &c.inbox {
+                shown.push(e.id);
+                flow = on_event(&Event::Message {
+                    contact: c.name.clone(),
+                    text: e.text.clone(),
+                    seq: e.seq,
+                    timestamp: e.timestamp,
+                });
+                if flow.is_break() {
+                    break 'outer;
+                }
+            }
+        }
+        if !shown.is_empty() {
+            self.store.update(|st| {
+                for c in &mut st.contacts {
+                    c.inbox.retain(|e| !shown.contains(&e.id));
+                }
+                Ok::<_, AgentError>(())
+            })?;
+        }
+        Ok(flow)
+    }
+
+    async fn handle_msg<F>(
+        &mut self,
+        relay: &RelayAddress,
+        recipient_id: RecipientId,
+        msg: SealedMessage,
+        opts: &ReceiveOptions,
+        on_event: &mut F,
+    ) -> Result<ControlFlow<()>, AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let relay_text = relay.to_string();
+        let (owner, queue, contact_name) = {
+            let st = self.store.read()?;
+            let Some(owner) = st.owner_of(&relay_text, &recipient_id.0) else {
+                // A queue we no longer have (deleted after a rotation): nothing to do.
+                return Ok(ControlFlow::Continue(()));
+            };
+            let queue = st
+                .receive_queues()
+                .into_iter()
+                .find(|q| q.relay == relay_text && q.recipient_id == recipient_id.0)
+                .cloned()
+                .ok_or(StateError("receive queue"))?;
+            let name = match owner {
+                QueueOwner::Contact(id) => st.contact(id).map(|c| c.name.clone()),
+                QueueOwner::Invitation(_) => None,
+            };
+            (owner, queue, name)
+        };
+        let creds = queue.creds()?;
+        let msg_id = msg.msg_id;
+        let opened = msg.open(&creds).ok().and_then(|m| {
+            wire::open_envelope(&queue.envelope_key, &m.body)
+                .ok()
+                .map(|e| (m.timestamp, e))
+        });
+        let flow = match opened {
+            None => on_event(&Event::Rejected {
+                contact: contact_name,
+            }),
+            Some((timestamp, (olm_type, olm))) => {
+                let pickle_key = *self.store.pickle_key();
+                let mean = self.opts.auto_delay_mean;
+                let outcome = self.store.update(|st| {
+                    process(st, &pickle_key, mean, owner, olm_type, &olm, timestamp)
+                })?;
+                let mut flow = ControlFlow::Continue(());
+                for n in &outcome.notices {
+                    if on_event(n).is_break() {
+                        flow = ControlFlow::Break(());
+                    }
+                }
+                if outcome.contact.is_some() && flow.is_continue() {
+                    let had_text = self
+                        .store
+                        .read()?
+                        .contacts
+                        .iter()
+                        .any(|c| !c.inbox.is_empty());
+                    flow = self.show_inbox(on_event)?;
+                    if opts.stop_before_ack && had_text {
+                        return Err(AgentError::StoppedBeforeAck);
+                    }
+                }
+                flow
+            }
+        };
+        // Persisted (and shown, or buffered in order) before this: now the relay may
+        // delete it. A failed ACK only means the message comes again, and is recognised.
+        let ack = self
+            .net
+            .request(relay, async |c| c.ack(&creds, msg_id).await)
+            .await;
+        if let Err(e) = ack {
+            let _ = on_event(&Event::Warning {
+                message: format!("could not acknowledge a message: {e}"),
+            });
+        }
+        Ok(flow)
+    }
+
+    /// Subscribes every receive queue that has no live subscription. Returns the first
+    /// relay error of this round, if any (also reported as a warning).
+    async fn sync_subscriptions<F>(
+        &mut self,
+        subs: &mut Subscriptions,
+        on_event: &mut F,
+    ) -> Result<Option<NetError>, AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let queues: Vec<RecvQueue> = self
+            .store
+            .read()?
+            .receive_queues()
+            .into_iter()
+            .cloned()
+            .collect();
+        let wanted: HashSet<(String, [u8; 24])> = queues
+            .iter()
+            .map(|q| (q.relay.clone(), q.recipient_id))
+            .collect();
+        subs.live.retain(|k, _| wanted.contains(k));
+        let now = Instant::now();
+        let mut first_error = None;
+        let mut complete = true;
+        let mut failed: HashSet<String> = HashSet::new();
+        for q in &queues {
+            let key = (q.relay.clone(), q.recipient_id);
+            let relay = q.relay_address()?;
+            let current = self.net.serial(&relay);
+            if current.is_some() && subs.live.get(&key).copied() == current {
+                continue;
+            }
+            complete = false;
+            if failed.contains(&q.relay) || subs.retry.get(&q.relay).is_some_and(|(t, _)| now < *t)
+            {
+                continue;
+            }
+            let creds = q.creds()?;
+            match self
+                .net
+                .request(&relay, async |c| c.subscribe(&creds).await)
+                .await
+            {
+                Ok(()) => {
+                    if let Some(serial) = self.net.serial(&relay) {
+                        subs.live.insert(key, serial);
+                    }
+                    subs.retry.remove(&q.relay);
+                    subs.down.remove(&q.relay);
+                }
+                Err(e) if e.relay_code() == Some(ErrorCode::Auth) => {
+                    // The queue is gone (deleted by a rotation in another process, or
+                    // expired on the relay): nothing to subscribe.
+                    subs.live.insert(key, current.unwrap_or_default());
+                }
+                Err(e) => {
+                    failed.insert(q.relay.clone());
+                    let pause = subs
+                        .retry
+                        .get(&q.relay)
+                        .map_or(Duration::from_secs(1), |(_, p)| (*p * 2).min(MAX_BACKOFF));
+                    subs.retry.insert(q.relay.clone(), (now + pause, pause));
+                    if subs.down.insert(q.relay.clone()) {
+                        let _ = on_event(&Event::Warning {
+                            message: e.to_string(),
+                        });
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        subs.complete = complete && first_error.is_none();
+        if !subs.complete {
+            // Re-check: everything may be live now.
+            subs.complete = queues.iter().all(|q| {
+                q.relay_address().ok().is_some_and(|r| {
+                    let s = self.net.serial(&r);
+                    s.is_some() && subs.live.get(&(q.relay.clone(), q.recipient_id)).copied() == s
+                })
+            });
+        }
+        Ok(first_error)
+    }
+
+    // ---------------------------------------------------------------- outbox
+
+    /// Does the contact's outbox items in order: all of them up to and including `until`
+    /// (whether due or not: the person is sending anyway), or, with `until = None`, those
+    /// that are due (`include_not_due` = false) or all.
+    async fn flush_contact(
+        &mut self,
+        contact: u64,
+        until: Option<u64>,
+        include_not_due: bool,
+    ) -> Result<(), AgentError> {
+        let owner = self.owner;
+        let busy_deadline = Instant::now() + LEASE;
+        loop {
+            let claim = self.store.update(|st| {
+                let now = now_ms();
+                let Some(item) = st.first_item_of(contact) else {
+                    return Ok::<_, AgentError>(Claim::Done);
+                };
+                if until.is_some_and(|u| item.id > u)
+                    || (!include_not_due && item.not_before_ms > now)
+                {
+                    return Ok(Claim::Done);
+                }
+                if !state::leasable(item, now, owner) {
+                    return Ok(Claim::Busy);
+                }
+                let id = item.id;
+                let action = item.action.clone();
+                if let Some(i) = st.outbox.iter_mut().find(|i| i.id == id) {
+                    i.lease = Some(Lease {
+                        owner,
+                        until_ms: now + millis(LEASE),
+                    });
+                }
+                Ok(Claim::Item(id, action))
+            })?;
+            match claim {
+                Claim::Done => return Ok(()),
+                Claim::Busy => {
+                    if Instant::now() >= busy_deadline {
+                        return Err(AgentError::Busy(self.contact_name(contact)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Claim::Item(id, action) => {
+                    let result = self.execute(&action).await;
+                    let ok = result.is_ok();
+                    self.store.update(|st| {
+                        if ok {
+                            st.outbox.retain(|i| i.id != id);
+                        } else if let Some(i) = st.outbox.iter_mut().find(|i| i.id == id) {
+                            i.lease = None;
+                        }
+                        Ok::<_, AgentError>(())
+                    })?;
+                    if let Err(source) = result {
+                        return Err(AgentError::NotDelivered {
+                            contact: self.contact_name(contact),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn contact_name(&self, id: u64) -> String {
+        self.store
+            .read()
+            .ok()
+            .and_then(|st| st.contact(id).map(|c| c.name.clone()))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    async fn execute(&mut self, action: &Action) -> Result<(), NetError> {
+        match action {
+            Action::Skey { queue, sender_key } => {
+                let q = parse_queue(queue)?;
+                let key = AuthSecretKey::from_bytes(sender_key.expose());
+                let sender_id = q.sender_id;
+                match self
+                    .net
+                    .request(&q.relay, async |c| c.sender_secure(sender_id, &key).await)
+                    .await
+                {
+                    // Already secured: by an earlier attempt of ours whose answer was lost
+                    // (if anyone else did it, our SENDs fail with AUTH and say so).
+                    Err(e) if e.relay_code() == Some(ErrorCode::Prohibited) => Ok(()),
+                    r => r,
+                }
+            }
+            Action::Send {
+                queue,
+                sender_key,
+                envelope_key,
+                olm_type,
+                olm,
+            } => {
+                let q = parse_queue(queue)?;
+                let key = AuthSecretKey::from_bytes(sender_key.expose());
+                let body = wire::seal_envelope(envelope_key, *olm_type, olm).map_err(|_| {
+                    NetError::Request {
+                        relay: q.relay.host_port(),
+                        source: crate::client::ClientError::UnexpectedResponse(
+                            "message does not fit the envelope",
+                        ),
+                    }
+                })?;
+                if let Some(tap) = &self.opts.send_tap {
+                    tap(&body);
+                }
+                let sender_id = q.sender_id;
+                self.net
+                    .request(&q.relay, async |c| {
+                        c.send(sender_id, Some(&key), 0, body.clone()).await
+                    })
+                    .await
+            }
+            Action::Delete { queue } => self.delete_queue(queue).await,
+        }
+    }
+
+    async fn create_queue(&mut self, relay: &RelayAddress) -> Result<QueueCredentials, AgentError> {
+        Ok(self
+            .net
+            .request(relay, async |c| c.create_queue(None).await)
+            .await?)
+    }
+
+    async fn delete_queue(&mut self, q: &RecvQueue) -> Result<(), NetError> {
+        let creds = q.creds().map_err(|_| NetError::Request {
+            relay: q.relay.clone(),
+            source: crate::client::ClientError::UnexpectedResponse("unusable stored queue"),
+        })?;
+        let relay = creds.relay.clone();
+        match self
+            .net
+            .request(&relay, async |c| c.delete(&creds).await)
+            .await
+        {
+            // Already gone.
+            Err(e) if e.relay_code() == Some(ErrorCode::Auth) => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn delete_queue_best_effort(&mut self, creds: &QueueCredentials) {
+        let relay = creds.relay.clone();
+        let _ = self
+            .net
+            .request(&relay, async |c| c.delete(creds).await)
+            .await;
+    }
+}
+
+/// Subscriptions of one receive run: which queues are subscribed on which connection
+/// (by serial), and relays to retry later.
+#[derive(Default)]
+struct Subscriptions {
+    live: HashMap<(String, [u8; 24]), u64>,
+    retry: HashMap<String, (Instant, Duration)>,
+    /// Relays reported unreachable (warned once per outage).
+    down: HashSet<String>,
+    /// Every wanted queue has a live subscription.
+    complete: bool,
+}
+
+/// Processes one opened Olm message for its queue's owner. Never fails for bad input
+/// (that is a [`Event::Rejected`]); fails only for unusable stored data.
+fn process(
+    st: &mut State,
+    pickle_key: &[u8; 32],
+    auto_delay_mean: Duration,
+    owner: QueueOwner,
+    olm_type: u8,
+    olm: &[u8],
+    timestamp: u64,
+) -> Result<Outcome, AgentError> {
+    let digest = state::digest(olm);
+    let rejected = |contact: Option<String>| Outcome {
+        contact: None,
+        notices: vec![Event::Rejected { contact }],
+    };
+    let Ok(message) = OlmMessage::from_parts(usize::from(olm_type), olm) else {
+        let name = match owner {
+            QueueOwner::Contact(id) => st.contact(id).map(|c| c.name.clone()),
+            QueueOwner::Invitation(_) => None,
+        };
+        return Ok(rejected(name));
+    };
+    let (contact_id, plaintext) = match owner {
+        QueueOwner::Contact(id) => {
+            let c = st.contact_mut(id).ok_or(StateError("contact"))?;
+            if c.has_seen(&digest) {
+                return Ok(Outcome::default());
+            }
+            let mut session = unpickle_session(&c.session, pickle_key)?;
+            let Ok(plaintext) = session.decrypt(&message) else {
+                return Ok(rejected(Some(c.name.clone())));
+            };
+            c.session = session.pickle().encrypt(pickle_key);
+            c.record_seen(digest);
+            (id, zeroize::Zeroizing::new(plaintext))
+        }
+        QueueOwner::Invitation(inv_id) => {
+            let OlmMessage::PreKey(pre_key) = &message else {
+                return Ok(rejected(None));
+            };
+            let idx = st
+                .invitations
+                .iter()
+                .position(|i| i.id == inv_id)
+                .ok_or(StateError("invitation"))?;
+            let inv = st.invitations.get(idx).ok_or(StateError("invitation"))?;
+            let pickle = AccountPickle::from_encrypted(&inv.account, pickle_key)
+                .map_err(|_| StateError("Olm account"))?;
+            let mut account = Account::from_pickle(pickle);
+            let Ok(created) = account.create_inbound_session(
+                SessionConfig::version_1(),
+                pre_key.identity_key(),
+                pre_key,
+            ) else {
+                return Ok(rejected(None));
+            };
+            let inv = st.invitations.remove(idx);
+            let id = st.take_id();
+            let mut c = Contact {
+                id,
+                name: inv.name,
+                invitation_id: Some(inv.invitation_id),
+                session: created.session.pickle().encrypt(pickle_key),
+                recv: vec![inv.queue],
+                send: None,
+                connected: false,
+                next_send_seq: 0,
+                next_recv_seq: 0,
+                reorder: Default::default(),
+                seen: Default::default(),
+                inbox: Vec::new(),
+                rotating: false,
+            };
+            c.record_seen(digest);
+            st.contacts.push(c);
+            (id, zeroize::Zeroizing::new(created.plaintext))
+        }
+    };
+    let name = st
+        .contact(contact_id)
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let mut out = Outcome {
+        contact: Some(contact_id),
+        notices: Vec::new(),
+    };
+    let Ok(msg) = Message::decode(&plaintext) else {
+        // Authentic but malformed: the ratchet step is kept, the content dropped.
+        out.notices.push(Event::Rejected {
+            contact: Some(name),
+        });
+        return Ok(out);
+    };
+    let c = st.contact_mut(contact_id).ok_or(StateError("contact"))?;
+    let (ready, skipped) = match c.arrive(msg.seq, msg.payload) {
+        Arrival::Duplicate => return Ok(out),
+        Arrival::Accepted { ready, skipped } => (ready, skipped),
+    };
+    if skipped > 0 {
+        out.notices.push(Event::Missed {
+            contact: name.clone(),
+            count: skipped,
+        });
+    }
+    for (seq, payload) in ready {
+        apply(
+            st,
+            pickle_key,
+            auto_delay_mean,
+            contact_id,
+            seq,
+            payload,
+            timestamp,
+            &mut out.notices,
+        )?;
+    }
+    Ok(out)
+}
+
+/// Applies one in-order payload.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    st: &mut State,
+    pickle_key: &[u8; 32],
+    auto_delay_mean: Duration,
+    contact_id: u64,
+    seq: u64,
+    payload: Payload,
+    timestamp: u64,
+    notices: &mut Vec<Event>,
+) -> Result<(), AgentError> {
+    let entry_id = st.take_id();
+    let c = st.contact_mut(contact_id).ok_or(StateError("contact"))?;
+    let name = c.name.clone();
+    let automatic_at = || now_ms().saturating_add(millis(auto_delay(auto_delay_mean)));
+    match payload {
+        Payload::Text(text) => c.inbox.push(InboxEntry {
+            id: entry_id,
+            seq,
+            timestamp,
+            text,
+        }),
+        Payload::Hello {
+            invitation_id,
+            reply_queue,
+            envelope_key,
+        } => {
+            if c.send.is_some() || c.invitation_id != Some(invitation_id) {
+                return Ok(());
+            }
+            let sender_key = Secret32::random();
+            c.send = Some(SendQueue {
+                queue: reply_queue.clone(),
+                sender_key: sender_key.clone(),
+                envelope_key,
+            });
+            c.connected = true;
+            let at = automatic_at();
+            push_item(
+                st,
+                contact_id,
+                at,
+                Action::Skey {
+                    queue: reply_queue,
+                    sender_key,
+                },
+            );
+            enqueue_message(st, pickle_key, contact_id, Payload::Ready, at, true)?;
+            notices.push(Event::Connected { contact: name });
+        }
+        Payload::Ready => {
+            if !c.connected {
+                c.connected = true;
+                notices.push(Event::Connected { contact: name });
+            }
+        }
+        Payload::NewQueue {
+            queue,
+            envelope_key,
+        } => {
+            if c.send.is_none() {
+                return Ok(());
+            }
+            let sender_key = Secret32::random();
+            c.send = Some(SendQueue {
+                queue: queue.clone(),
+                sender_key: sender_key.clone(),
+                envelope_key,
+            });
+            let at = automatic_at();
+            push_item(st, contact_id, at, Action::Skey { queue, sender_key });
+            // Everything encrypted from here on goes to the new queue; SWITCHED tells the
+            // contact that nothing later than it goes to the old one.
+            enqueue_message(st, pickle_key, contact_id, Payload::Switched, at, true)?;
+        }
+        Payload::Switched => {
+            if c.recv.len() > 1 {
+                let keep = c.recv.len() - 1;
+                let old: Vec<RecvQueue> = c.recv.drain(..keep).collect();
+                c.rotating = false;
+                let at = automatic_at();
+                for queue in old {
+                    push_item(st, contact_id, at, Action::Delete { queue });
+                }
+                notices.push(Event::Rotated { contact: name });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn push_item(st: &mut State, contact: u64, not_before_ms: u64, action: Action) -> u64 {
+    let id = st.take_id();
+    st.outbox.push(OutboxItem {
+        id,
+        contact,
+        not_before_ms,
+        automatic: true,
+        lease: None,
+        action,
+    });
+    id
+}
+
+/// Encrypts `payload` as the contact's next message and queues it for its current send
+/// queue. Returns the outbox item's id.
+fn enqueue_message(
+    st: &mut State,
+    pickle_key: &[u8; 32],
+    contact: u64,
+    payload: Payload,
+    not_before_ms: u64,
+    automatic: bool,
+) -> Result<u64, AgentError> {
+    let item_id = st.take_id();
+    let c = st.contact_mut(contact).ok_or(StateError("contact"))?;
+    let send = c.send.clone().ok_or(StateError("send queue"))?;
+    let plaintext = Message {
+        seq: c.next_send_seq,
+        payload,
+    }
+    .encode()?;
+    let mut session = unpickle_session(&c.session, pickle_key)?;
+    let olm = session
+        .encrypt(plaintext.as_slice())
+        .map_err(|_| StateError("Olm session"))?;
+    let (olm_type, bytes) = olm.to_parts();
+    c.session = session.pickle().encrypt(pickle_key);
+    c.next_send_seq += 1;
+    st.outbox.push(OutboxItem {
+        id: item_id,
+        contact,
+        not_before_ms,
+        automatic,
+        lease: None,
+        action: Action::Send {
+            queue: send.queue,
+            sender_key: send.sender_key,
+            envelope_key: send.envelope_key,
+            olm_type: u8::try_from(olm_type).map_err(|_| StateError("Olm message type"))?,
+            olm: bytes,
+        },
+    });
+    Ok(item_id)
+}
+
+/// The contact called `name`, if it can be sent to.
+fn sendable_contact(st: &State, name: &str) -> Result<u64, AgentError> {
+    match st.contact_by_name(name) {
+        Some(c) if c.send.is_some() => Ok(c.id),
+        Some(_) => Err(AgentError::ContactPending(name.to_owned())),
+        None if st.invitations.iter().any(|i| i.name == name) => {
+            Err(AgentError::ContactPending(name.to_owned()))
+        }
+        None => Err(AgentError::UnknownContact(name.to_owned())),
+    }
+}
+
+fn unpickle_session(p: &str, key: &[u8; 32]) -> Result<Session, AgentError> {
+    SessionPickle::from_encrypted(p, key)
+        .map(Session::from_pickle)
+        .map_err(|_| AgentError::State(StateError("Olm session")))
+}
+
+fn parse_relay(text: &str) -> Result<RelayAddress, AgentError> {
+    text.trim()
+        .parse()
+        .map_err(|source| AgentError::BadRelayAddress {
+            text: text.to_owned(),
+            source,
+        })
+}
+
+fn parse_queue(text: &str) -> Result<QueueAddress, NetError> {
+    text.parse().map_err(|_| NetError::Request {
+        relay: "?".into(),
+        source: crate::client::ClientError::UnexpectedResponse("unusable stored queue address"),
+    })
+}
+
+/// Checks a contact name (see [`AgentError::BadName`]).
+///
+/// # Errors
+/// [`AgentError::BadName`].
+pub fn check_name(name: &str) -> Result<(), AgentError> {
+    let n = name.chars().count();
+    if n == 0
+        || n > MAX_NAME_LEN
+        || name.trim() != name
+        || name.contains(':')
+        || name.chars().any(char::is_control)
+    {
+        return Err(AgentError::BadName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// A random delay for an automatic send: exponential with mean `mean`, capped at
+/// [`AUTO_DELAY_CAP_FACTOR`] × `mean`.
+pub fn auto_delay(mean: Duration) -> Duration {
+    exponential(mean, OsRng.r#gen::<f64>())
+}
+
+/// The exponential delay for a uniform sample `u ∈ [0, 1)`.
+fn exponential(mean: Duration, u: f64) -> Duration {
+    if mean.is_zero() {
+        return Duration::ZERO;
+    }
+    let cap = mean * AUTO_DELAY_CAP_FACTOR;
+    // 1 − u ∈ (0, 1], so the logarithm is finite and ≤ 0.
+    let d = -(1.0 - u).ln() * mean.as_secs_f64();
+    if d.is_finite() && d >= 0.0 {
+        Duration::from_secs_f64(d).min(cap)
+    } else {
+        cap
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("home", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("client", &self.client)
+            .field("auto_delay_mean", &self.auto_delay_mean)
+            .field("kdf", &self.kdf)
+            .field("send_tap", &self.send_tap.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_delays_are_exponential_with_the_configured_mean() {
+        let mean = Duration::from_secs(2);
+        assert_eq!(exponential(mean, 0.0), Duration::ZERO);
+        assert_eq!(exponential(Duration::ZERO, 0.7), Duration::ZERO);
+        assert!(exponential(mean, 0.999_999_999) <= mean * AUTO_DELAY_CAP_FACTOR);
+        // Deterministic quantiles: the mean of −ln(1−u)·m over a uniform grid ≈ m.
+        let n = 100_000;
+        let avg: f64 = (0..n)
+            .map(|i| exponential(mean, (i as f64 + 0.5) / n as f64).as_secs_f64())
+            .sum::<f64>()
+            / n as f64;
+        assert!((avg - 2.0).abs() < 0.05, "{avg}");
+        // Median of an exponential is m·ln 2: about 1.39 s, so half the automatic sends
+        // wait longer than that.
+        let median = exponential(mean, 0.5).as_secs_f64();
+        assert!((median - 2.0 * std::f64::consts::LN_2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["bob", "Alice Smith", "Ünal", "x"] {
+            check_name(good).unwrap();
+        }
+        for bad in ["", " bob", "bob ", "a:b", "a\nb", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The profile on disk: one file, encrypted under a key derived from the passphrase, written
+//! atomically after every change, with a lock so that several `sotto` processes on one
+//! profile take turns.
+//!
+//! File `profile.sotto` in the profile directory:
+//!
+//! ```text
+//! magic "SOTTOPRF" (8) | format 1 (1) | Argon2id m KiB (u32 BE) | t (u32 BE) | p (u32 BE)
+//!   | salt (16) | nonce (24) | XChaCha20-Poly1305(JSON state), associated data = header
+//! ```
+//!
+//! The key is Argon2id(passphrase, salt) with the parameters in the header; a wrong
+//! passphrase fails the AEAD and is reported as such. Every write goes to a temporary file
+//! that is fsynced, renamed over the old one, and the directory fsynced: a crash leaves the
+//! old or the new state, never a mixture. The Olm pickle key is derived from the profile key
+//! (BLAKE3 `derive_key`), so Olm state is encrypted twice at rest.
+//!
+//! Locks: `lock` (exclusive `flock`) is held only for the length of one read-modify-write;
+//! `recv.lock` is held by the one process that receives (`recv`, `listen`), since two
+//! subscribers on one queue would take it from each other.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use zeroize::Zeroizing;
+
+use super::state::{STATE_VERSION, State};
+
+/// Name of the profile file.
+pub const PROFILE_FILE: &str = "profile.sotto";
+const LOCK_FILE: &str = "lock";
+const RECV_LOCK_FILE: &str = "recv.lock";
+const MAGIC: &[u8; 8] = b"SOTTOPRF";
+const FORMAT: u8 = 1;
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+const HEADER_LEN: usize = 8 + 1 + 12 + SALT_LEN;
+/// Largest profile file accepted (bounds what a damaged or hostile file can make us
+/// allocate).
+const MAX_PROFILE_LEN: u64 = 256 << 20;
+/// BLAKE3 context for the Olm pickle key.
+const PICKLE_CONTEXT: &str = "sotto v1 olm pickle key";
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Iterations.
+    pub t: u32,
+    /// Parallelism.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// The default: 64 MiB, 3 passes, 1 lane (about a third of a second on a laptop).
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
+
+    /// The cheapest valid parameters, for tests only: offers no protection.
+    pub const INSECURE_FAST: KdfParams = KdfParams {
+        m_kib: 8,
+        t: 1,
+        p: 1,
+    };
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Why the profile could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No profile in this directory.
+    #[error("no profile in {0}: run `sotto init` first (or pass --home)")]
+    NotInitialised(PathBuf),
+    /// A profile already exists here.
+    #[error("a profile already exists in {0}")]
+    AlreadyInitialised(PathBuf),
+    /// The passphrase does not open the profile.
+    #[error("wrong passphrase (or the profile file is damaged)")]
+    WrongPassphrase,
+    /// The file is not a profile, or of a newer format.
+    #[error("{0} is not a profile this version of sotto can read")]
+    Format(PathBuf),
+    /// Another process receives on this profile.
+    #[error("another `sotto recv` or `sotto listen` is running on this profile")]
+    ReceiverBusy,
+    /// File system error.
+    #[error("profile I/O failed ({path}): {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state could not be encoded or decoded.
+    #[error("the profile's content is damaged: {0}")]
+    Corrupt(String),
+}
+
+/// The open profile: its directory, key and header.
+pub struct Store {
+    dir: PathBuf,
+    key: Zeroizing<[u8; 32]>,
+    pickle_key: Zeroizing<[u8; 32]>,
+    header: [u8; HEADER_LEN],
+}
+
+/// Holds the profile lock while alive.
+struct LockGuard(File);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Holds the receiver lock while alive (see [`Store::lock_receiver`]).
+#[derive(Debug)]
+pub struct ReceiverLock(#[allow(dead_code)] File);
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Store {
+    /// Whether `dir` holds a profile.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(PROFILE_FILE).exists()
+    }
+
+    /// Creates a profile in `dir` (created with mode 0700 if missing) with an empty state.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyInitialised`], or I/O errors.
+    pub fn create(dir: &Path, passphrase: &[u8], params: KdfParams) -> Result<Self, StoreError> {
+        if Self::exists(dir) {
+            return Err(StoreError::AlreadyInitialised(dir.to_owned()));
+        }
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        let mut salt = [0u8; SALT_LEN];
+        OsRng.fill_bytes(&mut salt);
+        let mut header = [0u8; HEADER_LEN];
+        write_header(&mut header, params, &salt);
+        let store = Self::with_key(dir, header, derive(passphrase, params, &salt)?);
+        let _lock = store.lock()?;
+        store.save(&State::default())?;
+        Ok(store)
+    }
+
+    /// Opens the profile in `dir` with `passphrase` and checks that it decrypts.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInitialised`], [`StoreError::WrongPassphrase`],
+    /// [`StoreError::Format`], I/O errors.
+    pub fn open(dir: &Path, passphrase: &[u8]) -> Result<Self, StoreError> {
+        let path = dir.join(PROFILE_FILE);
+        if !path.exists() {
+            return Err(StoreError::NotInitialised(dir.to_owned()));
+        }
+        let bytes = read_bounded(&path)?;
+        let header: [u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| StoreError::Format(path.clone()))?;
+        let (params, salt) =
+            read_header(&header).ok_or_else(|| StoreError::Format(path.clone()))?;
+        let store = Self::with_key(dir, header, derive(passphrase, params, &salt)?);
+        store.decrypt(&bytes)?;
+        Ok(store)
+    }
+
+    fn with_key(dir: &Path, header: [u8; HEADER_LEN], key: Zeroizing<[u8; 32]>) -> Self {
+        let pickle_key = Zeroizing::new(blake3::derive_key(PICKLE_CONTEXT, &*key));
+        Self {
+            dir: dir.to_owned(),
+            key,
+            pickle_key,
+            header,
+        }
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Key for vodozemac pickles.
+    pub fn pickle_key(&self) -> &[u8; 32] {
+        &self.pickle_key
+    }
+
+    /// Reads the state (under the lock).
+    ///
+    /// # Errors
+    /// I/O or decryption errors.
+    pub fn read(&self) -> Result<State, StoreError> {
+        let _lock = self.lock()?;
+        self.load()
+    }
+
+    /// Read-modify-write under the lock: loads the state, applies `f`, and saves it if `f`
+    /// returned `Ok`. An `Err` from `f` leaves the stored state untouched.
+    ///
+    /// # Errors
+    /// `f`'s error, or store errors converted into `E`.
+    pub fn update<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _lock = self.lock()?;
+        let mut state = self.load()?;
+        let out = f(&mut state)?;
+        self.save(&state)?;
+        Ok(out)
+    }
+
+    /// Takes the receiver lock (fails at once if another process holds it).
+    ///
+    /// # Errors
+    /// [`StoreError::ReceiverBusy`], I/O errors.
+    pub fn lock_receiver(&self) -> Result<ReceiverLock, StoreError> {
+        let path = self.dir.join(RECV_LOCK_FILE);
+        let f = lock_file(&path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(ReceiverLock(f)),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::ReceiverBusy),
+            Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        }
+    }
+
+    fn lock(&self) -> Result<LockGuard, StoreError> {
+        let path = self.dir.join(LOCK_FILE);
+        let f = lock_file(&path)?;
+        f.lock().map_err(io(&path))?;
+        Ok(LockGuard(f))
+    }
+
+    fn load(&self) -> Result<State, StoreError> {
+        let path = self.dir.join(PROFILE_FILE);
+        let bytes = read_bounded(&path)?;
+        if bytes.get(..HEADER_LEN) != Some(&self.header[..]) {
+            // Someone re-created the profile under us (new salt): our key is stale.
+            return Err(StoreError::WrongPassphrase);
+        }
+        let plain = self.decrypt(&bytes)?;
+        let state: State =
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if state.version != STATE_VERSION {
+            return Err(StoreError::Format(path));
+        }
+        Ok(state)
+    }
+
+    fn decrypt(&self, bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let rest = bytes.get(HEADER_LEN..).ok_or(StoreError::WrongPassphrase)?;
+        if rest.len() < NONCE_LEN {
+            return Err(StoreError::Corrupt("truncated".into()));
+        }
+        let (nonce, ct) = rest.split_at(NONCE_LEN);
+        let aead = XChaCha20Poly1305::new((&*self.key).into());
+        aead.decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: &self.header,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| StoreError::WrongPassphrase)
+    }
+
+    fn save(&self, state: &State) -> Result<(), StoreError> {
+        let plain = Zeroizing::new(
+            serde_json::to_vec(state).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let aead = XChaCha20Poly1305::new((&*self.key).into());
+        let ct = aead
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &self.header,
+                },
+            )
+            .map_err(|_| StoreError::Corrupt("encryption failed".into()))?;
+        let path = self.dir.join(PROFILE_FILE);
+        let tmp = self.dir.join(format!("{PROFILE_FILE}.tmp"));
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            f.write_all(&self.header).map_err(io(&tmp))?;
+            f.write_all(&nonce).map_err(io(&tmp))?;
+            f.write_all(&ct).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let len = fs::metadata(path).map_err(io(path))?.len();
+    if len > MAX_PROFILE_LEN {
+        return Err(StoreError::Format(path.to_owned()));
+    }
+    fs::read(path).map_err(io(path))
+}
+
+fn write_header(h: &mut [u8; HEADER_LEN], p: KdfParams, salt: &[u8; SALT_LEN]) {
+    let mut v = Vec::with_capacity(HEADER_LEN);
+    v.extend_from_slice(MAGIC);
+    v.push(FORMAT);
+    v.extend_from_slice(&p.m_kib.to_be_bytes());
+    v.extend_from_slice(&p.t.to_be_bytes());
+    v.extend_from_slice(&p.p.to_be_bytes());
+    v.extend_from_slice(salt);
+    h.copy_from_slice(&v);
+}
+
+fn read_header(h: &[u8; HEADER_LEN]) -> Option<(KdfParams, [u8; SALT_LEN])> {
+    if h.get(..8)? != MAGIC || *h.get(8)? != FORMAT {
+        return None;
+    }
+    let u32_at = |i: usize| -> Option<u32> {
+        h.get(i..i + 4)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(u32::from_be_bytes)
+    };
+    let params = KdfParams {
+        m_kib: u32_at(9)?,
+        t: u32_at(13)?,
+        p: u32_at(17)?,
+    };
+    let salt = <[u8; SALT_LEN]>::try_from(h.get(21..21 + SALT_LEN)?).ok()?;
+    Some((params, salt))
+}
+
+fn derive(
+    passphrase: &[u8],
+    p: KdfParams,
+    salt: &[u8; SALT_LEN],
+) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32))
+        .map_err(|e| StoreError::Corrupt(format!("key derivation parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase, salt, &mut *key)
+        .map_err(|e| StoreError::Corrupt(format!("key derivation: {e}")))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_open_update_and_wrong_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let s = Store::create(&home, b"pw", KdfParams::INSECURE_FAST).unwrap();
+        assert!(matches!(
+            Store::create(&home, b"pw", KdfParams::INSECURE_FAST),
+            Err(StoreError::AlreadyInitialised(_))
+        ));
+        s.update(|st| {
+            st.relays.push("relay-one".into());
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        let again = Store::open(&home, b"pw").unwrap();
+        assert_eq!(again.read().unwrap().relays, vec!["relay-one".to_string()]);
+        assert!(matches!(
+            Store::open(&home, b"wrong"),
+            Err(StoreError::WrongPassphrase)
+        ));
+        assert!(matches!(
+            Store::open(&dir.path().join("none"), b"pw"),
+            Err(StoreError::NotInitialised(_))
+        ));
+        // A failed update changes nothing.
+        let r: Result<(), StoreError> = s.update(|st| {
+            st.relays.clear();
+            Err(StoreError::ReceiverBusy)
+        });
+        assert!(r.is_err());
+        assert_eq!(s.read().unwrap().relays.len(), 1);
+        // Nothing readable at rest.
+        let raw = fs::read(home.join(PROFILE_FILE)).unwrap();
+        assert!(!raw.windows(9).any(|w| w == b"relay-one"));
+        let mode = fs::metadata(home.join(PROFILE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::create(dir.path(), b"pw", KdfParams::INSECURE_FAST).unwrap();
+        let path = dir.path().join(PROFILE_FILE);
+        let mut raw = fs::read(&path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        fs::write(&path, &raw).unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), b"pw"),
+            Err(StoreError::WrongPassphrase)
+        ));
+        fs::write(&path, b"not a profile at all, just some text").unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), b"pw"),
+            Err(StoreError::Format(_))
+        ));
+    }
+
+    #[test]
+    fn only_one_receiver_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), b"pw", KdfParams::INSECURE_FAST).unwrap();
+        let held = s.lock_receiver().unwrap();
+        assert!(matches!(s.lock_receiver(), Err(StoreError::ReceiverBusy)));
+        drop(held);
+        s.lock_receiver().unwrap();
+    }
+}
