@@ -157,12 +157,10 @@ pub enum AgentError {
     /// A malformed invitation.
     #[error("malformed invitation: {0}")]
     Invitation(#[from] InvitationError),
-    /// The invitation's queue is already secured by someone else.
-    #[error("this invitation has already been used")]
+    /// The invitation's queue is already secured by someone else, or does not exist (the
+    /// relay gives the same answer for both, so as not to reveal which).
+    #[error("this invitation has already been used, or is no longer valid")]
     InvitationUsed,
-    /// The invitation's queue does not exist (any more).
-    #[error("this invitation is no longer valid (its queue does not exist)")]
-    InvitationGone,
     /// The text is too long for one message.
     #[error("message is {0} bytes; the most one message carries is {MAX_TEXT_LEN}")]
     TooLong(usize),
@@ -234,6 +232,12 @@ pub enum Event {
     /// A rotation of our receive queue for this contact finished (the old queue is
     /// deleted shortly after, as an automatic action).
     Rotated {
+        /// The contact's name.
+        contact: String,
+    },
+    /// The contact moved its receive queue (a rotation on its side): our messages go to
+    /// the new queue from now on.
+    Moved {
         /// The contact's name.
         contact: String,
     },
@@ -507,7 +511,7 @@ impl Agent {
     ///
     /// # Errors
     /// [`AgentError::Invitation`], [`AgentError::InvitationUsed`],
-    /// [`AgentError::InvitationGone`], [`AgentError::NameTaken`], relay errors.
+    /// [`AgentError::NameTaken`], relay errors.
     pub async fn accept(
         &mut self,
         link: &str,
@@ -541,8 +545,7 @@ impl Agent {
         if let Err(e) = secured {
             self.delete_queue_best_effort(&creds).await;
             return Err(match e.relay_code() {
-                Some(ErrorCode::Prohibited) => AgentError::InvitationUsed,
-                Some(ErrorCode::Auth) => AgentError::InvitationGone,
+                Some(ErrorCode::Prohibited | ErrorCode::Auth) => AgentError::InvitationUsed,
                 _ => AgentError::Net(e),
             });
         }
@@ -1161,16 +1164,11 @@ impl Agent {
                 let q = parse_queue(queue)?;
                 let key = AuthSecretKey::from_bytes(sender_key.expose());
                 let sender_id = q.sender_id;
-                match self
-                    .net
+                // A repeated SKEY with the same key is answered OK, so a retry after a
+                // lost answer is harmless; PROHIBITED means someone else holds the queue.
+                self.net
                     .request(&q.relay, async |c| c.sender_secure(sender_id, &key).await)
                     .await
-                {
-                    // Already secured: by an earlier attempt of ours whose answer was lost
-                    // (if anyone else did it, our SENDs fail with AUTH and say so).
-                    Err(e) if e.relay_code() == Some(ErrorCode::Prohibited) => Ok(()),
-                    r => r,
-                }
             }
             Action::Send {
                 queue,
@@ -1443,6 +1441,7 @@ fn apply(
             // Everything encrypted from here on goes to the new queue; SWITCHED tells the
             // contact that nothing later than it goes to the old one.
             enqueue_message(st, pickle_key, contact_id, Payload::Switched, at, true)?;
+            notices.push(Event::Moved { contact: name });
         }
         Payload::Switched => {
             if c.recv.len() > 1 {
