@@ -41,9 +41,9 @@ use rand::Rng as _;
 use rand::rngs::OsRng;
 use sotto_protocol::seal::{BodySealKey, OpenError};
 use sotto_protocol::{
-    AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhPublicKey, DhSecretKey,
-    EntityId, ErrorCode, FRAME_PLAINTEXT_LEN, Frame, FrameBuilder, MessageId, QueueAddress,
-    RecipientId, RelayAddress, Response, SenderId, Transmission,
+    AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhPublicKey, DhSecretKey, EntityId,
+    ErrorCode, FRAME_PLAINTEXT_LEN, Frame, FrameBuilder, MessageId, QueueAddress, RecipientId,
+    RelayAddress, Response, SenderId, Transmission,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -51,8 +51,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::{
-    self, CLOSE_NORMAL, CLOSE_PROTOCOL, FrameReceiver, FrameSender, FramedConnection,
-    QuicOptions, TransportError,
+    self, CLOSE_NORMAL, CLOSE_PROTOCOL, FrameReceiver, FrameSender, FramedConnection, QuicOptions,
+    TransportError,
 };
 
 /// Capacity of the writer's queue, in transmissions (each at most one frame, 16 KiB).
@@ -297,7 +297,6 @@ enum Outgoing {
     Cover,
 }
 
-#[derive(Debug)]
 struct Inner {
     relay: RelayAddress,
     handshake_hash: [u8; 32],
@@ -311,6 +310,16 @@ struct Inner {
     /// Cancelled by [`RelayClient::close`], when the last handle is dropped, or when either
     /// task ends; stops both tasks and the cover task.
     cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The handshake hash is unique per session: a linkable identifier, not for logs.
+        f.debug_struct("RelayClient")
+            .field("relay", &self.relay.host)
+            .field("closed", &self.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Inner {
@@ -331,6 +340,8 @@ impl RelayClient {
     /// Connects to `relay` (QUIC + Noise against the pinned key) and starts the session's
     /// tasks. Returns the client and the receiver of pushed events, which must be drained
     /// (see the module documentation) or dropped.
+    ///
+    /// The connection uses `opts.quic` (not the endpoint's default client configuration).
     ///
     /// Must be called inside a tokio runtime.
     ///
@@ -591,7 +602,8 @@ impl RelayClient {
     /// # Errors
     /// As [`RelayClient::secure`].
     pub async fn subscribe(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
-        self.recipient_ok(creds, Command::Sub, "SUB expects OK").await
+        self.recipient_ok(creds, Command::Sub, "SUB expects OK")
+            .await
     }
 
     /// Fetches one message (GET) and opens its body; `None` when the queue is empty.
@@ -649,7 +661,8 @@ impl RelayClient {
     /// # Errors
     /// As [`RelayClient::secure`].
     pub async fn off(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
-        self.recipient_ok(creds, Command::Off, "OFF expects OK").await
+        self.recipient_ok(creds, Command::Off, "OFF expects OK")
+            .await
     }
 
     /// Deletes the queue and its messages (DEL).
@@ -657,7 +670,8 @@ impl RelayClient {
     /// # Errors
     /// As [`RelayClient::secure`].
     pub async fn delete(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
-        self.recipient_ok(creds, Command::Del, "DEL expects OK").await
+        self.recipient_ok(creds, Command::Del, "DEL expects OK")
+            .await
     }
 
     /// PING → PONG.
@@ -1021,7 +1035,10 @@ mod tests {
         assert!(!s.contains("7, 7"));
         assert_eq!(
             creds.queue_address().to_string(),
-            format!("sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@h:9#{}", creds.sender_id)
+            format!(
+                "sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@h:9#{}",
+                creds.sender_id
+            )
         );
     }
 }

@@ -12,6 +12,11 @@
 //! exactly [`FRAME_LEN`] bytes of ciphertext. A short record, a record that fails to decrypt
 //! or a stream that ends inside a record closes the connection ([`CLOSE_PROTOCOL`]).
 //!
+//! A relay that cannot read message 1 (the client pinned another key, speaks another
+//! protocol version, or sent garbage) still answers with [`FRAME_LEN`] random bytes shaped
+//! like message 2. The client's only signal is then that message 2 does not decrypt, which
+//! it reports as [`TransportError::IdentityMismatch`]; a prober learns no more than that.
+//!
 //! # QUIC settings and why
 //!
 //! - **The TLS certificate is not the identity.** Relays present a self-signed certificate
@@ -42,7 +47,9 @@
 //!   settings). A large initial congestion window ([`QuicOptions::initial_window`], default
 //!   256 KiB, ≥ 200 000 bytes was measured to fix it) leaves room for the ACK-only packets
 //!   between two of the peer's bundled ACKs. The tests under `tests/transport.rs` run bulk
-//!   streams in both directions, and one way only, with padding on both ends.
+//!   streams in both directions, and one way only, with padding on both ends. (With quinn-proto
+//!   0.11.19 and these stream windows those tests also passed with a 14 720-byte window on the
+//!   development machine, so they guard against regressions rather than reproduce the stall.)
 //! - **MTU.** The default is the safe choice on unknown paths: `initial_mtu = min_mtu = 1200`
 //!   with MTU discovery on. Datagrams then grow as discovery proceeds (1200 → … → 1452 on
 //!   Ethernet), so datagram sizes change early in a connection, and loss probes are clamped
@@ -53,8 +60,8 @@
 //! - **Bounded buffers.** The session's one stream has a receive window of
 //!   [`QuicOptions::stream_window`] bytes and the connection's send buffer is the same size,
 //!   so a connection buffers at most about twice that in quinn (2 MiB by default) plus
-//!   packets in flight. Peers may open exactly one bidirectional stream (the client, towards
-//!   the relay) and no unidirectional streams; unreliable datagrams are disabled.
+//!   packets in flight. Each side lets its peer open one bidirectional stream (only the
+//!   client does) and no unidirectional ones; unreliable datagrams are disabled.
 //!
 //! The TLS layer uses X25519 only: the ring provider has no post-quantum hybrid group. The
 //! Noise handshake above it mixes ML-KEM-768 into the session keys, which is what protects
@@ -254,9 +261,8 @@ impl TransportError {
 
     fn from_connection(e: quinn::ConnectionError) -> Self {
         match e {
-            quinn::ConnectionError::LocallyClosed | quinn::ConnectionError::ApplicationClosed(_) => {
-                TransportError::Closed
-            }
+            quinn::ConnectionError::LocallyClosed
+            | quinn::ConnectionError::ApplicationClosed(_) => TransportError::Closed,
             e => TransportError::ConnectionLost(e),
         }
     }
@@ -304,8 +310,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// [`TransportError::Config`] if the options are inconsistent.
 pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TransportError> {
     opts.validate()?;
-    let idle =
-        IdleTimeout::try_from(opts.idle_timeout).map_err(|e| TransportError::Config(e.to_string()))?;
+    let idle = IdleTimeout::try_from(opts.idle_timeout)
+        .map_err(|e| TransportError::Config(e.to_string()))?;
     let window =
         VarInt::from_u64(opts.stream_window).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut cubic = quinn::congestion::CubicConfig::default();
@@ -355,8 +361,7 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    let crypto =
-        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(opts)?));
     let mut tokens = quinn::ValidationTokenConfig::default();
@@ -384,8 +389,7 @@ pub fn client_config(opts: &QuicOptions) -> Result<quinn::ClientConfig, Transpor
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
     tls.resumption = rustls::client::Resumption::disabled();
-    let crypto =
-        QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config(opts)?));
     client.token_store(Arc::new(quinn::NoneTokenStore));
@@ -615,8 +619,11 @@ pub async fn connect_with(
     timeout: Duration,
 ) -> Result<FramedConnection, TransportError> {
     let mut dialled: Option<quinn::Connection> = None;
-    let result =
-        tokio::time::timeout(timeout, connect_inner(endpoint, config, relay, &mut dialled)).await;
+    let result = tokio::time::timeout(
+        timeout,
+        connect_inner(endpoint, config, relay, &mut dialled),
+    )
+    .await;
     let result = result.unwrap_or(Err(TransportError::Timeout));
     if let (Err(_), Some(c)) = (&result, dialled) {
         close_protocol(&c);
@@ -750,7 +757,14 @@ impl From<TransportError> for AcceptFailure {
 async fn accept_inner(
     connection: &quinn::Connection,
     key: &RelayStaticKey,
-) -> Result<(quinn::SendStream, quinn::RecvStream, sotto_protocol::Session), AcceptFailure> {
+) -> Result<
+    (
+        quinn::SendStream,
+        quinn::RecvStream,
+        sotto_protocol::Session,
+    ),
+    AcceptFailure,
+> {
     let (mut send, mut recv) = connection
         .accept_bi()
         .await
@@ -801,10 +815,16 @@ mod tests {
         o.validate().unwrap();
         assert!(o.pad_to_mtu);
         assert!(o.initial_window >= QuicOptions::MIN_INITIAL_WINDOW);
-        assert_eq!((o.initial_mtu, o.min_mtu, o.mtu_discovery), (1200, 1200, true));
+        assert_eq!(
+            (o.initial_mtu, o.min_mtu, o.mtu_discovery),
+            (1200, 1200, true)
+        );
         let u = QuicOptions::uniform_mtu(1452);
         u.validate().unwrap();
-        assert_eq!((u.initial_mtu, u.min_mtu, u.mtu_discovery), (1452, 1452, false));
+        assert_eq!(
+            (u.initial_mtu, u.min_mtu, u.mtu_discovery),
+            (1452, 1452, false)
+        );
     }
 
     #[test]
@@ -870,7 +890,11 @@ mod tests {
                 .to_string()
                 .contains("wrong relay key")
         );
-        assert!(TransportError::Timeout.to_string().contains("did not answer"));
+        assert!(
+            TransportError::Timeout
+                .to_string()
+                .contains("did not answer")
+        );
         assert_eq!(TransportError::IdentityMismatch.kind(), "identity");
     }
 }

@@ -3,6 +3,9 @@
 //! stall. No relay is needed: each test builds its own responder from
 //! `transport::server_config` + `transport::accept`.
 
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -165,7 +168,11 @@ async fn echo_exchange(framed: FramedConnection, n: u32) {
         sender
     });
     for i in 0..n {
-        let p = receiver.recv_frame().await.unwrap().expect("echo ended early");
+        let p = receiver
+            .recv_frame()
+            .await
+            .unwrap()
+            .expect("echo ended early");
         assert_eq!(number_of(&p), i);
     }
     // The responder finishes after our finish: a clean end exactly at a record boundary.
@@ -236,7 +243,11 @@ async fn every_record_on_the_stream_is_exactly_frame_len() {
         framed.sender.finish().unwrap();
 
         let (bytes, mut session) = raw_server.await.unwrap();
-        assert_eq!(bytes.len(), 20 * FRAME_LEN, "only whole records on the stream");
+        assert_eq!(
+            bytes.len(),
+            20 * FRAME_LEN,
+            "only whole records on the stream"
+        );
         for (i, rec) in bytes.chunks(FRAME_LEN).enumerate() {
             let p = session.recv.decrypt_frame(rec).unwrap();
             assert_eq!(number_of(&p), i as u32);
@@ -496,6 +507,9 @@ async fn bulk_both_directions_with_padding_does_not_stall() {
     .await;
 }
 
+/// Frames per one-way run (four runs: two MTU settings, two directions).
+const ONE_WAY: u32 = 2000;
+
 /// The case the stall was measured in: the receiving side sends only (padded) ACKs.
 #[tokio::test]
 async fn bulk_one_way_with_padding_does_not_stall() {
@@ -508,20 +522,20 @@ async fn bulk_one_way_with_padding_does_not_stall() {
                 .await
                 .unwrap();
             assert!(server.accepted.recv().await.unwrap().is_ok());
-            for i in 0..3000 {
+            for i in 0..ONE_WAY {
                 framed.sender.send_frame(numbered(i)).await.unwrap();
             }
             framed.sender.finish().unwrap();
             let count = framed.receiver.recv_frame().await.unwrap().unwrap();
-            assert_eq!(number_of(&count), 3000);
+            assert_eq!(number_of(&count), ONE_WAY);
 
             // Server → client.
-            let mut server = spawn_server(&opts, Mode::Source(3000));
+            let mut server = spawn_server(&opts, Mode::Source(ONE_WAY));
             let mut framed = transport::connect(&ep, &server.address, HANDSHAKE_TIMEOUT)
                 .await
                 .unwrap();
             assert!(server.accepted.recv().await.unwrap().is_ok());
-            for i in 0..3000 {
+            for i in 0..ONE_WAY {
                 let p = framed.receiver.recv_frame().await.unwrap().unwrap();
                 assert_eq!(number_of(&p), i);
             }
