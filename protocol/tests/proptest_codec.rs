@@ -684,3 +684,43 @@ fn records_of_the_wrong_length_are_rejected_before_cryptography() {
         Err(HandshakeError::WrongLength(FRAME_LEN - 1))
     );
 }
+
+#[test]
+fn signature_verification_is_strict() {
+    let key = AuthSecretKey::from_bytes(&[8; 32]);
+    let hash = [6u8; 32];
+    let t = Transmission::signed(CorrId::from_u64(1), None, &Command::Ping, &key, &hash);
+    assert!(t.verify(&key.public(), &hash));
+    // S + ℓ is the same scalar but a non-canonical encoding: refused, so that a signature
+    // has exactly one valid form.
+    const ELL: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut sig = t.signature.expect("signed");
+    let mut carry = 0u16;
+    for (s, l) in sig[32..].iter_mut().zip(ELL) {
+        let v = u16::from(*s) + u16::from(l) + carry;
+        *s = v as u8;
+        carry = v >> 8;
+    }
+    let malleated = Transmission {
+        signature: Some(sig),
+        ..t
+    };
+    assert!(!malleated.verify(&key.public(), &hash));
+    // The identity point is a valid encoding but a small-order key: with R = identity and
+    // S = 0 the cofactorless equation holds for every message. Strict verification refuses.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = AuthPublicKey::from_bytes(&identity).expect("decodes as a point");
+    let mut forged = [0u8; SIGNATURE_LEN];
+    forged[0] = 1;
+    let t = Transmission {
+        signature: Some(forged),
+        corr_id: CorrId::from_u64(1),
+        entity: None,
+        payload: Command::Ping.to_bytes(),
+    };
+    assert!(!t.verify(&weak, &hash));
+}
