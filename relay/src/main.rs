@@ -73,17 +73,40 @@ fn load_config(dir: &std::path::Path, overrides: &Overrides) -> anyhow::Result<C
     Config::load(dir, env, overrides).map_err(|e| anyhow::anyhow!("configuration error: {e}"))
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (else `log.level`), human or JSON (`log.format`).
+///
+/// Privacy: the relay's own events (targets `sotto_*`) redact addresses, ids and keys unless
+/// `log.sensitive` is on. Dependencies do not: quinn and quinn-udp put peer addresses in
+/// their debug events and in some warnings (quinn-udp's `sendmsg error` names the
+/// destination). So unless `log.sensitive` is on, only *errors* of other crates pass,
+/// whatever `RUST_LOG` asks for. See `docs/operator.md`, "Logging".
 fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, filter::filter_fn};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let sensitive = config.log.sensitive;
+    let privacy = filter_fn(move |meta| {
+        sensitive || meta.target().starts_with("sotto") || *meta.level() <= tracing::Level::ERROR
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(privacy);
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if config.log.format == "json" {
-        builder.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
+    }
+    if sensitive {
+        // Printed whatever the filter, so it cannot be missed.
+        eprintln!(
+            "sotto-relay: WARNING: SENSITIVE LOGGING IS ON (log.sensitive): logs will contain \
+             client IP addresses and queue ids. Never leave this on in production."
+        );
     }
 }
 

@@ -14,6 +14,26 @@ use prometheus::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
+/// Every `limit` label of [`Metrics::rate_limited`], each the name of what was exceeded.
+/// They are exported at zero from the start, so a dashboard can tell "never hit" from
+/// "not scraped".
+pub const LIMITS: &[&str] = &[
+    "handshakes_per_ip",
+    "tracked_sources",
+    "max_sessions",
+    "max_sessions_per_ip",
+    "commands_per_session",
+    "new_per_session",
+    "subscriptions_per_session",
+    "forwards_per_session",
+];
+
+/// Every `result` label of [`Metrics::handshakes`].
+pub const HANDSHAKE_RESULTS: &[&str] = &["ok", "failed", "timeout", "retry"];
+
+/// Most scrapes served at once; further connections are closed unanswered.
+const MAX_SCRAPERS: usize = 16;
+
 /// All relay metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -21,7 +41,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Open sessions (handshake completed).
     pub sessions: IntGauge,
-    /// Handshakes by result (`ok`, `failed`, `timeout`).
+    /// Handshakes by result ([`HANDSHAKE_RESULTS`]: `ok`, `failed`, `timeout`, and `retry`
+    /// when an unvalidated source was asked to prove its address first).
     pub handshakes: IntCounterVec,
     /// Commands by kind.
     pub commands: IntCounterVec,
@@ -57,7 +78,7 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Writes per commit.
     pub commit_batch: Histogram,
-    /// Refusals by limit name.
+    /// Refusals by limit name ([`LIMITS`]).
     pub rate_limited: IntCounterVec,
     /// Sessions closed for a protocol violation (malformed or undecryptable record).
     pub protocol_errors: IntCounter,
@@ -148,6 +169,15 @@ impl Metrics {
             )?,
             registry,
         };
+        for limit in LIMITS {
+            m.rate_limited.with_label_values(&[limit]);
+        }
+        for result in HANDSHAKE_RESULTS {
+            m.handshakes.with_label_values(&[result]);
+        }
+        for code in sotto_protocol::ErrorCode::ALL {
+            m.errors.with_label_values(&[code.name()]);
+        }
         Ok(m)
     }
 
@@ -174,6 +204,7 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let scrapers = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -181,10 +212,16 @@ pub async fn serve(
                 a = listener.accept() => a,
             };
             let Ok((mut sock, _)) = accepted else {
+                // Out of descriptors or similar: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let Ok(permit) = scrapers.clone().try_acquire_owned() else {
                 continue;
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut buf = vec![0u8; MAX_REQUEST];
                 let mut n = 0;
                 let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -236,5 +273,23 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("sotto_"), "{line}");
         }
+        assert!(text.contains("sotto_rate_limited_total{limit=\"forwards_per_session\"} 0"));
+        assert!(text.contains("sotto_errors_total{code=\"LIMITED\"} 0"));
+    }
+
+    #[test]
+    fn every_limit_the_server_counts_is_listed() {
+        let server = include_str!("server.rs");
+        let mut found = 0;
+        for part in server.split("limited(\"").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(LIMITS.contains(&name), "limit `{name}` missing from LIMITS");
+            found += 1;
+        }
+        assert!(
+            found >= LIMITS.len(),
+            "{found} limit sites for {} names",
+            LIMITS.len()
+        );
     }
 }

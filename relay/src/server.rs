@@ -53,10 +53,13 @@ use crate::store::{
 /// a full queue costs ≤ 4 MiB per session; beyond it the session loop waits.
 const OUT_QUEUE: usize = 256;
 
-/// Decoded frames waiting for a session's loop (each ≤ 16 KiB of transmissions).
+/// Decoded frames waiting for a session's loop (each ≤ 16 KiB of transmissions, so ≤ 64 KiB
+/// per session, plus the one frame the reader holds).
 const IN_FRAMES: usize = 4;
 
-/// Store writes one session may have in flight; beyond it the session stops reading.
+/// Store writes one session may have in flight; beyond it the session stops reading (and QUIC
+/// flow control stops the client). Each holds at most one SEND body (≤ 15 KiB), so ≤ 4 MiB
+/// per session.
 const MAX_IN_FLIGHT: usize = 256;
 
 /// Bound of the scheduler's input channel (≈ 56 bytes per entry).
@@ -64,6 +67,44 @@ const SCHEDULER_QUEUE: usize = 65_536;
 
 /// Largest batch the scheduler releases at once.
 const RELEASE_BATCH: usize = 1024;
+
+/// Most source addresses the handshake limiter tracks at once (≈ 80 bytes each in governor's
+/// map, so ≤ ≈ 5 MiB). From half of it on, unvalidated sources must first answer a QUIC
+/// Retry; at the cap, idle entries are pruned and, if it is still full, handshakes are
+/// refused (`sotto_rate_limited_total{limit="tracked_sources"}`).
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// Most connection attempts quinn holds before the accept loop takes them (each is refused
+/// or admitted at once, so this only fills under a burst).
+const MAX_INCOMING: usize = 4096;
+
+/// Bytes quinn buffers for one not-yet-accepted connection, and for all of them.
+const INCOMING_BUFFER: u64 = 64 << 10;
+/// See [`INCOMING_BUFFER`]; bounds the whole pre-accept backlog to 16 MiB.
+const INCOMING_BUFFER_TOTAL: u64 = 16 << 20;
+
+/// The key limits are counted under for a source address: the IPv4 address, or the /64
+/// prefix of an IPv6 address (one host usually holds a whole /64, so keying by full address
+/// would give it 2^64 separate budgets). IPv4-mapped IPv6 addresses count as IPv4.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Shutdown: how long sessions get to finish their in-flight writes and close.
+pub const SHUTDOWN_SESSIONS: Duration = Duration::from_secs(15);
+/// Shutdown: how long QUIC gets to deliver the close to every client.
+pub const SHUTDOWN_IDLE: Duration = Duration::from_secs(2);
+/// Shutdown: how long the store writer gets to commit what is queued.
+pub const SHUTDOWN_STORE: Duration = Duration::from_secs(10);
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -92,21 +133,24 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     /// Stops accepting, lets sessions finish in-flight writes, closes them, and waits.
+    ///
+    /// Takes at most [`SHUTDOWN_SESSIONS`] + [`SHUTDOWN_IDLE`] + [`SHUTDOWN_STORE`] (27 s),
+    /// inside the systemd unit's `TimeoutStopSec=30`, so a stop is never a SIGKILL.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(20), self.tracker.wait())
+        if tokio::time::timeout(SHUTDOWN_SESSIONS, self.tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!("sessions did not finish within 20 s; closing anyway");
+            tracing::warn!("sessions did not finish within 15 s; closing anyway");
         }
         self.endpoint
             .close(transport::CLOSE_NORMAL.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_IDLE, self.endpoint.wait_idle()).await;
         drop(self.metrics);
-        if !self.store.close(Duration::from_secs(20)).await {
-            tracing::warn!("store writer did not finish within 20 s");
+        if !self.store.close(SHUTDOWN_STORE).await {
+            tracing::warn!("store writer did not finish within 10 s");
         }
     }
 
@@ -154,11 +198,15 @@ pub async fn start_with(
             "store.unsafe_no_fsync is ON: acknowledged messages can be lost on a crash (benchmarks only)"
         );
     }
-    let server_config = transport::server_config(
+    let mut server_config = transport::server_config(
         identity.tls_cert.clone(),
         identity.tls_key.clone(),
         &config.quic.options(),
     )?;
+    server_config
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
     let local_addr = endpoint.local_addr()?;
@@ -279,18 +327,25 @@ struct Shared {
     /// Verifies signatures for ids that name no queue, so AUTH costs the same either way.
     dummy_key: AuthPublicKey,
     shutdown: CancellationToken,
-    /// Handshakes per source address. Keys are IP addresses held only in memory and pruned
-    /// every minute; worst case ≈ 100 bytes × distinct addresses seen in a minute.
+    /// Handshakes per source (see [`source_key`]). Keys are held only in memory, pruned
+    /// every minute, and capped at [`MAX_TRACKED_SOURCES`] (≤ ≈ 5 MiB).
     handshake_limiter: DefaultKeyedRateLimiter<IpAddr>,
-    /// Open sessions per source address (entries removed at zero).
+    /// Open sessions and handshakes in progress per source (see [`source_key`]); entries are
+    /// removed at zero, so at most `limits.max_sessions` entries (≈ 50 bytes each).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     sessions: AtomicUsize,
     next_session: AtomicU64,
 }
 
 impl Shared {
+    /// Counts a refusal under `limit` (one of [`crate::metrics::LIMITS`]).
     fn limited(&self, limit: &str) {
         self.metrics.rate_limited.with_label_values(&[limit]).inc();
+    }
+
+    /// Counts an error answer by its code.
+    fn count_error(&self, code: ErrorCode) {
+        self.metrics.errors.with_label_values(&[code.name()]).inc();
     }
 
     /// A peer address for logs: redacted unless sensitive logging is on.
@@ -372,6 +427,7 @@ impl Router {
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: TaskTracker) {
+    let mut last_prune = tokio::time::Instant::now();
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -380,9 +436,37 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: Ta
                 None => break,
             },
         };
-        let ip = incoming.remote_address().ip();
-        // Cheap checks before any cryptography.
-        if shared.handshake_limiter.check_key(&ip).is_err() {
+        // Cheap checks before any cryptography (boringtun's rate limiter before a DH).
+        let source = source_key(incoming.remote_address().ip());
+        let tracked = shared.handshake_limiter.len();
+        if tracked >= MAX_TRACKED_SOURCES / 2
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            // Many distinct sources: make each prove its address with a stateless Retry
+            // before it may take a limiter entry, so spoofed sources cannot fill the table.
+            shared
+                .metrics
+                .handshakes
+                .with_label_values(&["retry"])
+                .inc();
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
+        if tracked >= MAX_TRACKED_SOURCES {
+            if last_prune.elapsed() >= Duration::from_secs(1) {
+                last_prune = tokio::time::Instant::now();
+                shared.handshake_limiter.retain_recent();
+            }
+            if shared.handshake_limiter.len() >= MAX_TRACKED_SOURCES {
+                shared.limited("tracked_sources");
+                incoming.refuse();
+                continue;
+            }
+        }
+        if shared.handshake_limiter.check_key(&source).is_err() {
             shared.limited("handshakes_per_ip");
             incoming.refuse();
             continue;
@@ -394,18 +478,21 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: Ta
         }
         {
             let per_ip = lock(&shared.per_ip);
-            if per_ip.get(&ip).copied().unwrap_or(0) >= shared.config.limits.max_sessions_per_ip {
+            if per_ip.get(&source).copied().unwrap_or(0) >= shared.config.limits.max_sessions_per_ip
+            {
                 drop(per_ip);
                 shared.limited("max_sessions_per_ip");
                 incoming.refuse();
                 continue;
             }
         }
+        // Count the session from the handshake on (so half-open handshakes are capped too),
+        // and before the next accept (so a burst cannot overshoot the caps).
+        let guard = SessionGuard::new(&shared, source);
         let shared = shared.clone();
         tracker.spawn(async move {
+            let _guard = guard;
             let remote = incoming.remote_address();
-            // Count the session from the handshake on, so half-open handshakes are capped too.
-            let _guard = SessionGuard::new(&shared, remote.ip());
             let timeout = shared.config.limits.handshake_timeout;
             let handshake = async {
                 let conn = incoming.await.map_err(transport::TransportError::Connect)?;
@@ -507,8 +594,12 @@ struct Session {
     subs: HashMap<QueueRef, Sub>,
     in_flight: HashMap<QueueRef, InFlight>,
     writes: FuturesUnordered<WriteFuture>,
+    /// Commands per second (`limits.commands_per_session_per_s`, burst 2×); DROP is exempt.
     commands: DefaultDirectRateLimiter,
+    /// NEW per minute (`limits.new_per_session_per_min`).
     news: DefaultDirectRateLimiter,
+    /// FWD per second (`limits.forwards_per_session_per_s`, burst 2×).
+    forwards: DefaultDirectRateLimiter,
     subscribed: Arc<AtomicUsize>,
 }
 
@@ -547,6 +638,10 @@ async fn run_session(shared: Arc<Shared>, framed: FramedConnection, id: u64) {
         news: RateLimiter::direct(
             Quota::per_minute(nz(limits.new_per_session_per_min))
                 .allow_burst(nz(limits.new_per_session_per_min)),
+        ),
+        forwards: RateLimiter::direct(
+            Quota::per_second(nz(limits.forwards_per_session_per_s))
+                .allow_burst(nz(limits.forwards_per_session_per_s.saturating_mul(2))),
         ),
         subscribed,
         shared: shared.clone(),
@@ -749,6 +844,15 @@ impl Session {
             .commands
             .with_label_values(&[cmd.name()])
             .inc();
+        if self.shared.config.log.sensitive {
+            // Only with `log.sensitive`: ids identify queues (see docs/operator.md).
+            tracing::debug!(
+                session = self.id,
+                command = cmd.name(),
+                entity = %entity.map(|e| e.to_string()).unwrap_or_default(),
+                "command"
+            );
+        }
         if matches!(cmd, Command::Drop) {
             self.shared.metrics.cover_received.inc();
             return;
@@ -781,6 +885,15 @@ impl Session {
                     .await;
             }
             (Command::Fwd { .. }, _) => {
+                // Limited before any work on the destination, so that a session cannot make
+                // this relay dial out faster than the limit.
+                if self.forwards.check().is_err() {
+                    self.shared.limited("forwards_per_session");
+                    return self
+                        .reply(corr, None, Response::Err(ErrorCode::Limited))
+                        .await;
+                }
+                // Forwarding is not implemented yet.
                 self.reply(corr, None, Response::Err(ErrorCode::FwdRefused))
                     .await;
             }
@@ -836,12 +949,16 @@ impl Session {
             relay_dh_key: rec.relay_dh_public,
         };
         let store = self.shared.store.clone();
+        let metrics = self.shared.metrics.clone();
         self.writes.push(Box::pin(async move {
             let resp = match store.write(WriteOp::CreateQueue(rec)).await {
                 Ok(WriteOutcome::Done) => answer,
                 Ok(_) => Response::Err(ErrorCode::Internal),
                 Err(e) => store_error(&e),
             };
+            if let Response::Err(code) = &resp {
+                metrics.errors.with_label_values(&[code.name()]).inc();
+            }
             Completion::Reply(Transmission::response(corr, None, &resp))
         }));
     }
@@ -1177,18 +1294,24 @@ impl Session {
             }
             Completion::Acked { queue, reply } => {
                 self.in_flight.remove(&queue);
-                if matches!(reply.decode_response(), Ok(Response::Ok)) {
-                    self.shared.metrics.messages_acked.inc();
+                match reply.decode_response() {
+                    Ok(Response::Ok) => self.shared.metrics.messages_acked.inc(),
+                    Ok(Response::Err(code)) => self.shared.count_error(code),
+                    _ => {}
                 }
                 let _ = self.out.send(reply).await;
                 self.deliver(queue, None).await;
             }
             Completion::Deleted { queue, reply } => {
-                if matches!(reply.decode_response(), Ok(Response::Ok)) {
-                    self.shared.router.end(&queue, self.id);
-                    self.subs.remove(&queue);
-                    self.subscribed.store(self.subs.len(), Ordering::Relaxed);
-                    self.in_flight.remove(&queue);
+                match reply.decode_response() {
+                    Ok(Response::Ok) => {
+                        self.shared.router.end(&queue, self.id);
+                        self.subs.remove(&queue);
+                        self.subscribed.store(self.subs.len(), Ordering::Relaxed);
+                        self.in_flight.remove(&queue);
+                    }
+                    Ok(Response::Err(code)) => self.shared.count_error(code),
+                    _ => {}
                 }
                 let _ = self.out.send(reply).await;
             }
@@ -1289,5 +1412,24 @@ async fn limiter_prune_task(shared: Arc<Shared>) {
         }
         shared.handshake_limiter.retain_recent();
         shared.handshake_limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_keyed_by_ipv4_address_or_ipv6_prefix() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped), v4);
+        let a: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_eq!(source_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(source_key(a), source_key(other));
     }
 }
