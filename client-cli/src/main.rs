@@ -19,9 +19,6 @@ use sotto_client::agent::{
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-/// Quiet period after which `recv` returns (see `docs/client.md`).
-const RECV_IDLE: Duration = Duration::from_secs(1);
-
 #[derive(Parser, Debug)]
 #[command(
     name = "sotto",
@@ -95,11 +92,16 @@ enum Command {
         /// The text.
         text: String,
     },
-    /// Receive waiting messages (and finish contact set-ups and rotations), then exit.
+    /// Receive for a while (and finish contact set-ups and rotations), then exit.
     Recv {
-        /// Wait at most this many seconds.
-        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        /// Receive for this many seconds. Relays hold messages for random delays, so a
+        /// message sent a moment ago may need a few seconds to arrive.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
         wait: u64,
+        /// Return earlier, once every queue is subscribed, nothing has arrived for this
+        /// many seconds, and no automatic send is due before the end of --wait.
+        #[arg(long, value_name = "SECS")]
+        idle: Option<u64>,
         /// One JSON object per line instead of `NAME: TEXT`.
         #[arg(long)]
         json: bool,
@@ -251,10 +253,10 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
             );
         }
         Command::Send { name, text } => agent.send(&name, &text).await?,
-        Command::Recv { wait, json } => {
+        Command::Recv { wait, idle, json } => {
             let opts = ReceiveOptions {
                 wait: Some(Duration::from_secs(wait)),
-                idle: Some(RECV_IDLE),
+                idle: idle.map(Duration::from_secs),
                 stop: None,
                 stop_before_ack: std::env::var_os("SOTTO_TEST_STOP_BEFORE_ACK")
                     .is_some_and(|v| v == "1"),

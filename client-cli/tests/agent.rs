@@ -2,6 +2,9 @@
 //! and durability across a relay restart, queue rotation to a third relay, fixed-size SEND
 //! bodies, no plaintext at rest on relays, and a message redelivered after a crash shown once.
 
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod agent_support;
 
 use std::sync::{Arc, Mutex};

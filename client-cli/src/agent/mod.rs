@@ -185,6 +185,12 @@ pub enum AgentError {
         #[source]
         source: NetError,
     },
+    /// The contact's queue refuses our messages (deleted, or secured by someone else).
+    #[error(
+        "`{0}`'s queue refuses our messages: the contact may have deleted the connection \
+         (the message stays queued; `sotto delete {0}` forgets the contact)"
+    )]
+    QueueRefused(String),
     /// Another process is doing this contact's outbox and did not finish in time.
     #[error("another sotto process is sending to `{0}`; try again")]
     Busy(String),
@@ -326,7 +332,7 @@ struct Outcome {
 enum Claim {
     Done,
     Busy,
-    Item(u64, Action),
+    Item(u64, Box<Action>),
 }
 
 impl Agent {
@@ -770,10 +776,10 @@ impl Agent {
         }
         let mut subs = Subscriptions::default();
         let first = self.sync_subscriptions(&mut subs, &mut on_event).await?;
-        if let Some(e) = first {
-            if subs.live.is_empty() {
-                return Err(AgentError::Net(e));
-            }
+        if let Some(e) = first
+            && subs.live.is_empty()
+        {
+            return Err(AgentError::Net(e));
         }
         let mut last_activity = Instant::now();
         let stop = opts.stop.clone().unwrap_or_default();
@@ -782,13 +788,12 @@ impl Agent {
             if deadline.is_some_and(|d| now >= d) {
                 break;
             }
-            if let Some(idle) = opts.idle {
-                if now.duration_since(last_activity) >= idle
-                    && subs.complete
-                    && !self.outbox_due_before(deadline)?
-                {
-                    break;
-                }
+            if let Some(idle) = opts.idle
+                && now.duration_since(last_activity) >= idle
+                && subs.complete
+                && !self.outbox_due_before(deadline)?
+            {
+                break;
             }
             let tick = deadline.map_or(now + TICK, |d| d.min(now + TICK));
             enum Step {
@@ -1118,7 +1123,7 @@ impl Agent {
                         until_ms: now + millis(LEASE),
                     });
                 }
-                Ok(Claim::Item(id, action))
+                Ok(Claim::Item(id, Box::new(action)))
             })?;
             match claim {
                 Claim::Done => return Ok(()),
@@ -1140,6 +1145,11 @@ impl Agent {
                         Ok::<_, AgentError>(())
                     })?;
                     if let Err(source) = result {
+                        if source.relay_code() == Some(ErrorCode::Auth)
+                            && matches!(*action, Action::Send { .. } | Action::Skey { .. })
+                        {
+                            return Err(AgentError::QueueRefused(self.contact_name(contact)));
+                        }
                         return Err(AgentError::NotDelivered {
                             contact: self.contact_name(contact),
                             source,

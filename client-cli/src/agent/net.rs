@@ -151,10 +151,10 @@ impl Net {
     /// # Errors
     /// [`NetError::WrongKey`] or [`NetError::Unreachable`].
     pub async fn client(&mut self, relay: &RelayAddress) -> Result<(RelayClient, u64), NetError> {
-        if let Some(c) = self.conns.get(relay) {
-            if !c.client.is_closed() {
-                return Ok((c.client.clone(), c.serial));
-            }
+        if let Some(c) = self.conns.get(relay)
+            && !c.client.is_closed()
+        {
+            return Ok((c.client.clone(), c.serial));
         }
         self.conns.remove(relay);
         let endpoint = self.endpoint(relay)?;

@@ -1,6 +1,6 @@
 //! Helpers shared by the agent and CLI tests: real relays on 127.0.0.1:0, each with a real
 //! data directory, and agents with cheap key derivation and no automatic-send delay.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -32,9 +32,11 @@ impl TestRelay {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         datadir::init(dir.path(), &datadir::InitOptions::default()).unwrap();
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.metrics = "off".into();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics: "off".into(),
+            ..Config::default()
+        };
         config.delivery.mode = "off".into();
         tweak(&mut config);
         let relay = sotto_relay::start(dir.path(), config.clone())

@@ -1,0 +1,244 @@
+//! The `sotto` binary driven as a person would: two profiles, two relays on loopback, a
+//! conversation, the error messages, and `recv` stopped between showing a message and
+//! acknowledging it.
+
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod agent_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use agent_support::TestRelay;
+
+/// How many `recv` runs a test allows for something to arrive (each returns after a quiet
+/// second, `--idle 1`); a bound so a failure ends the test, not a timing assumption.
+const RECV_ATTEMPTS: usize = 20;
+
+struct Profile {
+    home: PathBuf,
+}
+
+impl Profile {
+    fn new(root: &Path, name: &str) -> Self {
+        Self {
+            home: root.join(name),
+        }
+    }
+
+    /// Runs `sotto --home HOME args…` with the passphrase and extra environment.
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sotto"));
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("SOTTO_PASSPHRASE", "correct horse battery staple")
+            .env("SOTTO_AUTO_DELAY", "0")
+            .env("SOTTO_TIMEOUT", "3")
+            .env_remove("SOTTO_TEST_STOP_BEFORE_ACK")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[]).await
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "sotto {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects failure with one line on stderr; returns that line.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(!out.status.success(), "sotto {args:?} should fail");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+        err
+    }
+
+    /// Runs `recv` until `want` appears in its output (collected over runs).
+    async fn recv_until(&self, args: &[&str], want: &str) -> String {
+        let mut all = String::new();
+        for _ in 0..RECV_ATTEMPTS {
+            let mut a = vec!["recv", "--wait", "10", "--idle", "1"];
+            a.extend_from_slice(args);
+            all.push_str(&self.ok(&a).await);
+            if all.contains(want) {
+                return all;
+            }
+        }
+        panic!("{want:?} never arrived; got {all:?}");
+    }
+
+    async fn contact_status(&self, name: &str) -> String {
+        let out = self.ok(&["contacts", "--json"]).await;
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["name"] == name)
+            .map(|v| v["status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_through_the_cli() {
+    let mut r1 = TestRelay::start().await;
+    let mut r2 = TestRelay::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let alice = Profile::new(root.path(), "alice");
+    let bob = Profile::new(root.path(), "bob");
+    alice.ok(&["init"]).await;
+    bob.ok(&["init"]).await;
+    assert!(alice.fails(&["init"]).await.contains("already exists"));
+    let r1a = r1.address().to_string();
+    let r2a = r2.address().to_string();
+    assert!(
+        alice
+            .ok(&["relay", "add", &r1a])
+            .await
+            .contains("(default)")
+    );
+    bob.ok(&["relay", "add", &r2a]).await;
+    assert_eq!(
+        alice.ok(&["relay", "list"]).await.trim(),
+        format!("{r1a} (default)")
+    );
+
+    let link = alice.ok(&["invite", "--name", "bob"]).await;
+    let link = link.trim();
+    assert!(link.starts_with("sotto:") && !link.contains('\n'));
+    assert_eq!(alice.contact_status("bob").await, "invited");
+    bob.ok(&["accept", link, "--name", "alice"]).await;
+    assert_eq!(bob.contact_status("alice").await, "connecting");
+
+    // Alice's recv completes the set-up (SKEY and READY on Bob's queue).
+    for _ in 0..RECV_ATTEMPTS {
+        alice.ok(&["recv", "--wait", "10", "--idle", "1"]).await;
+        if alice.contact_status("bob").await == "connected" {
+            break;
+        }
+    }
+    assert_eq!(alice.contact_status("bob").await, "connected");
+
+    alice.ok(&["send", "bob", "hello bob, it is alice"]).await;
+    let got = bob.recv_until(&[], "alice: hello bob, it is alice").await;
+    assert_eq!(got.matches("hello bob").count(), 1);
+    assert_eq!(bob.contact_status("alice").await, "connected");
+    bob.ok(&["send", "alice", "hi alice\nfake: line"]).await;
+    let got = alice.recv_until(&["--json"], "hi alice").await;
+    let line = got.lines().find(|l| l.contains("hi alice")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["event"], "message");
+    assert_eq!(v["contact"], "bob");
+    assert_eq!(v["text"], "hi alice\nfake: line");
+
+    // A text cannot fake a second line in the plain output.
+    bob.ok(&["send", "alice", "one\ntwo"]).await;
+    let got = alice.recv_until(&[], "one").await;
+    assert!(got.contains("bob: one\\ntwo"), "{got:?}");
+
+    // Killed between receipt and ACK (the test hook stops `recv` there): the message comes
+    // again and is shown once.
+    bob.ok(&["send", "alice", "exactly once please"]).await;
+    let mut first = String::new();
+    for _ in 0..RECV_ATTEMPTS {
+        let out = alice
+            .run_env(
+                &["recv", "--wait", "10", "--idle", "1"],
+                &[("SOTTO_TEST_STOP_BEFORE_ACK", "1")],
+            )
+            .await;
+        first.push_str(&String::from_utf8_lossy(&out.stdout));
+        if out.status.code() == Some(3) {
+            break;
+        }
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(first.matches("exactly once please").count(), 1, "{first:?}");
+    bob.ok(&["send", "alice", "and then this"]).await;
+    let later = alice.recv_until(&[], "and then this").await;
+    assert!(!later.contains("exactly once"), "shown twice: {later:?}");
+
+    // Errors: one line, non-zero exit.
+    assert!(
+        alice
+            .fails(&["send", "carol", "hi"])
+            .await
+            .contains("unknown contact `carol`")
+    );
+    assert!(
+        bob.fails(&["accept", "sotto:AAAA", "--name", "x"])
+            .await
+            .contains("malformed invitation")
+    );
+    assert!(
+        bob.fails(&["accept", "https://example.org", "--name", "x"])
+            .await
+            .contains("malformed invitation")
+    );
+    let wrong = alice
+        .run_env(&["contacts"], &[("SOTTO_PASSPHRASE", "nope")])
+        .await;
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    let nobody = Profile::new(root.path(), "nobody");
+    assert!(nobody.fails(&["contacts"]).await.contains("sotto init"));
+
+    // A relay address whose key is not the relay's.
+    let other_key = TestRelay::start().await;
+    let mut forged = other_key.address();
+    forged.port = r1.address().port;
+    let forged = forged.to_string();
+    assert!(
+        alice
+            .fails(&["invite", "--via", &forged])
+            .await
+            .contains("wrong relay key")
+    );
+    // A relay that is not running.
+    let mut gone = TestRelay::start().await;
+    let gone_addr = gone.address().to_string();
+    gone.stop().await;
+    assert!(
+        alice
+            .fails(&["invite", "--via", &gone_addr])
+            .await
+            .contains("unreachable")
+    );
+    assert!(
+        alice
+            .fails(&["relay", "add", "sotto://short@host"])
+            .await
+            .contains("invalid relay address")
+    );
+
+    // Delete: the contact is gone; Bob's sends now fail with a clear line.
+    alice.ok(&["delete", "bob"]).await;
+    assert!(alice.ok(&["contacts"]).await.trim().is_empty());
+    let err = bob.fails(&["send", "alice", "are you there?"]).await;
+    assert!(
+        err.contains("`alice`'s queue refuses our messages"),
+        "{err}"
+    );
+
+    r1.stop().await;
+    r2.stop().await;
+}
