@@ -231,25 +231,34 @@ impl QuicConfig {
     }
 }
 
-/// Resource limits. Each bounds memory; worst cases are in `docs/operator.md`.
+/// Resource limits. Each bounds memory or work; the worst cases are added up in
+/// `docs/operator.md` ("Limits"). A *source* is an IPv4 address or an IPv6 /64. Every
+/// refusal is counted in `sotto_rate_limited_total{limit=…}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Concurrent sessions in total.
+    /// Concurrent sessions in total, handshakes in progress included; beyond it connections
+    /// are refused. Worst case ≈ 11 MiB per session (QUIC windows, answer queue, writes in
+    /// flight, subscriptions), so this × 11 MiB bounds session memory.
     pub max_sessions: usize,
-    /// Concurrent sessions from one source address.
+    /// Concurrent sessions (handshakes in progress included) from one source; beyond it
+    /// connections are refused. Worst case this × 11 MiB for one source.
     pub max_sessions_per_ip: usize,
-    /// Handshakes per second from one source address (burst = 2×).
+    /// Handshakes per second from one source (burst = 2×), checked before any cryptography;
+    /// beyond it connections are refused. The limiter tracks at most 65 536 sources
+    /// (≈ 5 MiB), held only in memory.
     pub handshakes_per_ip_per_s: u32,
-    /// Commands per second per session (burst = 2×).
+    /// Commands per second per session (burst = 2×; DROP exempt); beyond it `ERR LIMITED`.
     pub commands_per_session_per_s: u32,
-    /// NEW commands per session per minute (burst = this).
+    /// NEW commands per session per minute (burst = this); beyond it `ERR LIMITED`.
     pub new_per_session_per_min: u32,
-    /// Queues one session may subscribe to.
+    /// Queues one session may subscribe to; beyond it SUB answers `ERR LIMITED`. Worst case
+    /// ≈ 300 bytes per subscription.
     pub subscriptions_per_session: usize,
-    /// FWD commands per session per second (burst = 2×).
+    /// FWD commands per session per second (burst = 2×); beyond it `ERR LIMITED`.
     pub forwards_per_session_per_s: u32,
-    /// Seconds a client has to finish the handshake.
+    /// Time a client has to finish the QUIC and Noise handshakes; bounds how long a
+    /// half-open connection holds its place under `max_sessions`.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 }

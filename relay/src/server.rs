@@ -826,7 +826,22 @@ impl Session {
     async fn handle(&mut self, t: Transmission) {
         let corr = t.corr_id;
         let entity = t.entity;
-        let cmd = match t.decode_command() {
+        let decoded = t.decode_command();
+        if let Ok(c) = &decoded {
+            self.shared
+                .metrics
+                .commands
+                .with_label_values(&[c.name()])
+                .inc();
+        }
+        // Malformed commands are charged too: answering them costs as much as a PING.
+        if !matches!(decoded, Ok(Command::Drop)) && self.commands.check().is_err() {
+            self.shared.limited("commands_per_session");
+            return self
+                .reply(corr, entity, Response::Err(ErrorCode::Limited))
+                .await;
+        }
+        let cmd = match decoded {
             Ok(c) => c,
             Err(DecodeError::TooLong { field: "body", .. }) => {
                 return self
@@ -839,11 +854,6 @@ impl Session {
                     .await;
             }
         };
-        self.shared
-            .metrics
-            .commands
-            .with_label_values(&[cmd.name()])
-            .inc();
         if self.shared.config.log.sensitive {
             // Only with `log.sensitive`: ids identify queues (see docs/operator.md).
             tracing::debug!(
@@ -856,12 +866,6 @@ impl Session {
         if matches!(cmd, Command::Drop) {
             self.shared.metrics.cover_received.inc();
             return;
-        }
-        if self.commands.check().is_err() {
-            self.shared.limited("commands_per_session");
-            return self
-                .reply(corr, entity, Response::Err(ErrorCode::Limited))
-                .await;
         }
         match (needs(&cmd), entity) {
             (Needs::Nothing, Some(_)) | (Needs::Recipient | Needs::Sender, None) => {
