@@ -1649,6 +1649,141 @@ mod tests {
         assert!((median - 2.0 * std::f64::consts::LN_2).abs() < 1e-9);
     }
 
+    const QUEUE: &str = "sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@127.0.0.1:9#BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH";
+
+    fn olm(session: &mut Session, seq: u64, payload: Payload) -> (u8, Vec<u8>) {
+        let plain = Message { seq, payload }.encode().unwrap();
+        let (t, b) = session.encrypt(plain.as_slice()).unwrap().to_parts();
+        (t as u8, b)
+    }
+
+    fn inbox_texts(st: &State) -> Vec<String> {
+        st.contacts[0]
+            .inbox
+            .iter()
+            .map(|e| e.text.clone())
+            .collect()
+    }
+
+    /// The inviter's side of a contact, driven without relays: set-up from a pre-key HELLO,
+    /// then replayed, tampered and repeated messages.
+    #[test]
+    fn replayed_and_tampered_messages_are_never_shown() {
+        let key = [9u8; 32];
+        let mut alice = Account::new();
+        let otk = alice.generate_one_time_keys(1).created[0];
+        let mut st = State::default();
+        st.invitations.push(PendingInvitation {
+            id: 1,
+            invitation_id: [5; 16],
+            name: "bob".into(),
+            queue: RecvQueue {
+                relay: "r".into(),
+                recipient_id: [1; 24],
+                sender_id: [2; 24],
+                recipient_key: Secret32::new([3; 32]),
+                dh_key: Secret32::new([4; 32]),
+                relay_dh_key: [5; 32],
+                envelope_key: Secret32::new([6; 32]),
+            },
+            account: alice.pickle().encrypt(&key),
+            link: String::new(),
+        });
+        st.next_id = 2;
+        let bob = Account::new();
+        let mut bob_session = bob
+            .create_outbound_session(SessionConfig::version_1(), alice.curve25519_key(), otk)
+            .unwrap();
+        let hello = Payload::Hello {
+            invitation_id: [5; 16],
+            reply_queue: QUEUE.into(),
+            envelope_key: Secret32::new([7; 32]),
+        };
+        let (t, hello) = olm(&mut bob_session, 0, hello);
+        // Garbage on the invitation's queue makes no contact.
+        let out = process(
+            &mut st,
+            &key,
+            Duration::ZERO,
+            QueueOwner::Invitation(1),
+            t,
+            &[1, 2, 3],
+            0,
+        )
+        .unwrap();
+        assert!(matches!(
+            out.notices[..],
+            [Event::Rejected { contact: None }]
+        ));
+        assert!(st.contacts.is_empty());
+
+        let out = process(
+            &mut st,
+            &key,
+            Duration::ZERO,
+            QueueOwner::Invitation(1),
+            t,
+            &hello,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            out.notices,
+            vec![Event::Connected {
+                contact: "bob".into()
+            }]
+        );
+        assert!(st.invitations.is_empty());
+        let id = st.contacts[0].id;
+        // The inviter's SKEY and READY wait in the outbox (automatic sends).
+        assert_eq!(st.outbox.len(), 2);
+        assert!(st.outbox.iter().all(|i| i.automatic));
+
+        let owner = QueueOwner::Contact(id);
+        // The same HELLO again (a relay redelivery): recognised, nothing happens.
+        let out = process(&mut st, &key, Duration::ZERO, owner, t, &hello, 0).unwrap();
+        assert!(out.notices.is_empty());
+        assert_eq!(st.outbox.len(), 2);
+
+        let (t1, first) = olm(&mut bob_session, 1, Payload::Text("first".into()));
+        process(&mut st, &key, Duration::ZERO, owner, t1, &first, 0).unwrap();
+        assert_eq!(inbox_texts(&st), vec!["first"]);
+
+        // Tampered: rejected, and the session is untouched (the real one still decrypts).
+        let (t2, second) = olm(&mut bob_session, 2, Payload::Text("second".into()));
+        let mut bad = second.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        let out = process(&mut st, &key, Duration::ZERO, owner, t2, &bad, 0).unwrap();
+        assert_eq!(
+            out.notices,
+            vec![Event::Rejected {
+                contact: Some("bob".into())
+            }]
+        );
+        process(&mut st, &key, Duration::ZERO, owner, t2, &second, 0).unwrap();
+        assert_eq!(inbox_texts(&st), vec!["first", "second"]);
+
+        // A replay old enough to have left the digest window: Olm refuses the used key.
+        st.contacts[0].seen.clear();
+        let out = process(&mut st, &key, Duration::ZERO, owner, t1, &first, 0).unwrap();
+        assert_eq!(
+            out.notices,
+            vec![Event::Rejected {
+                contact: Some("bob".into())
+            }]
+        );
+        assert_eq!(inbox_texts(&st), vec!["first", "second"]);
+
+        // Out of order: 4 waits for 3, then both come out in order.
+        let (t3, third) = olm(&mut bob_session, 3, Payload::Text("third".into()));
+        let (t4, fourth) = olm(&mut bob_session, 4, Payload::Text("fourth".into()));
+        process(&mut st, &key, Duration::ZERO, owner, t4, &fourth, 0).unwrap();
+        assert_eq!(inbox_texts(&st).len(), 2);
+        process(&mut st, &key, Duration::ZERO, owner, t3, &third, 0).unwrap();
+        assert_eq!(inbox_texts(&st), vec!["first", "second", "third", "fourth"]);
+    }
+
     #[test]
     fn names_are_checked() {
         for good in ["bob", "Alice Smith", "Ünal", "x"] {
