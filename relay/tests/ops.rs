@@ -395,26 +395,33 @@ async fn forwards_and_subscriptions_are_limited_per_session() {
 // Logs and the process (the real binary)
 // ---------------------------------------------------------------------------------------
 
-/// The `sotto-relay` binary running `run` in a fresh data directory.
+/// The `sotto-relay` binary running `run`.
 struct RelayProcess {
-    child: Child,
+    child: Option<Child>,
     address: RelayAddress,
     data: std::path::PathBuf,
     _stdout: BufReader<ChildStdout>,
-    stderr: std::thread::JoinHandle<String>,
-    _dir: tempfile::TempDir,
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
-/// Starts `sotto-relay run --data <tmp> --listen 127.0.0.1:0 --metrics off` with
+impl Drop for RelayProcess {
+    // A failing test must not leave relay processes behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `sotto-relay run --data <data> --listen 127.0.0.1:0 --metrics off` with
 /// `RUST_LOG=trace` (everything, dependencies included) and `env`, and reads the address
 /// it prints.
-fn spawn_relay(env: &[(&str, &str)]) -> RelayProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("relay");
+fn spawn_relay_in(data: &std::path::Path, env: &[(&str, &str)]) -> RelayProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
     cmd.arg("run")
         .arg("--data")
-        .arg(&data)
+        .arg(data)
         .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
@@ -441,26 +448,25 @@ fn spawn_relay(env: &[(&str, &str)]) -> RelayProcess {
     }
     let address: RelayAddress = line.trim().parse().unwrap();
     RelayProcess {
-        child,
+        child: Some(child),
         address,
-        data,
+        data: data.to_owned(),
         _stdout: stdout,
-        stderr,
-        _dir: dir,
+        stderr: Some(stderr),
     }
 }
 
 impl RelayProcess {
     /// SIGTERM, then waits (bounded) for the exit; returns its status and all of stderr.
-    fn terminate(self) -> (ExitStatus, String) {
+    fn terminate(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
         // The workspace forbids `unsafe`, so no libc::kill: kill(1) does the same.
         let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut child = self.child;
         std::thread::spawn(move || {
             let _ = tx.send(child.wait());
         });
@@ -469,7 +475,7 @@ impl RelayProcess {
             .recv_timeout(Duration::from_secs(60))
             .expect("the relay did not stop within 60 s of SIGTERM")
             .unwrap();
-        (status, self.stderr.join().unwrap())
+        (status, self.stderr.take().unwrap().join().unwrap())
     }
 
     fn secret_forms(&self) -> Vec<String> {
@@ -520,7 +526,8 @@ const FAST_DELIVERY: [(&str, &str); 2] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanly() {
-    let relay = spawn_relay(&FAST_DELIVERY);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay_in(&dir.path().join("relay"), &FAST_DELIVERY);
     assert_ne!(relay.address.port, 0, "run prints the bound port");
     let body = b"MARKER-5d1f-plaintext-message-body".to_vec();
     let (client_addr, creds) = drive_session(&relay.address, &body).await;
@@ -569,7 +576,8 @@ async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanl
 async fn sensitive_logging_is_announced_and_shows_what_default_logging_hides() {
     let mut env = FAST_DELIVERY.to_vec();
     env.push(("SOTTO_RELAY_LOG_SENSITIVE", "true"));
-    let relay = spawn_relay(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay_in(&dir.path().join("relay"), &env);
     let (_, creds) = drive_session(&relay.address, b"sensitive run").await;
     let (status, log) = relay.terminate();
     assert!(status.success(), "{status:?}\n{log}");
@@ -581,6 +589,49 @@ async fn sensitive_logging_is_announced_and_shows_what_default_logging_hides() {
     // show the client's address and the queue id, so their absence there is the redaction.
     assert!(log.contains("127.0.0.2"), "{log}");
     assert!(log.contains(&creds.recipient_id.to_string()), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_clients_connected_stops_cleanly_and_keeps_delayed_messages() {
+    // Delays long enough that the message is still in the delay pool at the stop.
+    let slow = [
+        ("SOTTO_RELAY_DELIVERY_MEAN", "2s"),
+        ("SOTTO_RELAY_DELIVERY_CAP", "3s"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let relay = spawn_relay_in(&data, &slow);
+    let (recipient, mut pushes, _e1) = connect(&relay.address).await;
+    let (sender, _p, _e2) = connect(&relay.address).await;
+    let creds = recipient.create_queue(None).await.unwrap();
+    recipient.subscribe(&creds).await.unwrap();
+    sender
+        .send(creds.sender_id, None, 0, b"kept across a stop".to_vec())
+        .await
+        .unwrap();
+
+    let (status, log) = relay.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    // The connected clients were told, not left to time out.
+    assert!(matches!(next_push(&mut pushes).await, Pushed::Closed(_)));
+    assert!(sender.ping().await.is_err());
+
+    // After a restart the message is delivered (by the restored scheduler, or at once if
+    // its release time passed while the relay was down).
+    let relay = spawn_relay_in(&data, &slow);
+    let (c, mut pushes, _e3) = connect(&relay.address).await;
+    let creds = QueueCredentials {
+        relay: relay.address.clone(),
+        ..creds
+    };
+    c.subscribe(&creds).await.unwrap();
+    let Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+        panic!("expected MSG")
+    };
+    assert_eq!(msg.open(&creds).unwrap().body, b"kept across a stop");
+    c.close().await;
+    let (status, _) = relay.terminate();
+    assert!(status.success());
 }
 
 #[test]
