@@ -511,9 +511,10 @@ impl Agent {
         Ok(link)
     }
 
-    /// Accepts an invitation: secures the inviter's queue (SKEY), creates our receive queue
-    /// on `via` (default: the default relay) and sends the HELLO. Returns once the relay
-    /// accepted the HELLO.
+    /// Accepts an invitation: creates our receive queue on `via` (default: the default
+    /// relay), secures the inviter's queue (SKEY) and sends the HELLO. Returns once the
+    /// relay accepted the HELLO. If a relay cannot be reached, the contact is kept and
+    /// [`AgentError::NotDelivered`] says that the rest is done by the next `send`/`recv`.
     ///
     /// # Errors
     /// [`AgentError::Invitation`], [`AgentError::InvitationUsed`],
@@ -540,21 +541,6 @@ impl Agent {
             .map_err(|_| AgentError::InvitationKeys)?;
         let creds = self.create_queue(&relay).await?;
         let sender_key = Secret32::random();
-        let skey = AuthSecretKey::from_bytes(sender_key.expose());
-        let sender_id = inv.queue.sender_id;
-        let secured = self
-            .net
-            .request(&inv.queue.relay, async |c| {
-                c.sender_secure(sender_id, &skey).await
-            })
-            .await;
-        if let Err(e) = secured {
-            self.delete_queue_best_effort(&creds).await;
-            return Err(match e.relay_code() {
-                Some(ErrorCode::Prohibited | ErrorCode::Auth) => AgentError::InvitationUsed,
-                _ => AgentError::Net(e),
-            });
-        }
         let envelope_key = Secret32::random();
         let hello = Payload::Hello {
             invitation_id: inv.id,
@@ -563,7 +549,10 @@ impl Agent {
         };
         let pickle_key = *self.store.pickle_key();
         let name = name.to_owned();
-        let (contact, item) = self.store.update(|st| {
+        // The contact, its SKEY and its HELLO are persisted before anything is sent, so a
+        // crash part-way leaves work that the next command finishes, not a used invitation
+        // with no contact.
+        let res = self.store.update(|st| {
             if st.name_taken(&name) {
                 return Err(AgentError::NameTaken(name.clone()));
             }
@@ -576,7 +565,7 @@ impl Agent {
                 recv: vec![RecvQueue::new(&creds, envelope_key)],
                 send: Some(SendQueue {
                     queue: inv.queue.to_string(),
-                    sender_key,
+                    sender_key: sender_key.clone(),
                     envelope_key: inv.envelope_key.clone(),
                 }),
                 connected: false,
@@ -587,10 +576,38 @@ impl Agent {
                 inbox: Vec::new(),
                 rotating: false,
             });
+            push_item(
+                st,
+                id,
+                now_ms(),
+                false,
+                Action::Skey {
+                    queue: inv.queue.to_string(),
+                    sender_key,
+                },
+            );
             let item = enqueue_message(st, &pickle_key, id, hello, now_ms(), false)?;
             Ok((id, item))
-        })?;
-        self.flush_contact(contact, Some(item), true).await
+        });
+        let (contact, item) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.delete_queue_best_effort(&creds).await;
+                return Err(e);
+            }
+        };
+        match self.flush_contact(contact, Some(item), true).await {
+            // The invitation's queue is secured by someone else, or gone: undo.
+            Err(AgentError::QueueRefused(_)) => {
+                self.store.update(|st| {
+                    st.remove_contact(contact);
+                    Ok::<_, AgentError>(())
+                })?;
+                self.delete_queue_best_effort(&creds).await;
+                Err(AgentError::InvitationUsed)
+            }
+            r => r,
+        }
     }
 
     /// Sends a text; returns once the relay answered OK (the message is durable there).
@@ -1145,8 +1162,10 @@ impl Agent {
                         Ok::<_, AgentError>(())
                     })?;
                     if let Err(source) = result {
-                        if source.relay_code() == Some(ErrorCode::Auth)
-                            && matches!(*action, Action::Send { .. } | Action::Skey { .. })
+                        if matches!(
+                            source.relay_code(),
+                            Some(ErrorCode::Auth | ErrorCode::Prohibited)
+                        ) && matches!(*action, Action::Send { .. } | Action::Skey { .. })
                         {
                             return Err(AgentError::QueueRefused(self.contact_name(contact)));
                         }
@@ -1419,6 +1438,7 @@ fn apply(
                 st,
                 contact_id,
                 at,
+                true,
                 Action::Skey {
                     queue: reply_queue,
                     sender_key,
@@ -1447,7 +1467,7 @@ fn apply(
                 envelope_key,
             });
             let at = automatic_at();
-            push_item(st, contact_id, at, Action::Skey { queue, sender_key });
+            push_item(st, contact_id, at, true, Action::Skey { queue, sender_key });
             // Everything encrypted from here on goes to the new queue; SWITCHED tells the
             // contact that nothing later than it goes to the old one.
             enqueue_message(st, pickle_key, contact_id, Payload::Switched, at, true)?;
@@ -1460,7 +1480,7 @@ fn apply(
                 c.rotating = false;
                 let at = automatic_at();
                 for queue in old {
-                    push_item(st, contact_id, at, Action::Delete { queue });
+                    push_item(st, contact_id, at, true, Action::Delete { queue });
                 }
                 notices.push(Event::Rotated { contact: name });
             }
@@ -1469,13 +1489,20 @@ fn apply(
     Ok(())
 }
 
-fn push_item(st: &mut State, contact: u64, not_before_ms: u64, action: Action) -> u64 {
+/// Queues a network action; `automatic` ones are those made in response to receiving.
+fn push_item(
+    st: &mut State,
+    contact: u64,
+    not_before_ms: u64,
+    automatic: bool,
+    action: Action,
+) -> u64 {
     let id = st.take_id();
     st.outbox.push(OutboxItem {
         id,
         contact,
         not_before_ms,
-        automatic: true,
+        automatic,
         lease: None,
         action,
     });
