@@ -423,13 +423,19 @@ impl Config {
                 set_key(&mut table, key, toml::Value::String(v.clone()));
             }
         }
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: format!("{} (with SOTTO_RELAY_* and flags applied)", path.display()),
-                    message: e.message().to_owned(),
-                })?;
+        // Through text again, so that errors carry the key's position (`queues.quota`).
+        let merged = toml::to_string(&table).unwrap_or_default();
+        let config: Config = toml::from_str(&merged).map_err(|e: toml::de::Error| {
+            let key = e
+                .span()
+                .and_then(|sp| key_at(&merged, sp.start))
+                .map(|k| format!("`{k}`: "))
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: format!("{} (with SOTTO_RELAY_* and flags applied)", path.display()),
+                message: format!("{key}{}", e.message()),
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -558,6 +564,25 @@ impl Config {
              # Precedence: command-line flags > SOTTO_RELAY_* environment > this file > defaults.\n\
              # This file may hold create_password: keep it private (mode 0600).\n\n{body}"
         )
+    }
+}
+
+/// The dotted key of the value at byte `pos` of a TOML document written by `toml::to_string`
+/// (one `key = value` per line under `[section]` headers).
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let before = text.get(..pos)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let section = before
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+    let key = line.split_once('=').map(|(k, _)| k.trim().to_owned());
+    match (section, key) {
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(s), None) => Some(s.to_owned()),
+        (None, None) => None,
     }
 }
 

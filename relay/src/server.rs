@@ -843,7 +843,7 @@ impl Session {
         }
         let cmd = match decoded {
             Ok(c) => c,
-            Err(DecodeError::TooLong { field: "body", .. }) => {
+            Err(DecodeError::TooLong { .. }) => {
                 return self
                     .reply(corr, entity, Response::Err(ErrorCode::Large))
                     .await;
@@ -955,7 +955,7 @@ impl Session {
         let store = self.shared.store.clone();
         let metrics = self.shared.metrics.clone();
         self.writes.push(Box::pin(async move {
-            let resp = match store.write(WriteOp::CreateQueue(rec)).await {
+            let resp = match store.write(WriteOp::CreateQueue(Box::new(rec))).await {
                 Ok(WriteOutcome::Done) => answer,
                 Ok(_) => Response::Err(ErrorCode::Internal),
                 Err(e) => store_error(&e),
@@ -993,14 +993,16 @@ impl Session {
                 false
             }
         };
-        let Some((queue, rec)) =
-            found.filter(|(_, r)| authorised && r.status == QueueStatus::Active)
-        else {
+        let Some((queue, rec)) = found.filter(|_| authorised) else {
             return self
                 .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
                 .await;
         };
-        drop(rec);
+        if rec.status != QueueStatus::Active {
+            return self
+                .reply(corr, Some(e), Response::Err(ErrorCode::Prohibited))
+                .await;
+        }
         let now = unix_ms();
         let release_at = lock(&self.shared.sampler).release_at(now);
         let gran = self
@@ -1039,9 +1041,8 @@ impl Session {
                     Response::Ok
                 }
                 Ok(WriteOutcome::QuotaExceeded) => Response::Err(ErrorCode::Quota),
-                Ok(WriteOutcome::NoQueue | WriteOutcome::Disabled) => {
-                    Response::Err(ErrorCode::Auth)
-                }
+                Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
+                Ok(WriteOutcome::Disabled) => Response::Err(ErrorCode::Prohibited),
                 Ok(_) => Response::Err(ErrorCode::Internal),
                 Err(e) => store_error(&e),
             };
@@ -1065,9 +1066,9 @@ impl Session {
                 .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
                 .await;
         };
-        if rec.sender_key.is_some_and(|k| k != key) {
+        if rec.sender_key.is_some_and(|k| k != key) || rec.status != QueueStatus::Active {
             return self
-                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
+                .reply(corr, Some(e), Response::Err(ErrorCode::Prohibited))
                 .await;
         }
         self.push_simple_write(corr, e, WriteOp::SetSenderKey { queue, key });
@@ -1079,8 +1080,9 @@ impl Session {
         self.writes.push(Box::pin(async move {
             let resp = match store.write(op).await {
                 Ok(WriteOutcome::Done) => Response::Ok,
-                Ok(WriteOutcome::NoQueue | WriteOutcome::KeyConflict) => {
-                    Response::Err(ErrorCode::Auth)
+                Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
+                Ok(WriteOutcome::KeyConflict | WriteOutcome::Disabled) => {
+                    Response::Err(ErrorCode::Prohibited)
                 }
                 Ok(_) => Response::Err(ErrorCode::Internal),
                 Err(e) => store_error(&e),

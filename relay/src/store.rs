@@ -211,7 +211,7 @@ pub struct StoredMessage {
 #[derive(Debug, Clone)]
 pub enum WriteOp {
     /// Create a queue (ids must be fresh).
-    CreateQueue(QueueRecord),
+    CreateQueue(Box<QueueRecord>),
     /// KEY/SKEY: set the sender key if none; same key again is accepted.
     SetSenderKey {
         /// Queue.
@@ -623,9 +623,8 @@ impl Store {
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| open_err("missing sequence counter".into()))?;
             // Tables must all exist; a damaged file fails here rather than mid-traffic.
-            for t in [QUEUES] {
-                txn.open_table(t).map_err(|e| open_err(e.to_string()))?;
-            }
+            txn.open_table(QUEUES)
+                .map_err(|e| open_err(e.to_string()))?;
             txn.open_table(MESSAGES)
                 .map_err(|e| open_err(e.to_string()))?;
             seq
@@ -953,6 +952,9 @@ impl Writer {
                 let Some(mut rec) = self.read_queue(txn, queue)? else {
                     return Ok(WriteOutcome::NoQueue);
                 };
+                if rec.status != QueueStatus::Active {
+                    return Ok(WriteOutcome::Disabled);
+                }
                 match rec.sender_key {
                     Some(k) if k == *key => Ok(WriteOutcome::Done),
                     Some(_) => Ok(WriteOutcome::KeyConflict),
@@ -1222,7 +1224,7 @@ mod tests {
         let rec = record();
         assert_eq!(
             store
-                .write(WriteOp::CreateQueue(rec.clone()))
+                .write(WriteOp::CreateQueue(Box::new(rec.clone())))
                 .await
                 .unwrap(),
             WriteOutcome::Done
@@ -1321,7 +1323,7 @@ mod tests {
         let store = open(dir.path());
         let rec = record();
         store
-            .write(WriteOp::CreateQueue(rec.clone()))
+            .write(WriteOp::CreateQueue(Box::new(rec.clone())))
             .await
             .unwrap();
         let q = store.queue_ref(&rec.recipient_id);
@@ -1335,7 +1337,7 @@ mod tests {
             })
             .await
             .unwrap();
-        drop(store);
+        assert!(store.close(std::time::Duration::from_secs(10)).await);
         let raw = std::fs::read(dir.path().join("q.redb")).unwrap();
         let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
         assert!(!has(b"attack at dawn"));
@@ -1359,11 +1361,11 @@ mod tests {
         fresh.created_at = 10_000;
         fresh.last_active = 10_000;
         store
-            .write(WriteOp::CreateQueue(old.clone()))
+            .write(WriteOp::CreateQueue(Box::new(old.clone())))
             .await
             .unwrap();
         store
-            .write(WriteOp::CreateQueue(fresh.clone()))
+            .write(WriteOp::CreateQueue(Box::new(fresh.clone())))
             .await
             .unwrap();
         let qf = store.queue_ref(&fresh.recipient_id);

@@ -1,5 +1,7 @@
 //! Queue semantics over real QUIC against a real relay with a real store.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -89,7 +91,7 @@ async fn whole_lifecycle_of_a_queue() {
                 .send(creds.sender_id, Some(&skey), 0, b"late".to_vec())
                 .await
         ),
-        ErrorCode::Auth
+        ErrorCode::Prohibited
     );
     // DEL: the queue is gone.
     recipient.delete(&creds).await.unwrap();
@@ -214,7 +216,7 @@ async fn auth_failures() {
     // A second SKEY with another key is refused; the same key again is accepted.
     assert_eq!(
         relay_err(c.sender_secure(creds.sender_id, &wrong).await),
-        ErrorCode::Auth
+        ErrorCode::Prohibited
     );
     c.sender_secure(creds.sender_id, &skey).await.unwrap();
     // Ids guessed at random.

@@ -1,6 +1,6 @@
 //! Helpers shared by the relay's integration tests: a real relay on 127.0.0.1:0 with a real
 //! redb file in a temporary directory, and real QUIC clients.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use std::time::Duration;
 
