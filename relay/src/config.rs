@@ -80,15 +80,15 @@ fn unreachable_addr() -> SocketAddr {
 #[serde(deny_unknown_fields, default)]
 pub struct QueuesConfig {
     /// Messages older than this are deleted, delivered or not.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub message_ttl: Duration,
     /// Most messages a queue holds; SEND beyond it answers QUOTA.
     pub quota: u32,
     /// Queues with no activity for this long are removed with their messages.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub idle_expiry: Duration,
     /// How often the expiry task runs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub expiry_interval: Duration,
 }
 
@@ -110,16 +110,16 @@ pub struct DeliveryConfig {
     /// `poisson`, `rounds` or `off`.
     pub mode: String,
     /// Mean of the exponential delay (`poisson`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub mean: Duration,
     /// Largest delay (`poisson`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub cap: Duration,
     /// Round length (`rounds`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub round: Duration,
     /// MSG timestamps are rounded down to a multiple of this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub timestamp_granularity: Duration,
     /// Rate of cover frames sent to each subscribed session, per second (0 = off).
     pub cover_rate: f64,
@@ -187,10 +187,10 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct QuicConfig {
     /// Connections silent for this long are closed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
     /// Keep-alive interval sent by the relay.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub keep_alive: Duration,
     /// Pad every datagram to the MTU (hides record boundaries).
     pub pad_to_mtu: bool,
@@ -259,7 +259,7 @@ pub struct LimitsConfig {
     pub forwards_per_session_per_s: u32,
     /// Time a client has to finish the QUIC and Noise handshakes; bounds how long a
     /// half-open connection holds its place under `max_sessions`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text")]
     pub handshake_timeout: Duration,
 }
 
@@ -328,6 +328,54 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+}
+
+/// Durations in `config.toml`: parsed as humantime (`"90days"`, `"1h 30m"`, `"250ms"`),
+/// written in the largest whole unit (`"90days"`, not `"2months 29days 2h 52m 48s"`).
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// Formats `d` in its largest whole unit.
+    pub fn format(d: Duration) -> String {
+        let ms = d.as_millis();
+        for (unit, name) in [(86_400_000u128, "days"), (3_600_000, "h"), (60_000, "m"), (1000, "s")] {
+            if ms != 0 && ms % unit == 0 {
+                return format!("{}{name}", ms / unit);
+            }
+        }
+        format!("{ms}ms")
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"90days\", \"1h\", \"250ms\""
+            ))
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn largest_whole_unit() {
+            assert_eq!(format(Duration::from_secs(90 * 86_400)), "90days");
+            assert_eq!(format(Duration::from_secs(3600)), "1h");
+            assert_eq!(format(Duration::from_millis(1500)), "1500ms");
+            assert_eq!(format(Duration::ZERO), "0ms");
+            for t in ["90days", "1h", "1500ms", "0ms", "10s", "2m"] {
+                assert_eq!(format(humantime::parse_duration(t).unwrap()), t);
+            }
+        }
+    }
 }
 
 /// Every configuration key, for environment overrides and documentation. The environment
