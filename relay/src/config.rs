@@ -341,7 +341,7 @@ mod duration_text {
     pub fn format(d: Duration) -> String {
         let ms = d.as_millis();
         for (unit, name) in [(86_400_000u128, "days"), (3_600_000, "h"), (60_000, "m"), (1000, "s")] {
-            if ms != 0 && ms % unit == 0 {
+            if ms != 0 && ms.is_multiple_of(unit) {
                 return format!("{}{name}", ms / unit);
             }
         }
