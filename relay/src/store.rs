@@ -25,6 +25,19 @@
 //! channel (up to `max_batch`) into one durable transaction: one fsync serves many SENDs.
 //! A caller gets its outcome only after that commit returns, so "OK" to a SEND means the
 //! message is on disk.
+//!
+//! # Recovery from write failures (disk full, I/O errors)
+//! After an I/O error redb refuses every later operation on that `Database`
+//! (`StorageError::PreviousIo`), reads included, until it is closed and opened again. The
+//! writer therefore treats a failed batch as a reason to reopen: it answers nothing until it
+//! has taken the database out of the shared slot, waited for in-flight reads to drop their
+//! handles (redb locks the file, so a second `Database` cannot be opened beside the first),
+//! closed it and opened the file again (redb repairs it from the last durable commit if
+//! needed). Only then does it answer the failed batch with [`StoreError::Io`] — so by the
+//! time a client sees `ERR STORE`, reads are served again. Nothing of a failed batch is
+//! acknowledged. If the reopen itself fails, reads answer an error and every later batch
+//! (and any read, through [`Store`]'s reopen request) retries it: the relay recovers by
+//! itself once the disk is writable again, without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,8 +47,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{CryptoRngCore, RngCore as _};
 use redb::{
-    Database, Durability, ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase as _, ReadableTable,
+    ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
 use sotto_protocol::ids::ID_LEN;
 use sotto_protocol::keys::KEY_LEN;
@@ -525,11 +538,69 @@ struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
 }
 
+/// What the writer thread receives.
+enum Msg {
+    /// A write to apply.
+    Job(Job),
+    /// A reader found the database unusable (latched after an I/O error, or not reopened
+    /// yet): reopen it even if no write comes.
+    Reopen,
+}
+
+/// How long the writer waits for in-flight reads to release the database before reopening
+/// anyway (reads are short: one lookup or one range scan, never held across an await).
+const REOPEN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The open database, swappable so that the writer can close and reopen it after an I/O
+/// failure. Readers clone the `Arc` for the length of one read transaction.
+struct DbSlot {
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    cache_bytes: usize,
+}
+
+impl DbSlot {
+    fn get(&self) -> Option<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *slot, db)
+    }
+
+    fn open(&self) -> Result<Database, redb::DatabaseError> {
+        Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .open(&self.path)
+    }
+}
+
+/// A read transaction with the database handle it came from. Field order matters: the
+/// transaction is dropped before the handle.
+struct Reader {
+    txn: ReadTransaction,
+    _db: Arc<Database>,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = ReadTransaction;
+    fn deref(&self) -> &ReadTransaction {
+        &self.txn
+    }
+}
+
 struct Inner {
-    db: Arc<Database>,
+    slot: Arc<DbSlot>,
     keys: Arc<Keys>,
     path: PathBuf,
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<Msg>,
     /// Fires when the writer thread has exited and released the database file.
     writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -598,10 +669,12 @@ impl Store {
         };
         // Check readability ourselves first: redb's error for EACCES is less clear.
         std::fs::File::open(path).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(opts.cache_bytes)
-            .open(path)
-            .map_err(|e| open_err(e.to_string()))?;
+        let slot = Arc::new(DbSlot {
+            db: std::sync::RwLock::new(None),
+            path: path.to_owned(),
+            cache_bytes: opts.cache_bytes,
+        });
+        let db = slot.open().map_err(|e| open_err(e.to_string()))?;
         let keys = Keys::new(key);
         let next_seq = {
             let txn = db.begin_read().map_err(|e| open_err(e.to_string()))?;
@@ -629,12 +702,12 @@ impl Store {
                 .map_err(|e| open_err(e.to_string()))?;
             seq
         };
-        let db = Arc::new(db);
+        slot.set(Some(Arc::new(db)));
         let keys = Arc::new(keys);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         let writer = Writer {
-            db: db.clone(),
+            slot: slot.clone(),
             keys: keys.clone(),
             next_seq,
             opts,
@@ -648,7 +721,7 @@ impl Store {
             .map_err(io)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                slot,
                 keys,
                 path: path.to_owned(),
                 writer: tx,
@@ -679,6 +752,38 @@ impl Store {
         self.inner.keys.recipient_ref(id)
     }
 
+    /// Starts a read transaction on the current database. If the database is unusable (being
+    /// reopened, or latched after an I/O error) the writer is asked to reopen it and the read
+    /// fails with [`StoreError::Io`].
+    fn read(&self) -> Result<Reader, StoreError> {
+        let Some(db) = self.inner.slot.get() else {
+            let _ = self.inner.writer.try_send(Msg::Reopen);
+            return Err(StoreError::Io(
+                "the database is being reopened after a write failure".into(),
+            ));
+        };
+        match db.begin_read() {
+            Ok(txn) => Ok(Reader { txn, _db: db }),
+            Err(e) => {
+                let e = redb::Error::from(e);
+                if matches!(e, redb::Error::PreviousIo | redb::Error::DatabaseClosed) {
+                    let _ = self.inner.writer.try_send(Msg::Reopen);
+                }
+                Err(io(e))
+            }
+        }
+    }
+
+    /// Maps a read error; asks the writer to reopen a database that redb has latched after an
+    /// I/O error.
+    fn rd(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        if matches!(e, redb::Error::PreviousIo | redb::Error::DatabaseClosed) {
+            let _ = self.inner.writer.try_send(Msg::Reopen);
+        }
+        io(e)
+    }
+
     /// Applies a write durably and returns its outcome.
     ///
     /// # Errors
@@ -688,7 +793,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Job { op, reply })
+            .send(Msg::Job(Job { op, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -708,9 +813,9 @@ impl Store {
     /// # Errors
     /// Read or decryption failure.
     pub fn queue_by_ref(&self, r: &QueueRef) -> Result<Option<QueueRecord>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let t = txn.open_table(QUEUES).map_err(io)?;
-        match t.get(r).map_err(io)? {
+        let txn = self.read()?;
+        let t = txn.open_table(QUEUES).map_err(|e| self.rd(e))?;
+        match t.get(r).map_err(|e| self.rd(e))? {
             Some(v) => Ok(Some(decode_queue_record(
                 &self.inner.keys.open(&queue_ad(r), v.value())?,
             )?)),
@@ -727,13 +832,13 @@ impl Store {
         id: &SenderId,
     ) -> Result<Option<(QueueRef, QueueRecord)>, StoreError> {
         let s = self.inner.keys.sender_ref(id);
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let senders = txn.open_table(SENDERS).map_err(io)?;
-        let Some(r) = senders.get(&s).map_err(io)?.map(|v| v.value()) else {
+        let txn = self.read()?;
+        let senders = txn.open_table(SENDERS).map_err(|e| self.rd(e))?;
+        let Some(r) = senders.get(&s).map_err(|e| self.rd(e))?.map(|v| v.value()) else {
             return Ok(None);
         };
-        let t = txn.open_table(QUEUES).map_err(io)?;
-        match t.get(&r).map_err(io)? {
+        let t = txn.open_table(QUEUES).map_err(|e| self.rd(e))?;
+        match t.get(&r).map_err(|e| self.rd(e))? {
             Some(v) => Ok(Some((
                 r,
                 decode_queue_record(&self.inner.keys.open(&queue_ad(&r), v.value())?)?,
@@ -751,10 +856,13 @@ impl Store {
         queue: &QueueRef,
         now_ms: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let t = txn.open_table(MESSAGES).map_err(io)?;
-        for entry in t.range((*queue, 0u64)..=(*queue, u64::MAX)).map_err(io)? {
-            let (k, v) = entry.map_err(io)?;
+        let txn = self.read()?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(e))?;
+        for entry in t
+            .range((*queue, 0u64)..=(*queue, u64::MAX))
+            .map_err(|e| self.rd(e))?
+        {
+            let (k, v) = entry.map_err(|e| self.rd(e))?;
             let (_, seq) = k.value();
             let value = v.value();
             let (release, sealed) = split_release(value)?;
@@ -778,10 +886,10 @@ impl Store {
     /// # Errors
     /// Read failure.
     pub fn message_count(&self, queue: &QueueRef) -> Result<usize, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let t = txn.open_table(MESSAGES).map_err(io)?;
+        let txn = self.read()?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(e))?;
         Ok(t.range((*queue, 0u64)..=(*queue, u64::MAX))
-            .map_err(io)?
+            .map_err(|e| self.rd(e))?
             .count())
     }
 
@@ -791,14 +899,14 @@ impl Store {
     /// # Errors
     /// Read failure.
     pub fn pending_after(&self, now_ms: u64) -> Result<Vec<(QueueRef, u64, u64)>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let t = txn.open_table(PENDING).map_err(io)?;
+        let txn = self.read()?;
+        let t = txn.open_table(PENDING).map_err(|e| self.rd(e))?;
         let mut out = Vec::new();
         for entry in t
             .range((now_ms.saturating_add(1), [0u8; 32], 0u64)..)
-            .map_err(io)?
+            .map_err(|e| self.rd(e))?
         {
-            let (k, _) = entry.map_err(io)?;
+            let (k, _) = entry.map_err(|e| self.rd(e))?;
             let (release, q, _seq) = k.value();
             out.push((q, release, now_ms));
         }
@@ -810,9 +918,17 @@ impl Store {
     /// # Errors
     /// Read failure.
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let q = txn.open_table(QUEUES).map_err(io)?.len().map_err(io)?;
-        let m = txn.open_table(MESSAGES).map_err(io)?.len().map_err(io)?;
+        let txn = self.read()?;
+        let q = txn
+            .open_table(QUEUES)
+            .map_err(|e| self.rd(e))?
+            .len()
+            .map_err(|e| self.rd(e))?;
+        let m = txn
+            .open_table(MESSAGES)
+            .map_err(|e| self.rd(e))?
+            .len()
+            .map_err(|e| self.rd(e))?;
         Ok((q, m))
     }
 
@@ -824,11 +940,11 @@ impl Store {
     /// Number of raw bytes stored for a queue's messages (for tests of encryption).
     #[doc(hidden)]
     pub fn raw_values(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(io)?;
-        let t = txn.open_table(MESSAGES).map_err(io)?;
+        let txn = self.read()?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(e))?;
         let mut out = Vec::new();
-        for e in t.iter().map_err(io)? {
-            out.push(e.map_err(io)?.1.value().to_vec());
+        for e in t.iter().map_err(|e| self.rd(e))? {
+            out.push(e.map_err(|e| self.rd(e))?.1.value().to_vec());
         }
         Ok(out)
     }
@@ -844,22 +960,42 @@ fn split_release(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     Ok((u64::from_be_bytes(b), rest))
 }
 
+/// The committed sequence counter.
+fn read_next_seq(db: &Database) -> Option<u64> {
+    let txn = db.begin_read().ok()?;
+    let meta = txn.open_table(META).ok()?;
+    let v = meta.get("next_seq").ok()??;
+    <[u8; 8]>::try_from(v.value()).ok().map(u64::from_be_bytes)
+}
+
 struct Writer {
-    db: Arc<Database>,
+    slot: Arc<DbSlot>,
     keys: Arc<Keys>,
     next_seq: u64,
     opts: StoreOptions,
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut jobs = vec![first];
+            let mut jobs = Vec::new();
+            let mut reopen = false;
+            match first {
+                Msg::Job(j) => jobs.push(j),
+                Msg::Reopen => reopen = true,
+            }
             while jobs.len() < self.opts.max_batch {
                 match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
+                    Ok(Msg::Job(j)) => jobs.push(j),
+                    Ok(Msg::Reopen) => reopen = true,
                     Err(_) => break,
                 }
+            }
+            if reopen || self.slot.get().is_none() {
+                self.recover(reopen);
+            }
+            if jobs.is_empty() {
+                continue;
             }
             let started = Instant::now();
             let seq_before = self.next_seq;
@@ -877,6 +1013,12 @@ impl Writer {
                     // Nothing of the batch is committed: positions are reused.
                     self.next_seq = seq_before;
                     tracing::error!(error = %e, writes = jobs.len(), "store commit failed; writes refused");
+                    if matches!(e, StoreError::Io(_)) {
+                        // redb refuses all further use of a database after an I/O error:
+                        // reopen before answering, so that reads work again by the time the
+                        // client sees the error.
+                        self.recover(true);
+                    }
                     for job in jobs {
                         let _ = job.reply.send(Err(e.clone()));
                     }
@@ -885,8 +1027,67 @@ impl Writer {
         }
     }
 
+    /// Closes and reopens the database (see the module documentation). With `force` false,
+    /// only opens it if the slot is empty (an earlier reopen failed).
+    fn recover(&mut self, force: bool) {
+        let old = self.slot.set(None);
+        match old {
+            Some(db) if force => {
+                // Wait (bounded) for in-flight reads to drop their handles: redb locks the
+                // file, so it must be closed before it can be opened again.
+                let deadline = Instant::now() + REOPEN_DRAIN;
+                let mut db = db;
+                loop {
+                    match Arc::try_unwrap(db) {
+                        Ok(db) => {
+                            if let Err(e) = db.close() {
+                                tracing::warn!(error = %e, "closing the failed database");
+                            }
+                            break;
+                        }
+                        Err(still_shared) if Instant::now() < deadline => {
+                            db = still_shared;
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        Err(_) => {
+                            tracing::warn!("reads still hold the database; reopening anyway");
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(db) => {
+                // Not asked to reopen and the database is open: keep it.
+                self.slot.set(Some(db));
+                return;
+            }
+            None => {}
+        }
+        match self.slot.open() {
+            Ok(db) => {
+                match read_next_seq(&db) {
+                    Some(seq) => self.next_seq = seq,
+                    None => {
+                        tracing::error!(
+                            "reopened database has no sequence counter; keeping the one in memory"
+                        );
+                    }
+                }
+                self.slot.set(Some(Arc::new(db)));
+                tracing::warn!("database reopened after a write failure; serving again");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the database; will retry on the next write");
+            }
+        }
+    }
+
     fn apply_batch(&mut self, jobs: &[Job]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut txn = self.db.begin_write().map_err(io)?;
+        let db = self
+            .slot
+            .get()
+            .ok_or_else(|| StoreError::Io("the database could not be reopened".into()))?;
+        let mut txn = db.begin_write().map_err(io)?;
         if self.opts.unsafe_no_fsync {
             txn.set_durability(Durability::None).map_err(io)?;
         }
