@@ -51,6 +51,7 @@ fn relay_address(key: &RelayStaticKey, addr: SocketAddr) -> RelayAddress {
         key: key.public(),
         host: Host::Ipv4(Ipv4Addr::LOCALHOST),
         port: addr.port(),
+        tcp: None,
     }
 }
 

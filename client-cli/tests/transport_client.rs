@@ -62,6 +62,7 @@ fn spawn_responder() -> Responder {
         key: key.public(),
         host: Host::Ipv4(Ipv4Addr::LOCALHOST),
         port: endpoint.local_addr().unwrap().port(),
+        tcp: None,
     };
     let (tx, seen) = mpsc::channel(4096);
     let ep = endpoint.clone();

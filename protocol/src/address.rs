@@ -1,10 +1,13 @@
 //! Relay and queue addresses.
 //!
-//! `sotto://<base64url(relay static key)>@<host>[:<port>]` names a relay and pins its
-//! Noise key; `<relay address>#<base64url(sender id)>` names the sending side of a queue.
-//! Hosts are DNS names, IPv4 literals or bracketed IPv6 literals. Parsing is strict and
-//! every malformed form has its own error; formatting is canonical (the default port is
-//! omitted), so `parse(format(a)) == a`.
+//! `sotto://<base64url(relay static key)>@<host>[:<port>][?tcp[=<port>]]` names a relay and
+//! pins its Noise key; `<relay address>#<base64url(sender id)>` names the sending side of a
+//! queue. Hosts are DNS names, IPv4 literals or bracketed IPv6 literals. The optional
+//! transport hint `?tcp` says the relay also accepts TLS over TCP (on the same port number,
+//! or on the one given), which clients use through Tor or where UDP is blocked. Parsing is
+//! strict and every malformed form has its own error; formatting is canonical (the default
+//! port is omitted, a TCP port equal to the QUIC port is written `?tcp`), so
+//! `parse(format(a)) == a`.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -23,8 +26,12 @@ pub const SCHEME: &str = "sotto://";
 /// Longest DNS name accepted as a host.
 pub const MAX_HOST_LEN: usize = 253;
 
-/// Longest relay address in text form (scheme, key, `@`, bracketed host, port).
-pub const MAX_ADDRESS_LEN: usize = 8 + 43 + 1 + MAX_HOST_LEN + 2 + 6;
+/// Longest relay address in text form (scheme, key, `@`, bracketed host, port, and the
+/// transport hint `?tcp=65535`).
+pub const MAX_ADDRESS_LEN: usize = 8 + 43 + 1 + MAX_HOST_LEN + 2 + 6 + TCP_HINT.len() + 6;
+
+/// The transport hint that announces a TLS-over-TCP listener.
+pub const TCP_HINT: &str = "?tcp";
 
 /// Why a relay or queue address could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +61,9 @@ pub enum AddressError {
     /// The address is longer than any valid address.
     #[error("address is too long")]
     TooLong,
+    /// The part after `?` is not a transport hint (`tcp` or `tcp=<port>`).
+    #[error("invalid transport hint `{0}`: write `?tcp` or `?tcp=<port>`")]
+    BadHint(String),
 }
 
 /// Host part of a relay address.
@@ -119,7 +129,7 @@ impl FromStr for Host {
     }
 }
 
-/// A relay: its pinned Noise public key, host and port.
+/// A relay: its pinned Noise public key, host, port and (optionally) its TCP port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RelayAddress {
     /// The relay's static Noise key; a handshake with any other key is refused.
@@ -128,12 +138,31 @@ pub struct RelayAddress {
     pub host: Host,
     /// UDP port (QUIC).
     pub port: u16,
+    /// TCP port of the relay's TLS-over-TCP listener, when the address announces one
+    /// (`?tcp` or `?tcp=<port>`). `None` says nothing either way: clients that need TCP
+    /// (through a proxy, or when UDP is blocked) then try [`RelayAddress::port`].
+    pub tcp: Option<u16>,
 }
 
 impl RelayAddress {
+    /// An address without a transport hint.
+    pub fn new(key: RelayPublicKey, host: Host, port: u16) -> Self {
+        Self {
+            key,
+            host,
+            port,
+            tcp: None,
+        }
+    }
+
     /// `host:port` as a socket-address string (IPv6 bracketed), for resolvers.
     pub fn host_port(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// The TCP port to dial: the hinted one, else the QUIC port.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp.unwrap_or(self.port)
     }
 }
 
@@ -143,7 +172,20 @@ impl fmt::Display for RelayAddress {
         if self.port != DEFAULT_PORT {
             write!(f, ":{}", self.port)?;
         }
+        match self.tcp {
+            None => {}
+            Some(p) if p == self.port => f.write_str(TCP_HINT)?,
+            Some(p) => write!(f, "{TCP_HINT}={p}")?,
+        }
         Ok(())
+    }
+}
+
+/// Parses a port: a decimal number in 1..=65535, no sign, no leading zero.
+fn parse_port(p: &str) -> Result<u16, AddressError> {
+    match p.parse::<u16>() {
+        Ok(n) if n != 0 && !p.starts_with('+') && !p.starts_with('0') => Ok(n),
+        _ => Err(AddressError::BadPort(p.to_owned())),
     }
 }
 
@@ -155,6 +197,10 @@ impl FromStr for RelayAddress {
             return Err(AddressError::TooLong);
         }
         let rest = s.strip_prefix(SCHEME).ok_or(AddressError::MissingScheme)?;
+        let (rest, hint) = match rest.split_once('?') {
+            Some((r, h)) => (r, Some(h)),
+            None => (rest, None),
+        };
         let (key, hostport) = rest.split_once('@').ok_or(AddressError::MissingAt)?;
         let key_bytes = URL_SAFE_NO_PAD
             .decode(key)
@@ -187,12 +233,22 @@ impl FromStr for RelayAddress {
         let host: Host = host.parse()?;
         let port = match port {
             None => DEFAULT_PORT,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n != 0 && !p.starts_with('+') && !p.starts_with('0') => n,
-                _ => return Err(AddressError::BadPort(p.to_owned())),
+            Some(p) => parse_port(p)?,
+        };
+        let tcp = match hint {
+            None => None,
+            Some("tcp") => Some(port),
+            Some(h) => match h.strip_prefix("tcp=") {
+                Some(p) => Some(parse_port(p).map_err(|_| AddressError::BadHint(h.to_owned()))?),
+                None => return Err(AddressError::BadHint(h.to_owned())),
             },
         };
-        Ok(RelayAddress { key, host, port })
+        Ok(RelayAddress {
+            key,
+            host,
+            port,
+            tcp,
+        })
     }
 }
 
@@ -330,6 +386,80 @@ mod tests {
         assert_eq!(
             format!("sotto://{KEY}@h#zz").parse::<QueueAddress>(),
             Err(AddressError::BadQueueId)
+        );
+    }
+
+    #[test]
+    fn tcp_hints_parse_format_and_round_trip() {
+        for (text, port, tcp) in [
+            (format!("sotto://{KEY}@relay.example.org?tcp"), 5443, 5443),
+            (format!("sotto://{KEY}@127.0.0.1:7000?tcp"), 7000, 7000),
+            (format!("sotto://{KEY}@[::1]:7000?tcp=443"), 7000, 443),
+            (
+                format!("sotto://{KEY}@abcdefghijklmnop.onion?tcp=80"),
+                5443,
+                80,
+            ),
+        ] {
+            let a = addr(&text).unwrap();
+            assert_eq!((a.port, a.tcp, a.tcp_port()), (port, Some(tcp), tcp));
+            assert_eq!(a.to_string(), text);
+            assert_eq!(addr(&a.to_string()).unwrap(), a);
+            let q: QueueAddress = format!("{text}#{}", SenderId([3; 24])).parse().unwrap();
+            assert_eq!(q.relay, a);
+            assert_eq!(q.to_string().parse::<QueueAddress>().unwrap(), q);
+        }
+        // A TCP port equal to the QUIC port is written `?tcp`.
+        let a = addr(&format!("sotto://{KEY}@h:7000?tcp=7000")).unwrap();
+        assert_eq!(a.to_string(), format!("sotto://{KEY}@h:7000?tcp"));
+        let a = addr(&format!("sotto://{KEY}@h?tcp=5443")).unwrap();
+        assert_eq!(a.to_string(), format!("sotto://{KEY}@h?tcp"));
+        // Without a hint the TCP port to try is the QUIC port.
+        let a = addr(&format!("sotto://{KEY}@h:7000")).unwrap();
+        assert_eq!((a.tcp, a.tcp_port()), (None, 7000));
+        // The longest address, hint included, is accepted.
+        let long = format!(
+            "sotto://{KEY}@{}.{}.{}.{}:65535?tcp=65534",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert!(long.len() <= MAX_ADDRESS_LEN);
+        assert_eq!(addr(&long).unwrap().to_string(), long);
+    }
+
+    #[test]
+    fn malformed_hints_are_refused() {
+        for h in [
+            "",
+            "udp",
+            "tcp=",
+            "tcp=0",
+            "tcp=65536",
+            "tcp=05",
+            "tcp=x",
+            "tcp&tcp",
+            "TCP",
+        ] {
+            assert!(
+                matches!(
+                    addr(&format!("sotto://{KEY}@h:9?{h}")),
+                    Err(AddressError::BadHint(_))
+                ),
+                "hint {h:?}"
+            );
+        }
+        // The hint comes after the port, never inside the host.
+        assert!(matches!(
+            addr(&format!("sotto://{KEY}@h?tcp:9")),
+            Err(AddressError::BadHint(_))
+        ));
+        assert!(
+            addr(&format!("sotto://{KEY}@h?tcp=7?tcp"))
+                .unwrap_err()
+                .to_string()
+                .contains("?tcp=<port>")
         );
     }
 

@@ -71,11 +71,18 @@ fn host() -> impl Strategy<Value = Host> {
 }
 
 fn relay_address() -> impl Strategy<Value = RelayAddress> {
-    (any::<[u8; 32]>(), host(), 1..=u16::MAX).prop_map(|(k, host, port)| RelayAddress {
-        key: RelayPublicKey(k),
-        host,
-        port,
-    })
+    (
+        any::<[u8; 32]>(),
+        host(),
+        1..=u16::MAX,
+        proptest::option::of(1..=u16::MAX),
+    )
+        .prop_map(|(k, host, port, tcp)| RelayAddress {
+            key: RelayPublicKey(k),
+            host,
+            port,
+            tcp,
+        })
 }
 
 fn flags() -> impl Strategy<Value = u8> {
@@ -261,7 +268,8 @@ proptest! {
         prop_assert_eq!(text.parse::<RelayAddress>(), Ok(a.clone()));
         // A canonical address is also accepted with its default port spelled out.
         if a.port == sotto_protocol::DEFAULT_PORT {
-            let explicit = format!("{text}:{}", a.port);
+            let (base, hint) = text.split_at(text.find('?').unwrap_or(text.len()));
+            let explicit = format!("{base}:{}{hint}", a.port);
             prop_assert_eq!(explicit.parse::<RelayAddress>(), Ok(a));
         }
     }

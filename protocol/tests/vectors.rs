@@ -95,14 +95,26 @@ fn addresses() -> Block {
         key: relay.public(),
         host: "relay.example.org".parse().expect("valid host"),
         port: sotto_protocol::DEFAULT_PORT,
+        tcp: None,
     };
     b.text("address_default_port", &a);
     let a6 = RelayAddress {
         key: relay.public(),
         host: Host::Ipv6("2001:db8::1".parse().expect("valid IPv6")),
         port: 7000,
+        tcp: None,
     };
     b.text("address_ipv6_port_7000", &a6);
+    let tcp_same = RelayAddress {
+        tcp: Some(sotto_protocol::DEFAULT_PORT),
+        ..a.clone()
+    };
+    b.text("address_tcp_same_port", &tcp_same);
+    let tcp_other = RelayAddress {
+        tcp: Some(443),
+        ..a6.clone()
+    };
+    b.text("address_tcp_port_443", &tcp_other);
     let q = QueueAddress {
         relay: a,
         sender_id: sender_id(),
@@ -487,6 +499,10 @@ fn text_vectors_parse_back_to_the_same_values() {
     assert_eq!(hex::encode(q.sender_id.as_bytes()), a["sender_id"]);
     let r6: RelayAddress = unquote("address_ipv6_port_7000").parse().expect("parses");
     assert_eq!(r6.port, 7000);
+    let t: RelayAddress = unquote("address_tcp_same_port").parse().expect("parses");
+    assert_eq!((t.port, t.tcp), (sotto_protocol::DEFAULT_PORT, Some(5443)));
+    let t: RelayAddress = unquote("address_tcp_port_443").parse().expect("parses");
+    assert_eq!((t.port, t.tcp), (7000, Some(443)));
 }
 
 #[test]

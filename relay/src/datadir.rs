@@ -183,6 +183,7 @@ pub fn address(key: &RelayStaticKey, config: &Config, port: u16) -> anyhow::Resu
         key: key.public(),
         host,
         port,
+        tcp: None,
     })
 }
 
