@@ -82,6 +82,12 @@ pub enum Command {
     Ping,
     /// Cover traffic; discarded.
     Drop,
+    /// Relay to relay: a sealed SEND/SKEY forwarded on a client's behalf. The receiving
+    /// relay opens and executes it locally and never forwards it further.
+    RFwd {
+        /// Transmission sealed to this relay's static key, exactly [`SEALED_LEN`] bytes.
+        sealed: Vec<u8>,
+    },
 }
 
 /// An answer or event from a relay to a client.
@@ -119,7 +125,8 @@ pub enum Response {
     Pong,
     /// Failure.
     Err(ErrorCode),
-    /// Answer to FWD: the destination's answer sealed back to the client, [`SEALED_LEN`] bytes.
+    /// Answer to FWD and RFWD: the destination's answer sealed back to the client,
+    /// [`SEALED_LEN`] bytes.
     FwdAnswer {
         /// Sealed answer.
         sealed: Vec<u8>,
@@ -234,6 +241,7 @@ mod tag {
     pub const FWD: u8 = 0x0a;
     pub const PING: u8 = 0x0b;
     pub const DROP: u8 = 0x0c;
+    pub const RFWD: u8 = 0x0d;
 
     pub const IDS: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -248,6 +256,18 @@ mod tag {
 
 fn auth_key(r: &mut Reader<'_>) -> Result<AuthPublicKey, DecodeError> {
     AuthPublicKey::from_bytes(&r.array()?)
+}
+
+/// A `bytes16` sealed transmission of exactly [`SEALED_LEN`] bytes.
+fn sealed_blob(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let sealed = r.long_bytes("sealed transmission", SEALED_LEN)?;
+    if sealed.len() != SEALED_LEN {
+        return Err(DecodeError::BadLength {
+            field: "sealed transmission",
+            len: sealed.len(),
+        });
+    }
+    Ok(sealed.to_vec())
 }
 
 fn flags(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
@@ -274,12 +294,13 @@ impl Command {
             Command::Fwd { .. } => "FWD",
             Command::Ping => "PING",
             Command::Drop => "DROP",
+            Command::RFwd { .. } => "RFWD",
         }
     }
 
     /// Appends the encoding. Values built by callers must respect the field limits
     /// (`body.len() <= MAX_BODY`, `password.len() <= MAX_PASSWORD_LEN`,
-    /// `sealed.len() == SEALED_LEN`); [`Command::validate`] checks them.
+    /// `sealed.len() == SEALED_LEN` in FWD and RFWD); [`Command::validate`] checks them.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Command::New {
@@ -321,6 +342,10 @@ impl Command {
             }
             Command::Ping => out.push(tag::PING),
             Command::Drop => out.push(tag::DROP),
+            Command::RFwd { sealed } => {
+                out.push(tag::RFWD);
+                put_long_bytes(out, sealed);
+            }
         }
     }
 
@@ -377,20 +402,16 @@ impl Command {
                     .and_then(|t| t.parse::<RelayAddress>().ok())
                     .filter(|a| a.to_string().as_bytes() == text)
                     .ok_or(DecodeError::InvalidValue("relay address"))?;
-                let sealed = r.long_bytes("sealed transmission", SEALED_LEN)?;
-                if sealed.len() != SEALED_LEN {
-                    return Err(DecodeError::BadLength {
-                        field: "sealed transmission",
-                        len: sealed.len(),
-                    });
-                }
                 Command::Fwd {
                     relay,
-                    sealed: sealed.to_vec(),
+                    sealed: sealed_blob(&mut r)?,
                 }
             }
             tag::PING => Command::Ping,
             tag::DROP => Command::Drop,
+            tag::RFWD => Command::RFwd {
+                sealed: sealed_blob(&mut r)?,
+            },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         r.finish()?;

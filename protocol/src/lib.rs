@@ -2,8 +2,8 @@
 //!
 //! This crate owns everything two Sotto parties must agree on byte for byte: ids and keys,
 //! relay and queue addresses, commands and responses, signed transmissions, the fixed-size
-//! frames that carry them, the Noise NK + ML-KEM-768 handshake, and the relay→recipient
-//! sealing of message bodies. It performs no I/O and never reads the clock: sockets live in
+//! frames that carry them, the Noise NK + ML-KEM-768 handshake, the relay→recipient
+//! sealing of message bodies, and the sealing of forwarded transmissions (`forward`). It performs no I/O and never reads the clock: sockets live in
 //! `sotto-client::transport`, time is passed in by callers.
 //!
 //! The normative description is `docs/protocol.md`; its test vectors are checked by this
@@ -13,6 +13,7 @@ pub mod address;
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod forward;
 pub mod frame;
 pub mod ids;
 pub mod keys;
