@@ -22,7 +22,7 @@ use sotto_protocol::{
 };
 
 /// Every tag byte a command may start with.
-const COMMAND_TAGS: std::ops::RangeInclusive<u8> = 0x01..=0x0c;
+const COMMAND_TAGS: std::ops::RangeInclusive<u8> = 0x01..=0x0d;
 /// Every tag byte a response may start with.
 const RESPONSE_TAGS: [u8; 9] = [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x8c];
 
@@ -114,6 +114,9 @@ fn command() -> impl Strategy<Value = Command> {
         }),
         Just(Command::Ping),
         Just(Command::Drop),
+        any::<[u8; 32]>().prop_map(|s| Command::RFwd {
+            sealed: expand(s, SEALED_LEN),
+        }),
     ]
 }
 
@@ -568,6 +571,22 @@ fn over_long_fields_are_rejected_with_large_field_errors() {
         Command::decode(&fwd.to_bytes()),
         Err(DecodeError::BadLength { .. })
     ));
+    for len in [0, SEALED_LEN - 1] {
+        let rfwd = Command::RFwd {
+            sealed: vec![0; len],
+        };
+        assert!(matches!(
+            Command::decode(&rfwd.to_bytes()),
+            Err(DecodeError::BadLength { .. })
+        ));
+    }
+    let rfwd = Command::RFwd {
+        sealed: vec![0; SEALED_LEN + 1],
+    };
+    assert!(matches!(
+        Command::decode(&rfwd.to_bytes()),
+        Err(DecodeError::TooLong { .. })
+    ));
 }
 
 #[test]
@@ -632,6 +651,18 @@ fn the_longest_fwd_address_round_trips() {
     assert_eq!(Command::decode(&fwd.to_bytes()), Ok(fwd.clone()));
     let t = Transmission::command(CorrId::from_u64(1), None, &fwd);
     assert!(FrameBuilder::fits_empty(&t));
+    // A sealed transmission holds a signed SEND with a full body.
+    let signed_send = Transmission::signed(
+        CorrId::from_u64(1),
+        Some(EntityId([1; 24])),
+        &Command::Send {
+            flags: FLAG_NOTIFY,
+            body: vec![0; MAX_BODY],
+        },
+        &AuthSecretKey::from_bytes(&[1; 32]),
+        &[0; 32],
+    );
+    assert!(signed_send.encoded_len() <= sotto_protocol::forward::MAX_SEALED_TRANSMISSION);
 }
 
 #[test]

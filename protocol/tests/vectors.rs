@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use ml_kem::kem::Encapsulate as _;
 use ml_kem::{EncapsulateDeterministic as _, EncodedSizeUser as _, KemCore as _, MlKem768};
 use sotto_protocol::address::Host;
-use sotto_protocol::command::FLAG_NOTIFY;
+use sotto_protocol::command::{FLAG_NOTIFY, SEALED_LEN};
+use sotto_protocol::forward;
 use sotto_protocol::noise::{FixedInitiatorKeys, FixedResponderKeys, NOISE_PARAMS, prologue};
 use sotto_protocol::seal::BodySealKey;
 use sotto_protocol::transmission::signing_input;
@@ -366,6 +367,103 @@ fn handshake() -> Block {
     b
 }
 
+fn forward() -> Block {
+    let relay = relay_key();
+    let ephemeral: [u8; 32] = seq(0x20);
+    let expiry: u64 = 1_700_000_300;
+    let corr = CorrId::from_u64(7);
+    let entity = EntityId::from(sender_id());
+    let cmd = Command::Send {
+        flags: FLAG_NOTIFY,
+        body: b"hello".to_vec(),
+    };
+    let sealer = forward::Sealer::start_fixed(&relay.public(), &ephemeral).expect("sealer");
+    let hash = *sealer.handshake_hash();
+    let t = Transmission::signed(corr, Some(entity), &cmd, &sender_auth(), &hash);
+    let mut enc = Vec::new();
+    t.encode(&mut enc);
+    let mut plain_head = expiry.to_be_bytes().to_vec();
+    plain_head.extend_from_slice(&u16::try_from(enc.len()).expect("short").to_be_bytes());
+    plain_head.extend_from_slice(&enc);
+    let (sealed, answer_key) = sealer.seal(expiry, &t).expect("seal");
+    assert_eq!(sealed.len(), SEALED_LEN);
+
+    let opened = forward::open_request(&relay, &sealed).expect("opens");
+    assert_eq!(opened.handshake_hash, hash);
+    assert_eq!(opened.expiry, expiry);
+    assert_eq!(opened.transmission, t);
+    assert!(t.verify(&sender_auth().public(), &hash));
+    assert_eq!(opened.answer_key.as_bytes(), answer_key.as_bytes());
+
+    let answer = Transmission::response(corr, Some(entity), &Response::Ok);
+    let mut answer_enc = Vec::new();
+    answer.encode(&mut answer_enc);
+    let nonce: [u8; 24] = seq(0xa0);
+    let sealed_answer = opened
+        .answer_key
+        .seal_with_nonce(&answer, &nonce)
+        .expect("seal answer");
+    assert_eq!(answer_key.open(&sealed_answer).as_ref(), Ok(&answer));
+
+    // Parsed rather than built, so the vector does not depend on RelayAddress's fields.
+    let destination: RelayAddress =
+        format!("sotto://{}@relay.example.org", relay.public().to_base64())
+            .parse()
+            .expect("valid address");
+    let fwd = Command::Fwd {
+        relay: destination,
+        sealed: sealed.clone(),
+    };
+    let rfwd = Command::RFwd {
+        sealed: sealed.clone(),
+    };
+    let fwd_answer = Response::FwdAnswer {
+        sealed: sealed_answer.clone(),
+    };
+    for c in [&fwd, &rfwd] {
+        assert_eq!(Command::decode(&c.to_bytes()).as_ref(), Ok(c));
+    }
+    assert_eq!(
+        Response::decode(&fwd_answer.to_bytes()).as_ref(),
+        Ok(&fwd_answer)
+    );
+    let (fwd_b, rfwd_b, answer_b) = (fwd.to_bytes(), rfwd.to_bytes(), fwd_answer.to_bytes());
+    let head = |b: &[u8], n: usize| b[..n].to_vec();
+    // Up to the start of the sealed blob, plus its first 16 bytes.
+    let sealed_at = fwd_b.len() - SEALED_LEN;
+
+    let eph_pub = *DhSecretKey::from_bytes(ephemeral).public().as_bytes();
+    let mut b = Block::default();
+    b.text("protocol_name", forward::FORWARD_NOISE_PARAMS)
+        .hex("prologue", forward::forward_prologue())
+        .hex("relay_static_secret", relay.secret_bytes())
+        .hex("relay_static_public", relay.public().as_bytes())
+        .hex("ephemeral_secret", ephemeral)
+        .hex("ephemeral_public", eph_pub)
+        .hex("handshake_hash", hash)
+        .text("expiry", expiry)
+        .hex("sender_auth_seed", *sender_auth().to_bytes())
+        .hex("corr_id", corr.0)
+        .hex("entity", entity.as_bytes())
+        .hex("command", cmd.to_bytes())
+        .hex("inner_transmission", &enc)
+        .hex("request_plaintext_head", &plain_head)
+        .hex("sealed_head", &sealed[..80])
+        .blake3("sealed_blake3", &sealed)
+        .hex("answer_key", answer_key.as_bytes())
+        .hex("answer_transmission", &answer_enc)
+        .hex("answer_nonce", nonce)
+        .hex("sealed_answer_head", &sealed_answer[..64])
+        .blake3("sealed_answer_blake3", &sealed_answer)
+        .hex("cmd_fwd_head", head(&fwd_b, sealed_at + 16))
+        .blake3("cmd_fwd_blake3", &fwd_b)
+        .hex("cmd_rfwd_head", head(&rfwd_b, 3 + 16))
+        .blake3("cmd_rfwd_blake3", &rfwd_b)
+        .hex("resp_fwd_answer_head", head(&answer_b, 3 + 16))
+        .blake3("resp_fwd_answer_blake3", &answer_b);
+    b
+}
+
 fn computed() -> Vec<(&'static str, Block)> {
     vec![
         ("addresses", addresses()),
@@ -373,6 +471,7 @@ fn computed() -> Vec<(&'static str, Block)> {
         ("signed-send-frame", signed_send_frame()),
         ("sealed-msg", sealed_msg()),
         ("handshake", handshake()),
+        ("forward", forward()),
     ]
 }
 
