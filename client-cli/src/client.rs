@@ -1,8 +1,9 @@
 //! [`RelayClient`]: commands and answers over one session with a relay.
 //!
 //! This module owns one [`FramedConnection`] and the bookkeeping of its requests. It knows
-//! the queue commands (NEW, KEY, SKEY, SEND, SUB, GET, ACK, OFF, DEL, PING, DROP) and opens
-//! sealed bodies, but keeps no queues or contacts (that is the agent's job) and never
+//! the queue commands (NEW, KEY, SKEY, SEND, SUB, GET, ACK, OFF, DEL, PING, DROP), sends
+//! SEND and SKEY through the relay to another one (FWD, sealed with
+//! [`sotto_protocol::forward`]) and opens sealed bodies, but keeps no queues or contacts (that is the agent's job) and never
 //! retries or reconnects: a broken session is reported and the caller decides.
 //!
 //! # Tasks and state
@@ -39,6 +40,7 @@ use std::time::Duration;
 use quinn::VarInt;
 use rand::Rng as _;
 use rand::rngs::OsRng;
+use sotto_protocol::forward::{DEFAULT_EXPIRY_S, ForwardError, Sealer};
 use sotto_protocol::seal::{BodySealKey, OpenError};
 use sotto_protocol::{
     AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhPublicKey, DhSecretKey, EntityId,
@@ -115,6 +117,10 @@ pub enum ClientError {
     /// A message body did not open with the queue's sealing key.
     #[error("a message from the relay failed to open (corrupted, or not for this queue)")]
     Open(#[from] OpenError),
+    /// A forwarded command could not be sealed, or the destination's sealed answer did not
+    /// open (a broken relay on the way: the outcome is unknown).
+    #[error("forwarding failed: {0}")]
+    Forward(#[from] ForwardError),
 }
 
 /// Something the relay sent without being asked, or the end of the session.
@@ -595,6 +601,106 @@ impl RelayClient {
             .request(Some(sender_id.into()), Command::Send { flags, body }, key)
             .await?;
         expect_ok("SEND expects OK", &r)
+    }
+
+    /// Sends a message (SEND) to a queue on `destination` **through this relay** (FWD,
+    /// `docs/protocol.md` § 10a): the SEND is sealed to the destination's key, so the
+    /// destination sees this relay's address instead of ours, and this relay sees neither
+    /// the queue nor the body. Signed with `key` when given, as [`RelayClient::send`].
+    ///
+    /// # Errors
+    /// As [`RelayClient::forward`]. `Ok` means the destination stored the message durably;
+    /// see there for which errors leave the outcome unknown.
+    pub async fn send_through(
+        &self,
+        destination: &RelayAddress,
+        sender_id: SenderId,
+        key: Option<&AuthSecretKey>,
+        flags: u8,
+        body: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let r = self
+            .forward(
+                destination,
+                sender_id.into(),
+                Command::Send { flags, body },
+                key,
+            )
+            .await?;
+        expect_ok("SEND expects OK", &r)
+    }
+
+    /// Secures a queue on `destination` from the sender's side (SKEY, as
+    /// [`RelayClient::sender_secure`]) through this relay (FWD).
+    ///
+    /// # Errors
+    /// As [`RelayClient::forward`]; PROHIBITED if the queue is secured with another key.
+    pub async fn sender_secure_through(
+        &self,
+        destination: &RelayAddress,
+        sender_id: SenderId,
+        sender_key: &AuthSecretKey,
+    ) -> Result<(), ClientError> {
+        let cmd = Command::SKey {
+            sender_key: sender_key.public(),
+        };
+        let r = self
+            .forward(destination, sender_id.into(), cmd, Some(sender_key))
+            .await?;
+        expect_ok("SKEY expects OK", &r)
+    }
+
+    /// Seals `cmd` (a SEND or SKEY for `entity`, signed with `key` over the sealed request's
+    /// handshake hash when given) to `destination`'s key with an expiry 5 minutes ahead,
+    /// sends it to this relay as FWD, and opens the destination's sealed answer. An ERR in
+    /// the answer becomes [`ClientError::Relay`]; any other answer is returned as is.
+    ///
+    /// # Errors
+    /// [`ClientError::Relay`] with this relay's refusal (`FWD_REFUSED`, `LIMITED`), its
+    /// failure to reach the destination (`UNREACHABLE`, `IDENTITY`, `TIMEOUT`), the
+    /// destination's refusal before execution (`AUTH`, `SYNTAX`, `REPLAY`, `LIMITED`), or the
+    /// destination's answer to the command (e.g. `AUTH`, `QUOTA`). All of these had no effect
+    /// at the destination except `TIMEOUT`. A [`ClientError::Timeout`], a closed session or
+    /// [`ClientError::Forward`] (the answer did not open) also leave the outcome unknown.
+    pub async fn forward(
+        &self,
+        destination: &RelayAddress,
+        entity: EntityId,
+        cmd: Command,
+        key: Option<&AuthSecretKey>,
+    ) -> Result<Response, ClientError> {
+        cmd.validate()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // The inner correlation id only matches the answer to this request; a random one
+        // says nothing about this client's session.
+        let corr = CorrId::from_u64(OsRng.r#gen::<u64>() | 1);
+        let (sealed, answer_key) = Sealer::start(&destination.key)?.seal_command(
+            now.saturating_add(DEFAULT_EXPIRY_S),
+            corr,
+            Some(entity),
+            &cmd,
+            key,
+        )?;
+        let fwd = Command::Fwd {
+            relay: destination.clone(),
+            sealed,
+        };
+        let sealed = match self.request(None, fwd, None).await? {
+            Response::FwdAnswer { sealed } => sealed,
+            r => return Err(unexpected("FWD expects FWD_ANSWER", &r)),
+        };
+        let t = answer_key.open(&sealed)?;
+        if t.corr_id != corr || t.entity != Some(entity) {
+            return Err(ClientError::UnexpectedResponse(
+                "the destination's answer is for another request",
+            ));
+        }
+        match t.decode_response()? {
+            Response::Err(code) => Err(ClientError::Relay(code)),
+            r => Ok(r),
+        }
     }
 
     /// Subscribes this session to the queue (SUB): its messages arrive as [`Pushed::Msg`].

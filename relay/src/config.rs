@@ -48,6 +48,8 @@ pub struct Config {
     pub quic: QuicConfig,
     /// Limits.
     pub limits: LimitsConfig,
+    /// Forwarding (FWD) on behalf of clients.
+    pub forwarding: ForwardingConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -66,6 +68,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             quic: QuicConfig::default(),
             limits: LimitsConfig::default(),
+            forwarding: ForwardingConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -278,6 +281,98 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Forwarding of sealed SEND/SKEY to other relays on behalf of clients (FWD, see
+/// `docs/protocol.md` § 10a and `docs/operator.md`). Being a *destination* (answering RFWD)
+/// needs no configuration: it is a SEND that arrives through another relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// `off` (FWD answered `FWD_REFUSED`), `listed` (only to `allowed`) or `any` (default: a
+    /// public relay forwards, so that its users can hide their address from recipients'
+    /// relays).
+    pub mode: String,
+    /// Relay addresses forwarded to in `listed` mode (key, host and port must all match).
+    pub allowed: Vec<String>,
+    /// In `any` mode, also forward to hosts that resolve to loopback, private, link-local
+    /// or other non-global addresses. Off by default, so clients cannot use the relay to
+    /// reach its own network.
+    pub allow_private: bool,
+    /// Most destinations with an open session at once; the least recently used is closed
+    /// to make room. Worst case ≈ 7 MiB per session (the client's queues and QUIC windows),
+    /// so this × 7 MiB bounds the pool's memory.
+    pub max_destinations: usize,
+    /// Bound on resolving, connecting to and handshaking with a destination; beyond it the
+    /// client gets `ERR TIMEOUT`.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Bound on waiting for a destination's answer; beyond it the client gets
+    /// `ERR TIMEOUT`. With `connect_timeout` it must stay under clients' request timeout
+    /// (15 s by default).
+    #[serde(with = "duration_text")]
+    pub answer_timeout: Duration,
+    /// Sessions to destinations unused for this long are closed.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        Self {
+            mode: "any".into(),
+            allowed: Vec::new(),
+            allow_private: false,
+            max_destinations: 32,
+            connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which destinations a relay forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardingMode {
+    /// Never.
+    Off,
+    /// Only to these relays.
+    Listed(Vec<sotto_protocol::RelayAddress>),
+    /// To any relay (on a global address unless `allow_private`).
+    Any,
+}
+
+impl ForwardingConfig {
+    /// The mode this section describes, with the allowed addresses parsed.
+    ///
+    /// # Errors
+    /// A message naming `forwarding.mode` or `forwarding.allowed`.
+    pub fn parsed_mode(&self) -> Result<ForwardingMode, ConfigError> {
+        match self.mode.as_str() {
+            "off" => Ok(ForwardingMode::Off),
+            "any" => Ok(ForwardingMode::Any),
+            "listed" => {
+                let mut list = Vec::with_capacity(self.allowed.len());
+                for a in &self.allowed {
+                    list.push(a.parse().map_err(|e| ConfigError::Invalid {
+                        key: "forwarding.allowed".into(),
+                        reason: format!("`{a}` is not a relay address: {e}"),
+                    })?);
+                }
+                if list.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: "forwarding.allowed".into(),
+                        reason: "mode \"listed\" needs at least one relay address".into(),
+                    });
+                }
+                Ok(ForwardingMode::Listed(list))
+            }
+            other => Err(ConfigError::Invalid {
+                key: "forwarding.mode".into(),
+                reason: format!("`{other}` is not one of off, listed, any"),
+            }),
+        }
+    }
+}
+
 /// Logging policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -413,6 +508,13 @@ pub const KEYS: &[&str] = &[
     "limits.subscriptions_per_session",
     "limits.forwards_per_session_per_s",
     "limits.handshake_timeout",
+    "forwarding.mode",
+    "forwarding.allowed",
+    "forwarding.allow_private",
+    "forwarding.max_destinations",
+    "forwarding.connect_timeout",
+    "forwarding.answer_timeout",
+    "forwarding.idle_timeout",
     "log.format",
     "log.sensitive",
     "log.level",
@@ -593,6 +695,20 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
+        let f = &self.forwarding;
+        f.parsed_mode()?;
+        if !(1..=10_000).contains(&f.max_destinations) {
+            return invalid("forwarding.max_destinations", "must be between 1 and 10000");
+        }
+        for (key, d) in [
+            ("forwarding.connect_timeout", f.connect_timeout),
+            ("forwarding.answer_timeout", f.answer_timeout),
+            ("forwarding.idle_timeout", f.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be more than zero");
+            }
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return invalid("log.format", "must be \"human\" or \"json\"");
         }
@@ -753,6 +869,50 @@ mod tests {
         assert!(e.to_string().contains("queues.quota"), "{e}");
         let e = load("host = \"bad host\"", &[], &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("host"), "{e}");
+    }
+
+    #[test]
+    fn forwarding_policy_parses_and_errors_name_the_key() {
+        let o = Overrides::default();
+        let c = load("", &[], &o).unwrap();
+        assert_eq!(c.forwarding.parsed_mode().unwrap(), ForwardingMode::Any);
+        let a = "sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@relay.example.org";
+        let text = format!("[forwarding]\nmode = \"listed\"\nallowed = [\"{a}\"]\n");
+        let c = load(&text, &[], &o).unwrap();
+        assert_eq!(
+            c.forwarding.parsed_mode().unwrap(),
+            ForwardingMode::Listed(vec![a.parse().unwrap()])
+        );
+        // A list from the environment, as a TOML array.
+        let env_list = format!("[\"{a}\"]");
+        let env = [
+            ("SOTTO_RELAY_FORWARDING_MODE", "listed"),
+            ("SOTTO_RELAY_FORWARDING_ALLOWED", env_list.as_str()),
+        ];
+        let c = load("", &env, &o).unwrap();
+        assert!(matches!(
+            c.forwarding.parsed_mode().unwrap(),
+            ForwardingMode::Listed(l) if l.len() == 1
+        ));
+        for (text, key) in [
+            ("[forwarding]\nmode = \"some\"\n", "forwarding.mode"),
+            ("[forwarding]\nmode = \"listed\"\n", "forwarding.allowed"),
+            (
+                "[forwarding]\nmode = \"listed\"\nallowed = [\"relay.example.org\"]\n",
+                "forwarding.allowed",
+            ),
+            (
+                "[forwarding]\nmax_destinations = 0\n",
+                "forwarding.max_destinations",
+            ),
+            (
+                "[forwarding]\nconnect_timeout = \"0s\"\n",
+                "forwarding.connect_timeout",
+            ),
+        ] {
+            let e = load(text, &[], &o).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod datadir;
+pub mod forward;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;

@@ -253,9 +253,20 @@ pub async fn start_with(
         RELEASE_BATCH,
     ));
 
+    // FWD dials destinations from this endpoint, so they see this relay's address.
+    let forwarder = Arc::new(crate::forward::Forwarder::new(
+        endpoint.clone(),
+        identity.relay_key.public(),
+        &config.forwarding,
+        config.quic.options(),
+        config.log.sensitive,
+    )?);
+    tracker.spawn(forwarder.clone().run_sweeper(shutdown.clone()));
+
     let limits = &config.limits;
     let per_s = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
     let shared = Arc::new(Shared {
+        forwarder,
         sampler: Mutex::new(DelaySampler::new(
             config.delivery.delay_mode()?,
             rand::rngs::StdRng::from_entropy(),
@@ -335,6 +346,8 @@ struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     sessions: AtomicUsize,
     next_session: AtomicU64,
+    /// Sessions to destination relays for FWD (bounded, see [`crate::forward`]).
+    forwarder: Arc<crate::forward::Forwarder>,
 }
 
 impl Shared {
@@ -802,7 +815,11 @@ enum Needs {
 
 fn needs(cmd: &Command) -> Needs {
     match cmd {
-        Command::New { .. } | Command::Ping | Command::Drop | Command::Fwd { .. } => Needs::Nothing,
+        Command::New { .. }
+        | Command::Ping
+        | Command::Drop
+        | Command::Fwd { .. }
+        | Command::RFwd { .. } => Needs::Nothing,
         Command::SKey { .. } | Command::Send { .. } => Needs::Sender,
         _ => Needs::Recipient,
     }
@@ -888,7 +905,7 @@ impl Session {
                 self.new_queue(corr, recipient_auth_key, recipient_dh_key, password)
                     .await;
             }
-            (Command::Fwd { .. }, _) => {
+            (Command::Fwd { relay, sealed }, _) => {
                 // Limited before any work on the destination, so that a session cannot make
                 // this relay dial out faster than the limit.
                 if self.forwards.check().is_err() {
@@ -897,10 +914,9 @@ impl Session {
                         .reply(corr, None, Response::Err(ErrorCode::Limited))
                         .await;
                 }
-                // Forwarding is not implemented yet.
-                self.reply(corr, None, Response::Err(ErrorCode::FwdRefused))
-                    .await;
+                self.forward(corr, relay, sealed);
             }
+            (Command::RFwd { sealed }, _) => self.forwarded(corr, sealed),
             (Command::Send { flags, body }, Some(e)) => self.send(&t, e, flags, body).await,
             (Command::SKey { sender_key }, Some(e)) => self.sender_key(&t, e, sender_key).await,
             (cmd, Some(e)) => self.recipient_command(&t, e, cmd).await,
@@ -1338,6 +1354,238 @@ impl Session {
         for q in woken {
             self.deliver(q, None).await;
         }
+    }
+}
+
+/// FWD and RFWD (`docs/protocol.md` § 10a). Both run as write futures, so a slow destination
+/// or a replay-memory write never blocks the session loop, and both count against
+/// [`MAX_IN_FLIGHT`].
+impl Session {
+    /// FWD: passes the sealed blob to the destination (as RFWD) and its answer back. This
+    /// relay cannot read the blob and neither logs nor stores it.
+    fn forward(&mut self, corr: CorrId, relay: RelayAddress, sealed: Vec<u8>) {
+        let shared = self.shared.clone();
+        self.writes.push(Box::pin(async move {
+            let resp = match shared.forwarder.forward(&relay, sealed).await {
+                Ok(sealed) => Response::FwdAnswer { sealed },
+                Err(code) => {
+                    shared.count_error(code);
+                    Response::Err(code)
+                }
+            };
+            Completion::Reply(Transmission::response(corr, None, &resp))
+        }));
+    }
+
+    /// RFWD: opens the sealed request, checks its expiry and the replay memory, executes
+    /// the SEND/SKEY inside locally and seals the answer. An RFWD is never forwarded
+    /// further, so chains and loops cannot arise.
+    fn forwarded(&mut self, corr: CorrId, sealed: Vec<u8>) {
+        let shared = self.shared.clone();
+        let session = self.id;
+        self.writes.push(Box::pin(async move {
+            let resp = execute_forwarded(&shared, session, &sealed).await;
+            if let Response::Err(code) = &resp {
+                shared.count_error(*code);
+            }
+            Completion::Reply(Transmission::response(corr, None, &resp))
+        }));
+    }
+}
+
+/// The destination's processing of RFWD, in the order of `docs/protocol.md` § 10a.4. Errors
+/// before execution are returned unsealed; the inner command's answer is sealed.
+async fn execute_forwarded(shared: &Shared, session: u64, sealed: &[u8]) -> Response {
+    use sotto_protocol::forward::{self, ForwardError};
+    let opened = match forward::open_request(&shared.key, sealed) {
+        Ok(o) => o,
+        Err(ForwardError::Malformed(_)) => return Response::Err(ErrorCode::Syntax),
+        Err(_) => return Response::Err(ErrorCode::Auth),
+    };
+    let now = unix_ms() / 1000;
+    if !forward::expiry_acceptable(opened.expiry, now) {
+        return Response::Err(ErrorCode::Replay);
+    }
+    // Durably remembered before anything else happens, so a replay can have no effect even
+    // across a crash.
+    let op = WriteOp::RecordForward {
+        ephemeral: opened.ephemeral,
+        expiry: opened.expiry,
+        now,
+    };
+    match shared.store.write(op).await {
+        Ok(WriteOutcome::Done) => {}
+        Ok(WriteOutcome::Replayed) => return Response::Err(ErrorCode::Replay),
+        Ok(WriteOutcome::ForwardMemoryFull) => {
+            tracing::warn!("replay memory of forwarded requests is full; refusing RFWD");
+            return Response::Err(ErrorCode::Limited);
+        }
+        Ok(_) => return Response::Err(ErrorCode::Internal),
+        Err(e) => return store_error(&e),
+    }
+    let t = &opened.transmission;
+    let inner = execute_inner(shared, session, t, &opened.handshake_hash).await;
+    if let Response::Err(code) = &inner {
+        shared.count_error(*code);
+    }
+    let answer = Transmission::response(t.corr_id, t.entity, &inner);
+    match opened.answer_key.seal(&answer, &mut rand::rngs::OsRng) {
+        Ok(sealed) => Response::FwdAnswer { sealed },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot seal the answer to a forwarded command");
+            Response::Err(ErrorCode::Internal)
+        }
+    }
+}
+
+/// The SEND or SKEY inside an RFWD, with the sealed request's handshake hash as the
+/// signature binding.
+async fn execute_inner(
+    shared: &Shared,
+    session: u64,
+    t: &Transmission,
+    hash: &[u8; 32],
+) -> Response {
+    let cmd = match t.decode_command() {
+        Ok(c) => c,
+        Err(DecodeError::TooLong { .. }) => return Response::Err(ErrorCode::Large),
+        Err(_) => return Response::Err(ErrorCode::Syntax),
+    };
+    shared
+        .metrics
+        .commands
+        .with_label_values(&[cmd.name()])
+        .inc();
+    if shared.config.log.sensitive {
+        // Only with `log.sensitive`: ids identify queues (see docs/operator.md).
+        tracing::debug!(
+            session,
+            command = cmd.name(),
+            entity = %t.entity.map(|e| e.to_string()).unwrap_or_default(),
+            "forwarded command"
+        );
+    }
+    match (cmd, t.entity) {
+        (Command::Send { flags, body }, Some(e)) => {
+            forwarded_send(shared, t, e, flags, body, hash).await
+        }
+        (Command::SKey { sender_key }, Some(e)) => {
+            forwarded_sender_key(shared, t, e, sender_key, hash).await
+        }
+        _ => Response::Err(ErrorCode::Syntax),
+    }
+}
+
+/// A forwarded SEND: the same checks and effect as a SEND in a session (§ 9.2), with the
+/// same work for unknown and known queues.
+async fn forwarded_send(
+    shared: &Shared,
+    t: &Transmission,
+    e: EntityId,
+    flags: u8,
+    body: Vec<u8>,
+    hash: &[u8; 32],
+) -> Response {
+    let found = match shared.store.queue_by_sender(&SenderId::from(e)) {
+        Ok(f) => f,
+        Err(err) => {
+            tracing::error!(error = %err, "store read failed");
+            return Response::Err(ErrorCode::Internal);
+        }
+    };
+    let authorised = match &found {
+        Some((_, rec)) => match rec.sender_key {
+            Some(k) => t.verify(&k, hash),
+            // Unsecured queue: unsigned SEND only.
+            None => t.signature.is_none() || t.verify(&shared.dummy_key, hash),
+        },
+        None => {
+            let _ = t.verify(&shared.dummy_key, hash);
+            false
+        }
+    };
+    let Some((queue, rec)) = found.filter(|_| authorised) else {
+        return Response::Err(ErrorCode::Auth);
+    };
+    if rec.status != QueueStatus::Active {
+        return Response::Err(ErrorCode::Prohibited);
+    }
+    let now = unix_ms();
+    let release_at = lock(&shared.sampler).release_at(now);
+    let gran = shared
+        .config
+        .delivery
+        .timestamp_granularity
+        .as_secs()
+        .max(1);
+    let msg = NewMessage {
+        msg_id: MessageId::random(&mut rand::rngs::OsRng),
+        timestamp: (now / 1000) / gran * gran,
+        received_ms: now,
+        release_at_ms: release_at,
+        flags,
+        body,
+    };
+    let op = WriteOp::Append {
+        queue,
+        msg,
+        quota: shared.config.queues.quota,
+    };
+    match shared.store.write(op).await {
+        Ok(WriteOutcome::Appended { .. }) => {
+            shared.metrics.messages_sent.inc();
+            let _ = shared
+                .scheduler
+                .send(Pending {
+                    item: queue,
+                    inserted_at: now,
+                    release_at,
+                })
+                .await;
+            Response::Ok
+        }
+        Ok(WriteOutcome::QuotaExceeded) => Response::Err(ErrorCode::Quota),
+        Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
+        Ok(WriteOutcome::Disabled) => Response::Err(ErrorCode::Prohibited),
+        Ok(_) => Response::Err(ErrorCode::Internal),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// A forwarded SKEY: signed by the key it installs, over the sealed request's hash.
+async fn forwarded_sender_key(
+    shared: &Shared,
+    t: &Transmission,
+    e: EntityId,
+    key: AuthPublicKey,
+    hash: &[u8; 32],
+) -> Response {
+    let found = match shared.store.queue_by_sender(&SenderId::from(e)) {
+        Ok(f) => f,
+        Err(err) => {
+            tracing::error!(error = %err, "store read failed");
+            return Response::Err(ErrorCode::Internal);
+        }
+    };
+    let valid = t.verify(&key, hash);
+    let Some((queue, rec)) = found.filter(|_| valid) else {
+        return Response::Err(ErrorCode::Auth);
+    };
+    if rec.sender_key.is_some_and(|k| k != key) || rec.status != QueueStatus::Active {
+        return Response::Err(ErrorCode::Prohibited);
+    }
+    match shared
+        .store
+        .write(WriteOp::SetSenderKey { queue, key })
+        .await
+    {
+        Ok(WriteOutcome::Done) => Response::Ok,
+        Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
+        Ok(WriteOutcome::KeyConflict | WriteOutcome::Disabled) => {
+            Response::Err(ErrorCode::Prohibited)
+        }
+        Ok(_) => Response::Err(ErrorCode::Internal),
+        Err(e) => store_error(&e),
     }
 }
 

@@ -66,6 +66,22 @@ const MESSAGES: TableDefinition<'_, (QueueRef, u64), &[u8]> = TableDefinition::n
 const PENDING: TableDefinition<'_, (u64, QueueRef, u64), ()> = TableDefinition::new("pending");
 const BY_TIME: TableDefinition<'_, (u64, QueueRef, u64), ()> = TableDefinition::new("by_time");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Replay memory of forwarded (RFWD) requests: keyed hash of the sealed request's ephemeral
+/// key → its expiry (Unix seconds). Created on first use, so older stores need no upgrade.
+const FWD_SEEN: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("fwd_seen");
+/// The same entries by expiry, for removing them once they have expired.
+const FWD_EXPIRY: TableDefinition<'_, (u64, [u8; 32]), ()> = TableDefinition::new("fwd_expiry");
+
+/// Most forwarded requests the replay memory holds (about 100 bytes of disk each, so
+/// ≈ 100 MiB at worst; no memory beyond redb's cache). Entries live at most
+/// `forward::MAX_EXPIRY_AHEAD_S` (600 s), so this is more than 1700 forwarded requests per
+/// second sustained; beyond it [`WriteOp::RecordForward`] answers
+/// [`WriteOutcome::ForwardMemoryFull`].
+pub const MAX_SEEN_FORWARDS: u64 = 1 << 20;
+
+/// Expired replay-memory entries removed by each [`WriteOp::RecordForward`]: more than the
+/// one it adds, so the memory shrinks back as soon as traffic lets entries expire.
+const FWD_CLEANUP_PER_WRITE: usize = 8;
 
 const CHECK_PLAINTEXT: &[u8] = b"sotto relay store v1";
 const NONCE_LEN: usize = 24;
@@ -267,6 +283,17 @@ pub enum WriteOp {
         /// Unix seconds.
         now: u64,
     },
+    /// RFWD: remember a sealed request's ephemeral key until `expiry` (Unix seconds), unless
+    /// it is already remembered or `expiry` is not after the highest expiry ever forgotten.
+    /// Removes up to a few expired entries (expiry before `now`) first.
+    RecordForward {
+        /// The sealed request's ephemeral public key (stored only as a keyed hash).
+        ephemeral: [u8; 32],
+        /// When the request expires.
+        expiry: u64,
+        /// The relay's clock, Unix seconds.
+        now: u64,
+    },
     /// Delete messages received before `messages_before` (Unix seconds) and queues idle
     /// since before `queues_idle_before`, at most `max` of each per call.
     Expire {
@@ -299,6 +326,10 @@ pub enum WriteOutcome {
         /// Position.
         seq: u64,
     },
+    /// RFWD: the request was seen before, or expires at or before a forgotten one.
+    Replayed,
+    /// RFWD: the replay memory holds [`MAX_SEEN_FORWARDS`] live entries.
+    ForwardMemoryFull,
     /// Expiry results.
     Expired {
         /// Messages deleted.
@@ -372,6 +403,13 @@ impl Keys {
         let mut h = blake3::Hasher::new_keyed(&self.index);
         h.update(b"s");
         h.update(id.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn forward_ref(&self, ephemeral: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.index);
+        h.update(b"f");
+        h.update(ephemeral);
         *h.finalize().as_bytes()
     }
 
@@ -539,6 +577,9 @@ struct Job {
 }
 
 /// What the writer thread receives.
+// Nearly every message is a `Job`: boxing it would cost an allocation per write to save
+// nothing (the rare `Reopen` is the small one).
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     /// A write to apply.
     Job(Job),
@@ -1268,7 +1309,58 @@ impl Writer {
                 queues_idle_before,
                 max,
             } => self.expire(txn, *messages_before, *queues_idle_before, *max),
+            WriteOp::RecordForward {
+                ephemeral,
+                expiry,
+                now,
+            } => self.record_forward(txn, ephemeral, *expiry, *now),
         }
+    }
+
+    /// See [`WriteOp::RecordForward`] and `docs/protocol.md` § 10a.5.
+    fn record_forward(
+        &self,
+        txn: &WriteTransaction,
+        ephemeral: &[u8; 32],
+        expiry: u64,
+        now: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut seen = txn.open_table(FWD_SEEN).map_err(io)?;
+        let mut by_expiry = txn.open_table(FWD_EXPIRY).map_err(io)?;
+        let mut meta = txn.open_table(META).map_err(io)?;
+        // The highest expiry ever forgotten: requests expiring at or before it are refused
+        // whatever the clock says now, so a clock stepped back revives nothing.
+        let mut cutoff = meta
+            .get("fwd_cutoff")
+            .map_err(io)?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let expired: Vec<(u64, [u8; 32])> = by_expiry
+            .range(..(now, [0u8; 32]))
+            .map_err(io)?
+            .take(FWD_CLEANUP_PER_WRITE)
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        for (e, r) in &expired {
+            by_expiry.remove((*e, *r)).map_err(io)?;
+            seen.remove(r).map_err(io)?;
+            cutoff = cutoff.max(*e);
+        }
+        if !expired.is_empty() {
+            meta.insert("fwd_cutoff", cutoff.to_be_bytes().as_slice())
+                .map_err(io)?;
+        }
+        let r = self.keys.forward_ref(ephemeral);
+        if expiry <= cutoff || seen.get(&r).map_err(io)?.is_some() {
+            return Ok(WriteOutcome::Replayed);
+        }
+        if seen.len().map_err(io)? >= MAX_SEEN_FORWARDS {
+            return Ok(WriteOutcome::ForwardMemoryFull);
+        }
+        seen.insert(&r, expiry).map_err(io)?;
+        by_expiry.insert((expiry, r), ()).map_err(io)?;
+        Ok(WriteOutcome::Done)
     }
 
     fn delete_queue(
@@ -1604,6 +1696,56 @@ mod tests {
         );
         assert!(store.queue(&old.recipient_id).unwrap().is_none());
         assert_eq!(store.message_count(&qf).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn forwarded_requests_are_remembered_until_expiry_and_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let record = |e: u8, expiry: u64, now: u64| WriteOp::RecordForward {
+            ephemeral: [e; 32],
+            expiry,
+            now,
+        };
+        assert_eq!(store.write(record(1, 1300, 1000)).await.unwrap(), WriteOutcome::Done);
+        assert_eq!(store.write(record(2, 1200, 1000)).await.unwrap(), WriteOutcome::Done);
+        // The same ephemeral key again, whatever expiry it claims: a replay.
+        assert_eq!(
+            store.write(record(1, 1300, 1001)).await.unwrap(),
+            WriteOutcome::Replayed
+        );
+        assert_eq!(
+            store.write(record(1, 1500, 1001)).await.unwrap(),
+            WriteOutcome::Replayed
+        );
+        // Nothing of it is in the file in the clear.
+        let path = store.path().to_owned();
+        assert!(store.close(std::time::Duration::from_secs(10)).await);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(32).any(|w| w == [1u8; 32]));
+        // Remembered across a reopen.
+        let store = open(dir.path());
+        assert_eq!(
+            store.write(record(1, 1300, 1002)).await.unwrap(),
+            WriteOutcome::Replayed
+        );
+        // Once the clock passes 1200, entry 2 is forgotten, and so is every request expiring
+        // at or before it, even if the clock is later stepped back.
+        assert_eq!(store.write(record(3, 1400, 1250)).await.unwrap(), WriteOutcome::Done);
+        assert_eq!(
+            store.write(record(2, 1200, 1100)).await.unwrap(),
+            WriteOutcome::Replayed
+        );
+        assert_eq!(
+            store.write(record(4, 1150, 1100)).await.unwrap(),
+            WriteOutcome::Replayed
+        );
+        assert_eq!(store.write(record(5, 1201, 1100)).await.unwrap(), WriteOutcome::Done);
+        // Entry 1 is still remembered (it expires at 1300).
+        assert_eq!(
+            store.write(record(1, 1300, 1250)).await.unwrap(),
+            WriteOutcome::Replayed
+        );
     }
 
     #[test]

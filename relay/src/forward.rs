@@ -1,0 +1,427 @@
+//! The forwarding side of FWD: policy, a bounded pool of sessions to destination relays,
+//! and the mapping of their failures to error codes (`docs/protocol.md` § 10a.3).
+//!
+//! What it owns: one [`RelayClient`] session per destination, dialled from the relay's own
+//! QUIC endpoint (so destinations see this relay's address), with the destination's key
+//! pinned from its address. What it does not: the sealed blob — it is passed on unread and
+//! never logged or stored — and the destination side of RFWD (that is the session's job in
+//! `server.rs`, with the replay memory in the store).
+//!
+//! # Bounds
+//!
+//! - At most `forwarding.max_destinations` sessions (the least recently used is closed to
+//!   make room); each costs at most ≈ 7 MiB ([`sotto_client::client`]'s queues and the QUIC
+//!   windows), so the pool costs at most `max_destinations` × 7 MiB (224 MiB with the
+//!   default 32), and far less in practice.
+//! - Dialling is bounded by `forwarding.connect_timeout`, waiting for an answer by
+//!   `forwarding.answer_timeout`; concurrent FWDs to one destination share one dial.
+//! - Sessions unused for `forwarding.idle_timeout` are closed by [`Forwarder::run_sweeper`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sotto_client::transport::{QuicOptions, TransportError};
+use sotto_client::{ClientError, ClientOptions, RelayClient};
+use sotto_protocol::address::Host;
+use sotto_protocol::{Command, ErrorCode, RelayAddress, RelayPublicKey, Response};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, ForwardingConfig, ForwardingMode};
+
+/// A destination as the pool knows it: key, host and port. The transport hint of an
+/// address is not part of it (it names the same relay).
+type Destination = (RelayPublicKey, Host, u16);
+
+fn destination(a: &RelayAddress) -> Destination {
+    (a.key, a.host.clone(), a.port)
+}
+
+/// One destination's session, dialled on first use and again after it breaks.
+#[derive(Default)]
+struct Slot {
+    /// Held while dialling, so concurrent FWDs to one destination share one dial.
+    client: tokio::sync::Mutex<Option<RelayClient>>,
+    /// Last use, for LRU eviction and idle closing.
+    last_used: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn touch(&self) {
+        *lock(&self.last_used) = Some(Instant::now());
+    }
+
+    fn last_used(&self) -> Option<Instant> {
+        *lock(&self.last_used)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere; the map and timestamps stay consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forwards sealed requests to destination relays on behalf of this relay's clients.
+pub struct Forwarder {
+    endpoint: quinn::Endpoint,
+    own_key: RelayPublicKey,
+    mode: ForwardingMode,
+    allow_private: bool,
+    max_destinations: usize,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    client_options: ClientOptions,
+    /// Log destinations (only with `log.sensitive`).
+    sensitive: bool,
+    /// Sessions by destination; at most `max_destinations` entries.
+    pool: Mutex<HashMap<Destination, Arc<Slot>>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destinations say whom this relay's clients write to: not printed.
+        f.debug_struct("Forwarder")
+            .field("mode", &mode_name(&self.mode))
+            .field("sessions", &lock(&self.pool).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn mode_name(m: &ForwardingMode) -> &'static str {
+    match m {
+        ForwardingMode::Off => "off",
+        ForwardingMode::Listed(_) => "listed",
+        ForwardingMode::Any => "any",
+    }
+}
+
+impl Forwarder {
+    /// A forwarder dialling from `endpoint` (the relay's own, so that destinations see the
+    /// relay's address), refusing destinations whose key is `own_key`.
+    ///
+    /// # Errors
+    /// An invalid `forwarding` section (see [`ForwardingConfig::parsed_mode`]).
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        own_key: RelayPublicKey,
+        config: &ForwardingConfig,
+        quic: QuicOptions,
+        sensitive: bool,
+    ) -> Result<Self, ConfigError> {
+        // The client's options grow with its transports; the rest keep their defaults.
+        #[allow(clippy::needless_update)]
+        Ok(Self {
+            endpoint,
+            own_key,
+            mode: config.parsed_mode()?,
+            allow_private: config.allow_private,
+            max_destinations: config.max_destinations.max(1),
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            client_options: ClientOptions {
+                connect_timeout: config.connect_timeout,
+                request_timeout: config.answer_timeout,
+                quic,
+                ..ClientOptions::default()
+            },
+            sensitive,
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sessions currently in the pool.
+    pub fn sessions(&self) -> usize {
+        lock(&self.pool).len()
+    }
+
+    /// Forwards `sealed` to `to` as RFWD and returns the destination's sealed answer.
+    ///
+    /// # Errors
+    /// The code for the client: `FWD_REFUSED` (policy, or `to` is this relay),
+    /// `UNREACHABLE`, `TIMEOUT`, `IDENTITY`, or the destination's own ERR code.
+    pub async fn forward(&self, to: &RelayAddress, sealed: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
+        let result = self.forward_inner(to, sealed).await;
+        if let Err(code) = result {
+            if self.sensitive {
+                tracing::debug!(destination = %to, code = code.name(), "forward failed");
+            } else {
+                tracing::debug!(code = code.name(), "forward failed");
+            }
+        }
+        result
+    }
+
+    async fn forward_inner(&self, to: &RelayAddress, sealed: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
+        self.check_policy(to)?;
+        let slot = self.slot(to);
+        let client = self.session(&slot, to).await?;
+        slot.touch();
+        let answer = client.request(None, Command::RFwd { sealed }, None).await;
+        slot.touch();
+        match answer {
+            Ok(Response::FwdAnswer { sealed }) => Ok(sealed),
+            // A destination that answers RFWD with anything else does not speak this
+            // protocol: as good as unreachable.
+            Ok(_) => Err(ErrorCode::Unreachable),
+            Err(ClientError::Relay(code)) => Err(code),
+            Err(ClientError::Timeout) => Err(ErrorCode::Timeout),
+            Err(ClientError::Protocol(_)) => Err(ErrorCode::Internal),
+            Err(_) => {
+                // The session broke: forget it so the next FWD dials again.
+                let mut guard = slot.client.lock().await;
+                if guard.as_ref().is_some_and(RelayClient::is_closed) {
+                    *guard = None;
+                }
+                Err(ErrorCode::Unreachable)
+            }
+        }
+    }
+
+    /// `FWD_REFUSED` unless the configuration allows `to` and `to` is not this relay.
+    fn check_policy(&self, to: &RelayAddress) -> Result<(), ErrorCode> {
+        // A → A: the destination key is this relay's own.
+        if to.key == self.own_key {
+            return Err(ErrorCode::FwdRefused);
+        }
+        match &self.mode {
+            ForwardingMode::Off => Err(ErrorCode::FwdRefused),
+            ForwardingMode::Listed(list) => {
+                let d = destination(to);
+                if list.iter().any(|a| destination(a) == d) {
+                    Ok(())
+                } else {
+                    Err(ErrorCode::FwdRefused)
+                }
+            }
+            ForwardingMode::Any => Ok(()),
+        }
+    }
+
+    /// The pool slot of `to`, created if needed (closing the least recently used session
+    /// when the pool is full).
+    fn slot(&self, to: &RelayAddress) -> Arc<Slot> {
+        let d = destination(to);
+        let mut pool = lock(&self.pool);
+        if let Some(s) = pool.get(&d) {
+            return s.clone();
+        }
+        while pool.len() >= self.max_destinations {
+            // Never-used slots (being dialled for the first time) count as oldest.
+            let Some(oldest) = pool
+                .iter()
+                .min_by_key(|(_, s)| s.last_used())
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            // In-flight requests keep their clone of the session; it closes after them.
+            pool.remove(&oldest);
+        }
+        let s = Arc::new(Slot::default());
+        pool.insert(d, s.clone());
+        s
+    }
+
+    /// The slot's session, dialling it if there is none or it has ended.
+    async fn session(&self, slot: &Slot, to: &RelayAddress) -> Result<RelayClient, ErrorCode> {
+        let mut guard = slot.client.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        *guard = None;
+        let deadline = Instant::now() + self.connect_timeout;
+        let dial = async {
+            let target = self.resolve(to).await?;
+            let opts = ClientOptions {
+                connect_timeout: deadline.saturating_duration_since(Instant::now()),
+                ..self.client_options.clone()
+            };
+            // Pushes are not expected on a forwarding session; dropping the receiver
+            // discards (and counts) any.
+            let (client, _pushes) = RelayClient::connect(&self.endpoint, &target, &opts)
+                .await
+                .map_err(|e| connect_error(&e))?;
+            Ok(client)
+        };
+        let client = tokio::time::timeout_at(deadline, dial)
+            .await
+            .map_err(|_| ErrorCode::Timeout)??;
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Resolves `to`'s host once and returns the address to dial with the host replaced by
+    /// the chosen IP literal (so that what was checked is what is dialled).
+    async fn resolve(&self, to: &RelayAddress) -> Result<RelayAddress, ErrorCode> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(to.host_port())
+            .await
+            .map_err(|_| ErrorCode::Unreachable)?
+            .collect();
+        if addrs.is_empty() {
+            return Err(ErrorCode::Unreachable);
+        }
+        let check_global = matches!(self.mode, ForwardingMode::Any) && !self.allow_private;
+        if check_global && addrs.iter().any(|a| !is_global(a.ip())) {
+            // A name that resolves to any internal address is refused as a whole.
+            return Err(ErrorCode::FwdRefused);
+        }
+        let local_v6 = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false);
+        let chosen = addrs
+            .iter()
+            .find(|a| local_v6 || a.is_ipv4())
+            .ok_or(ErrorCode::Unreachable)?;
+        let host = match chosen.ip() {
+            IpAddr::V4(v4) => Host::Ipv4(v4),
+            IpAddr::V6(v6) => Host::Ipv6(v6),
+        };
+        Ok(RelayAddress {
+            host,
+            port: chosen.port(),
+            ..to.clone()
+        })
+    }
+
+    /// Closes sessions unused for `forwarding.idle_timeout` (not those being dialled or
+    /// used right now).
+    pub fn evict_idle(&self) {
+        let now = Instant::now();
+        lock(&self.pool).retain(|_, s| {
+            let idle = s
+                .last_used()
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.idle_timeout);
+            !(idle && s.client.try_lock().is_ok())
+        });
+    }
+
+    /// Runs [`Forwarder::evict_idle`] every half idle timeout until `shutdown`.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.idle_timeout / 2).max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.evict_idle(),
+            }
+        }
+        // Close every session now rather than when the relay's endpoint closes.
+        lock(&self.pool).clear();
+    }
+}
+
+/// The client-facing code for a failure to dial a destination.
+fn connect_error(e: &ClientError) -> ErrorCode {
+    match e {
+        ClientError::Transport(TransportError::IdentityMismatch) => ErrorCode::Identity,
+        ClientError::Transport(TransportError::Timeout) | ClientError::Timeout => {
+            ErrorCode::Timeout
+        }
+        _ => ErrorCode::Unreachable,
+    }
+}
+
+/// Whether `ip` is a globally routable unicast address (IANA special-purpose registries:
+/// loopback, private, shared, link-local, documentation, benchmarking, multicast, reserved
+/// and unique-local ranges are not).
+pub fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_global_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_global_v4(v4),
+            None => is_global_v6(v6),
+        },
+    }
+}
+
+fn is_global_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || a >= 240
+        // 100.64.0.0/10 shared address space (carrier-grade NAT).
+        || (a == 100 && (64..128).contains(&b))
+        // 192.0.0.0/24 protocol assignments.
+        || (a == 192 && b == 0 && c == 0)
+        // 198.18.0.0/15 benchmarking.
+        || (a == 198 && (b == 18 || b == 19)))
+}
+
+fn is_global_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        // fc00::/7 unique local.
+        || (s[0] & 0xfe00) == 0xfc00
+        // fe80::/10 link-local.
+        || (s[0] & 0xffc0) == 0xfe80
+        // 2001:db8::/32 documentation.
+        || (s[0] == 0x2001 && s[1] == 0x0db8)
+        // 64:ff9b:1::/48 local-use translation, 100::/64 discard.
+        || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1)
+        || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_not_global() {
+        for a in [
+            "127.0.0.1",
+            "127.0.0.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_global(a.parse().unwrap()), "{a}");
+        }
+        for a in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_global(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn dial_failures_map_to_specific_codes() {
+        assert_eq!(
+            connect_error(&ClientError::Transport(TransportError::IdentityMismatch)),
+            ErrorCode::Identity
+        );
+        assert_eq!(
+            connect_error(&ClientError::Transport(TransportError::Timeout)),
+            ErrorCode::Timeout
+        );
+        assert_eq!(
+            connect_error(&ClientError::Transport(TransportError::Resolve)),
+            ErrorCode::Unreachable
+        );
+        assert_eq!(connect_error(&ClientError::Closed), ErrorCode::Unreachable);
+    }
+}
