@@ -27,10 +27,11 @@
 //!   answer of at most one frame: 256 × 16 KiB = 4 MiB. Further requests wait for a slot
 //!   (counted against their timeout).
 //! - [`PUSH_QUEUE`] pushed messages not yet taken by the caller, each at most one frame:
-//!   64 × 16 KiB = 1 MiB. When it is full the reader stops reading, so QUIC flow control
-//!   pushes back on the relay — and answers to requests wait too: **drain the
+//!   64 × 16 KiB = 1 MiB. When it is full the reader stops reading, so flow control (QUIC's
+//!   or TCP's) pushes back on the relay — and answers to requests wait too: **drain the
 //!   [`Pushed`] receiver** (or drop it, which discards pushes, counted).
-//! - QUIC buffers about twice [`QuicOptions::stream_window`] (see [`crate::transport`]).
+//! - QUIC buffers about twice [`QuicOptions::stream_window`] (see [`crate::transport`]);
+//!   over TCP rustls holds at most one record, the kernel's socket buffers the rest.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,8 +54,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::{
-    self, CLOSE_NORMAL, CLOSE_PROTOCOL, FrameReceiver, FrameSender, FramedConnection, QuicOptions,
-    TransportError,
+    self, CLOSE_NORMAL, CLOSE_PROTOCOL, DialOptions, FrameReceiver, FrameSender, FramedConnection,
+    Link, LinkKind, QuicOptions, Socks5Proxy, TransportChoice, TransportError,
 };
 
 /// Capacity of the writer's queue, in transmissions (each at most one frame, 16 KiB).
@@ -79,6 +80,14 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// QUIC settings of the connection.
     pub quic: QuicOptions,
+    /// QUIC, TLS over TCP, or QUIC with automatic fallback to TCP (the default).
+    pub transport: TransportChoice,
+    /// Route every relay connection through this SOCKS5 proxy (Tor's, e.g.
+    /// `127.0.0.1:9050`), over TCP; the proxy resolves relay host names. Required for
+    /// `.onion` relays.
+    pub socks5: Option<Socks5Proxy>,
+    /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried.
+    pub quic_fallback_after: Duration,
 }
 
 impl Default for ClientOptions {
@@ -87,6 +96,21 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
             quic: QuicOptions::default(),
+            transport: TransportChoice::Auto,
+            socks5: None,
+            quic_fallback_after: DialOptions::default().quic_fallback_after,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The transport part of these options, for [`transport::dial`].
+    pub fn dial_options(&self) -> DialOptions {
+        DialOptions {
+            transport: self.transport,
+            socks5: self.socks5.clone(),
+            quic_fallback_after: self.quic_fallback_after,
+            timeout: self.connect_timeout,
         }
     }
 }
@@ -306,7 +330,7 @@ enum Outgoing {
 struct Inner {
     relay: RelayAddress,
     handshake_hash: [u8; 32],
-    connection: quinn::Connection,
+    connection: Link,
     outgoing: mpsc::Sender<Outgoing>,
     /// Bounds requests waiting for an answer ([`MAX_OUTSTANDING_REQUESTS`]).
     slots: Semaphore,
@@ -343,25 +367,28 @@ pub struct RelayClient {
 }
 
 impl RelayClient {
-    /// Connects to `relay` (QUIC + Noise against the pinned key) and starts the session's
-    /// tasks. Returns the client and the receiver of pushed events, which must be drained
-    /// (see the module documentation) or dropped.
+    /// Connects to `relay` (Noise against the pinned key, over the transport `opts` choose:
+    /// see [`transport::dial`]) and starts the session's tasks. Returns the client and the
+    /// receiver of pushed events, which must be drained (see the module documentation) or
+    /// dropped.
     ///
-    /// The connection uses `opts.quic` (not the endpoint's default client configuration).
+    /// A QUIC connection is made from `endpoint` with `opts.quic` (not the endpoint's default
+    /// client configuration); a TCP connection (`opts.transport`, `opts.socks5`, or the
+    /// automatic fallback) does not use the endpoint.
     ///
     /// Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// [`ClientError::Transport`] as [`transport::connect`] (including
-    /// [`TransportError::IdentityMismatch`] for a relay that does not hold the pinned key).
+    /// [`ClientError::Transport`] as [`transport::dial`] (including
+    /// [`TransportError::IdentityMismatch`] for a relay that does not hold the pinned key,
+    /// and [`TransportError::OnionNeedsProxy`] for a `.onion` relay without `opts.socks5`).
     pub async fn connect(
         endpoint: &quinn::Endpoint,
         relay: &RelayAddress,
         opts: &ClientOptions,
     ) -> Result<(RelayClient, mpsc::Receiver<Pushed>), ClientError> {
         let config = transport::client_config(&opts.quic)?;
-        let framed =
-            transport::connect_with(endpoint, Some(config), relay, opts.connect_timeout).await?;
+        let framed = transport::dial(endpoint, Some(config), relay, &opts.dial_options()).await?;
         Ok(Self::from_framed(framed, relay.clone(), opts))
     }
 
@@ -425,9 +452,15 @@ impl RelayClient {
         &self.inner.relay
     }
 
-    /// The underlying QUIC connection (for its statistics).
-    pub fn connection(&self) -> &quinn::Connection {
+    /// The underlying connection (for its statistics; [`Link::as_quic`] for QUIC's).
+    pub fn connection(&self) -> &Link {
         &self.inner.connection
+    }
+
+    /// The transport this session runs over (TCP after an automatic fallback, or through a
+    /// SOCKS5 proxy).
+    pub fn transport(&self) -> LinkKind {
+        self.inner.connection.kind()
     }
 
     /// Whether the session has ended.
@@ -838,7 +871,8 @@ impl RelayClient {
 
     /// Closes the session now: queued transmissions are discarded, waiting requests fail
     /// with [`ClientError::Closed`], the [`Pushed`] channel gets [`Pushed::Closed`] and
-    /// ends. The QUIC close is sent while the endpoint keeps running.
+    /// ends. A QUIC close is sent while the endpoint keeps running; a TCP connection is shut
+    /// down.
     pub async fn close(&self) {
         self.inner.cancel.cancel();
         self.inner.shared.close();
@@ -901,7 +935,7 @@ fn exponential_gap(rate_per_s: f64, u: f64) -> Duration {
 async fn write_loop(
     mut sender: FrameSender,
     mut queue: mpsc::Receiver<Outgoing>,
-    connection: quinn::Connection,
+    connection: Link,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
@@ -916,7 +950,7 @@ async fn write_loop(
                     Some(o) => o,
                     // Every handle is gone: end the stream in an orderly way.
                     None => {
-                        let _ = sender.finish();
+                        let _ = sender.shutdown().await;
                         break;
                     }
                 },
@@ -968,7 +1002,7 @@ enum ReadEnd {
 async fn read_loop(
     mut receiver: FrameReceiver,
     pushed: mpsc::Sender<Pushed>,
-    connection: quinn::Connection,
+    connection: Link,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
@@ -992,7 +1026,7 @@ async fn read_loop(
 async fn read_frames(
     receiver: &mut FrameReceiver,
     pushed: &mpsc::Sender<Pushed>,
-    connection: &quinn::Connection,
+    connection: &Link,
     shared: &Shared,
     cancel: &CancellationToken,
 ) -> ReadEnd {
@@ -1055,7 +1089,7 @@ async fn read_frames(
                     continue;
                 }
             };
-            // Waiting here is the backpressure: QUIC flow control then slows the relay.
+            // Waiting here is the backpressure: flow control then slows the relay.
             let sent = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return ReadEnd::Cancelled,
@@ -1068,7 +1102,7 @@ async fn read_frames(
     }
 }
 
-fn protocol_failure(connection: &quinn::Connection, e: DecodeError) -> ReadEnd {
+fn protocol_failure(connection: &Link, e: DecodeError) -> ReadEnd {
     connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"");
     ReadEnd::Failed(ClientError::Protocol(e))
 }

@@ -1,7 +1,8 @@
 //! Sotto client library.
 //!
-//! - [`transport`]: the QUIC + Noise framed connection, shared with the relay and the load
-//!   tester (they depend on this crate with `default-features = false`).
+//! - [`transport`]: the Noise framed connection over QUIC or TLS + TCP (optionally through
+//!   a SOCKS5 proxy such as Tor), shared with the relay and the load tester (they depend on
+//!   this crate with `default-features = false`).
 //! - [`client`]: [`client::RelayClient`], request/response and pushed messages over one
 //!   session with a relay.
 //!
@@ -14,4 +15,6 @@ pub mod client;
 pub mod transport;
 
 pub use client::{ClientError, ClientOptions, Pushed, QueueCredentials, RelayClient};
-pub use transport::{FramedConnection, QuicOptions, TransportError};
+pub use transport::{
+    FramedConnection, Link, LinkKind, QuicOptions, Socks5Proxy, TransportChoice, TransportError,
+};

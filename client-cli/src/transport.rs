@@ -1,16 +1,30 @@
-//! The framed QUIC + Noise connection shared by the relay, the client and the load tester.
+//! The framed connection shared by the relay, the client and the load tester: Noise over
+//! QUIC, or over TLS + TCP.
 //!
-//! This module owns the sockets: QUIC configuration (quinn over rustls/ring), the Noise
-//! handshake over the session's one bidirectional stream, and the fixed-size encrypted
-//! records that follow it. It does not know what frames contain (that is
+//! This module owns the sockets: QUIC configuration (quinn over rustls/ring), the second
+//! byte pipe for Tor and UDP-hostile networks (TLS 1.3 over TCP, [`tcp`], optionally through
+//! a SOCKS5 proxy, [`socks5`]), the Noise handshake, and the fixed-size encrypted records
+//! that follow it. Both pipes carry exactly the same bytes: one session implementation,
+//! two transports. It does not know what frames contain (that is
 //! [`sotto_protocol::frame`]) and keeps no per-session state beyond the two ciphers.
 //!
 //! # Wire shape
 //!
-//! The client opens one bidirectional stream, writes Noise message 1 ([`FRAME_LEN`] bytes),
-//! reads message 2 ([`FRAME_LEN`] bytes); after that every record in each direction is
-//! exactly [`FRAME_LEN`] bytes of ciphertext. A short record, a record that fails to decrypt
-//! or a stream that ends inside a record closes the connection ([`CLOSE_PROTOCOL`]).
+//! Over QUIC the client opens one bidirectional stream; over TCP the TLS stream is the
+//! pipe. The client writes Noise message 1 ([`FRAME_LEN`] bytes), reads message 2
+//! ([`FRAME_LEN`] bytes); after that every record in each direction is exactly
+//! [`FRAME_LEN`] bytes of ciphertext. A short record, a record that fails to decrypt or a
+//! stream that ends inside a record closes the connection ([`CLOSE_PROTOCOL`] over QUIC; a
+//! TCP connection is shut down, TCP has no close codes).
+//!
+//! # Choosing a transport
+//!
+//! [`dial`] picks the pipe from [`DialOptions`]: QUIC, TCP, or automatically QUIC first and
+//! TCP when UDP gets no answer within [`DialOptions::quic_fallback_after`] (the QUIC attempt
+//! keeps running, and whichever completes first is used; the switch is logged at `info`).
+//! With a SOCKS5 proxy every connection is TCP through the proxy, and the proxy resolves the
+//! relay's host name. A `.onion` host is never dialled without a proxy and never looked up
+//! locally ([`TransportError::OnionNeedsProxy`]).
 //!
 //! A relay that cannot read message 1 (the client pinned another key, speaks another
 //! protocol version, or sent garbage) still answers with [`FRAME_LEN`] random bytes shaped
@@ -63,11 +77,16 @@
 //!   packets in flight. Each side lets its peer open one bidirectional stream (only the
 //!   client does) and no unidirectional ones; unreliable datagrams are disabled.
 //!
+//! TLS over TCP uses the same TLS settings (certificate not the identity, no SNI at all,
+//! TLS 1.3 only, ALPN `sotto/1`, no resumption); see [`tcp`] for how records map to TLS
+//! records and how connections close.
+//!
 //! The TLS layer uses X25519 only: the ring provider has no post-quantum hybrid group. The
 //! Noise handshake above it mixes ML-KEM-768 into the session keys, which is what protects
 //! recorded traffic against a future quantum adversary.
 
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,8 +100,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use sotto_protocol::noise::KEM_CT_LEN;
 use sotto_protocol::{
     ALPN, FRAME_LEN, FRAME_PLAINTEXT_LEN, HandshakeError, Initiator, RecvCipher, RelayAddress,
-    RelayStaticKey, Responder, SendCipher,
+    RelayPublicKey, RelayStaticKey, Responder, SendCipher, Session,
 };
+
+pub mod socks5;
+pub mod tcp;
+
+pub use socks5::{BadProxyAddress, ProxyError, Socks5Proxy};
+pub use tcp::TcpAcceptor;
 
 /// Application close code of an orderly shutdown.
 pub const CLOSE_NORMAL: u32 = 0;
@@ -199,6 +224,33 @@ pub enum TransportError {
     /// The QUIC connection could not be established.
     #[error("relay unreachable ({0}); check the address and that the relay is running")]
     Connect(#[source] quinn::ConnectionError),
+    /// The TCP connection could not be established.
+    #[error(
+        "relay unreachable over TCP ({0}); check the address, that the relay accepts TCP \
+         (`listen_tcp`), and your network"
+    )]
+    TcpConnect(#[source] std::io::Error),
+    /// The TLS handshake over TCP failed.
+    #[error("TLS handshake with the relay failed ({0})")]
+    TlsHandshake(#[source] std::io::Error),
+    /// The SOCKS5 proxy did not connect us to the relay.
+    #[error("{0}")]
+    Proxy(#[source] ProxyError),
+    /// The relay is a Tor onion service and no SOCKS5 proxy is configured. The client never
+    /// dials (or looks up) an onion name directly.
+    #[error(
+        "this relay is a Tor onion service (.onion): it can only be reached through Tor; \
+         run Tor and pass --socks5 127.0.0.1:9050 (Tor's SOCKS port)"
+    )]
+    OnionNeedsProxy,
+    /// Neither transport reached the relay (automatic transport choice).
+    #[error("relay unreachable over UDP (QUIC: {quic}) and over TCP ({tcp})")]
+    Unreachable {
+        /// Why QUIC failed.
+        quic: Box<TransportError>,
+        /// Why TCP failed.
+        tcp: Box<TransportError>,
+    },
     /// The connection or handshake did not complete in time.
     #[error("relay did not answer in time; it may be down, or the network may block UDP")]
     Timeout,
@@ -221,9 +273,12 @@ pub enum TransportError {
     /// A local I/O error (for example binding the UDP socket).
     #[error("network I/O failed: {0}")]
     Io(#[source] std::io::Error),
-    /// The connection was lost after it was established.
+    /// The QUIC connection was lost after it was established.
     #[error("connection to the relay lost ({0})")]
     ConnectionLost(#[source] quinn::ConnectionError),
+    /// The TCP connection failed after it was established.
+    #[error("connection to the relay lost ({0})")]
+    Lost(#[source] std::io::Error),
     /// The connection or stream was closed (locally, or by the peer in an orderly way).
     #[error("connection closed")]
     Closed,
@@ -244,19 +299,37 @@ impl TransportError {
     pub fn kind(&self) -> &'static str {
         match self {
             TransportError::Resolve => "resolve",
-            TransportError::Connect(_) => "connect",
+            TransportError::Connect(_) | TransportError::TcpConnect(_) => "connect",
+            TransportError::TlsHandshake(_) => "tls",
+            TransportError::Proxy(_) => "proxy",
+            TransportError::OnionNeedsProxy => "onion_needs_proxy",
+            TransportError::Unreachable { .. } => "unreachable",
             TransportError::Timeout => "timeout",
             TransportError::Handshake(_) => "handshake",
             TransportError::IdentityMismatch => "identity",
             TransportError::Record(_) => "record",
             TransportError::TruncatedRecord(_) => "truncated",
             TransportError::Io(_) => "io",
-            TransportError::ConnectionLost(_) => "lost",
+            TransportError::ConnectionLost(_) | TransportError::Lost(_) => "lost",
             TransportError::Closed => "closed",
             TransportError::Tls(_) => "tls",
             TransportError::Config(_) => "config",
             TransportError::FrameLength(_) => "frame_length",
         }
+    }
+
+    /// Whether an automatic transport choice should try TCP after this QUIC failure: the
+    /// relay did not answer over UDP (as opposed to answering with the wrong key, or the
+    /// name not resolving, which TCP would not change).
+    fn udp_may_be_blocked(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Timeout
+                | TransportError::Connect(_)
+                | TransportError::ConnectionLost(_)
+                | TransportError::Io(_)
+                | TransportError::Closed
+        )
     }
 
     fn from_connection(e: quinn::ConnectionError) -> Self {
@@ -299,6 +372,48 @@ fn provider() -> Arc<CryptoProvider> {
     // One group keeps ClientHellos uniform; ring has no post-quantum hybrid to prefer.
     p.kx_groups = vec![rustls::crypto::ring::kx_group::X25519];
     Arc::new(p)
+}
+
+/// The relay's TLS settings, for QUIC and for TCP: its certificate, ALPN, TLS 1.3 only, no
+/// 0-RTT, no session tickets, no resumption.
+fn tls_server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, TransportError> {
+    let tls_err = |e: rustls::Error| TransportError::Tls(e.to_string());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(tls)
+}
+
+/// The client's TLS settings, for QUIC and for TCP: any certificate (TLS 1.3 signature
+/// still verified), ALPN, TLS 1.3 only, no 0-RTT, no resumption, no SNI.
+fn tls_client_config() -> Result<rustls::ClientConfig, TransportError> {
+    let provider = provider();
+    let verifier = Arc::new(AnyCertificate {
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    tls.resumption = rustls::client::Resumption::disabled();
+    // QUIC passes an IP literal as server name (no SNI either way); over TCP through a
+    // proxy the client does not know the relay's address, so SNI is simply off.
+    tls.enable_sni = false;
+    Ok(tls)
 }
 
 /// The QUIC transport parameters both ends use.
@@ -349,18 +464,8 @@ pub fn server_config(
     key_der: Vec<u8>,
     opts: &QuicOptions,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let tls_err = |e: rustls::Error| TransportError::Tls(e.to_string());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_no_client_auth()
-        .with_single_cert(vec![CertificateDer::from(cert_der)], key)
-        .map_err(tls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.max_early_data_size = 0;
-    tls.send_tls13_tickets = 0;
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let tls = tls_server_config(CertificateDer::from(cert_der), key)?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(opts)?));
@@ -376,19 +481,7 @@ pub fn server_config(
 /// # Errors
 /// As [`server_config`].
 pub fn client_config(opts: &QuicOptions) -> Result<quinn::ClientConfig, TransportError> {
-    let provider = provider();
-    let verifier = Arc::new(AnyCertificate {
-        provider: provider.clone(),
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = false;
-    tls.resumption = rustls::client::Resumption::disabled();
+    let tls = tls_client_config()?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config(opts)?));
@@ -464,12 +557,126 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// An established session: the QUIC connection, the two halves of its record stream and the
+/// Which byte pipe carries a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkKind {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS 1.3 over TCP (possibly through a SOCKS5 proxy).
+    Tcp,
+}
+
+impl std::fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkKind::Quic => "QUIC",
+            LinkKind::Tcp => "TCP",
+        })
+    }
+}
+
+/// A handle on the connection under a session, whichever the transport: for closing it,
+/// waiting for it to close, its peer address and its byte counts. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Link(LinkInner);
+
+#[derive(Debug, Clone)]
+enum LinkInner {
+    Quic(quinn::Connection),
+    Tcp(Arc<tcp::TcpShared>),
+}
+
+/// Bytes a connection has carried, as the network sees them (UDP payloads for QUIC, TLS
+/// bytes for TCP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+}
+
+impl Link {
+    /// The transport.
+    pub fn kind(&self) -> LinkKind {
+        match &self.0 {
+            LinkInner::Quic(_) => LinkKind::Quic,
+            LinkInner::Tcp(_) => LinkKind::Tcp,
+        }
+    }
+
+    /// The QUIC connection, for QUIC links (its detailed statistics, datagram counts, …).
+    pub fn as_quic(&self) -> Option<&quinn::Connection> {
+        match &self.0 {
+            LinkInner::Quic(c) => Some(c),
+            LinkInner::Tcp(_) => None,
+        }
+    }
+
+    /// Closes the connection now. QUIC sends `code` ([`CLOSE_NORMAL`] or
+    /// [`CLOSE_PROTOCOL`]) and `reason`; TCP has no close codes and shuts the socket down in
+    /// both directions (for an orderly end of the stream use [`FrameSender::shutdown`]
+    /// first). Idempotent.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        match &self.0 {
+            LinkInner::Quic(c) => c.close(code, reason),
+            LinkInner::Tcp(t) => t.close(),
+        }
+    }
+
+    /// The peer's address (for a connection through a SOCKS5 proxy: the proxy's).
+    pub fn remote_address(&self) -> SocketAddr {
+        match &self.0 {
+            LinkInner::Quic(c) => c.remote_address(),
+            LinkInner::Tcp(t) => t.remote(),
+        }
+    }
+
+    /// Resolves when the connection is closed: for QUIC, by either side; for TCP, once it
+    /// was closed here, a read or write on it failed, or both halves were dropped.
+    pub async fn closed(&self) {
+        match &self.0 {
+            LinkInner::Quic(c) => {
+                c.closed().await;
+            }
+            LinkInner::Tcp(t) => t.closed().await,
+        }
+    }
+
+    /// Bytes carried so far.
+    pub fn stats(&self) -> LinkStats {
+        match &self.0 {
+            LinkInner::Quic(c) => {
+                let s = c.stats();
+                LinkStats {
+                    bytes_sent: s.udp_tx.bytes,
+                    bytes_received: s.udp_rx.bytes,
+                }
+            }
+            LinkInner::Tcp(t) => LinkStats {
+                bytes_sent: t.sent(),
+                bytes_received: t.received(),
+            },
+        }
+    }
+
+    fn close_protocol(&self) {
+        self.close(VarInt::from_u32(CLOSE_PROTOCOL), b"");
+    }
+}
+
+impl From<quinn::Connection> for Link {
+    fn from(c: quinn::Connection) -> Self {
+        Link(LinkInner::Quic(c))
+    }
+}
+
+/// An established session: the connection, the two halves of its record stream and the
 /// Noise handshake hash (which signed commands bind).
 #[derive(Debug)]
 pub struct FramedConnection {
-    /// The QUIC connection (for closing it, its stats, or waiting for it to close).
-    pub connection: quinn::Connection,
+    /// The connection (for closing it, its stats, or waiting for it to close).
+    pub connection: Link,
     /// Writes encrypted records.
     pub sender: FrameSender,
     /// Reads and decrypts records.
@@ -478,10 +685,114 @@ pub struct FramedConnection {
     pub handshake_hash: [u8; 32],
 }
 
+impl FramedConnection {
+    fn new(writer: Writer, reader: Reader, connection: Link, session: Session) -> Self {
+        FramedConnection {
+            sender: FrameSender {
+                writer,
+                cipher: session.send,
+            },
+            receiver: FrameReceiver {
+                reader,
+                cipher: session.recv,
+                connection: connection.clone(),
+            },
+            connection,
+            handshake_hash: session.handshake_hash,
+        }
+    }
+}
+
+/// The sending byte pipe of a session.
+enum Writer {
+    Quic(quinn::SendStream),
+    Tcp(tcp::TcpWriter),
+}
+
+impl Writer {
+    /// Writes one whole record (waits while the send buffer is full).
+    async fn write_record(&mut self, record: &[u8]) -> Result<(), TransportError> {
+        match self {
+            Writer::Quic(s) => s
+                .write_all(record)
+                .await
+                .map_err(TransportError::from_write),
+            Writer::Tcp(w) => w.write_record(record).await,
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), TransportError> {
+        match self {
+            Writer::Quic(s) => s.finish().map_err(|_| TransportError::Closed),
+            Writer::Tcp(w) => w.finish(),
+        }
+    }
+
+    async fn shutdown(&mut self) -> Result<(), TransportError> {
+        match self {
+            Writer::Quic(s) => s.finish().map_err(|_| TransportError::Closed),
+            Writer::Tcp(w) => w.shutdown().await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Writer::Quic(s) => f.debug_tuple("Quic").field(s).finish(),
+            Writer::Tcp(_) => f.write_str("Tcp"),
+        }
+    }
+}
+
+/// The receiving byte pipe of a session.
+enum Reader {
+    Quic(quinn::RecvStream),
+    Tcp(tcp::TcpReader),
+}
+
+impl Reader {
+    /// Reads exactly one record into `buf`. `Ok(false)` on an orderly end before the first
+    /// byte.
+    async fn read_record(&mut self, buf: &mut [u8]) -> Result<bool, TransportError> {
+        match self {
+            Reader::Quic(stream) => match stream.read_exact(buf).await {
+                Ok(()) => Ok(true),
+                Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(false),
+                Err(quinn::ReadExactError::FinishedEarly(n)) => {
+                    Err(TransportError::TruncatedRecord(n))
+                }
+                Err(quinn::ReadExactError::ReadError(e)) => Err(TransportError::from_read(e)),
+            },
+            Reader::Tcp(r) => r.read_record(buf).await,
+        }
+    }
+
+    /// Waits until the peer ends the connection (after a decoy message 2).
+    async fn wait_for_peer_close(&mut self, link: &Link) {
+        match self {
+            Reader::Quic(_) => link.closed().await,
+            Reader::Tcp(r) => {
+                let mut scratch = vec![0u8; FRAME_LEN];
+                while let Ok(true) = r.read_record(&mut scratch).await {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reader::Quic(s) => f.debug_tuple("Quic").field(s).finish(),
+            Reader::Tcp(_) => f.write_str("Tcp"),
+        }
+    }
+}
+
 /// Sending half of a session: encrypts frames and writes them as [`FRAME_LEN`]-byte records.
 #[derive(Debug)]
 pub struct FrameSender {
-    stream: quinn::SendStream,
+    writer: Writer,
     cipher: SendCipher,
 }
 
@@ -494,8 +805,8 @@ impl FrameSender {
     /// # Errors
     /// [`TransportError::FrameLength`] for a wrong-sized plaintext (nothing is written),
     /// [`TransportError::Record`] if the nonce counter is exhausted,
-    /// [`TransportError::Closed`] / [`TransportError::ConnectionLost`] when the connection
-    /// is gone.
+    /// [`TransportError::Closed`] / [`TransportError::ConnectionLost`] /
+    /// [`TransportError::Lost`] when the connection is gone.
     pub async fn send_frame(&mut self, plaintext: Vec<u8>) -> Result<(), TransportError> {
         if plaintext.len() != FRAME_PLAINTEXT_LEN {
             return Err(TransportError::FrameLength(plaintext.len()));
@@ -505,28 +816,37 @@ impl FrameSender {
             .encrypt_in_place(&mut buf)
             .map_err(TransportError::Record)?;
         debug_assert_eq!(buf.len(), FRAME_LEN);
-        self.stream
-            .write_all(&buf)
-            .await
-            .map_err(TransportError::from_write)
+        self.writer.write_record(&buf).await
     }
 
     /// Ends the stream after the records written so far (the peer's
-    /// [`FrameReceiver::recv_frame`] then returns `Ok(None)`).
+    /// [`FrameReceiver::recv_frame`] then returns `Ok(None)`). Synchronous: over TCP the
+    /// TLS `close_notify` is sent by a background task; prefer [`FrameSender::shutdown`]
+    /// where the caller can wait.
     ///
     /// # Errors
     /// [`TransportError::Closed`] if the stream was already finished or reset.
     pub fn finish(&mut self) -> Result<(), TransportError> {
-        self.stream.finish().map_err(|_| TransportError::Closed)
+        self.writer.finish()
+    }
+
+    /// As [`FrameSender::finish`], and waits until the end of the stream has been handed to
+    /// the network (over TCP: `close_notify` written and the sending direction shut down),
+    /// so that closing the [`Link`] right after it cannot cut it off.
+    ///
+    /// # Errors
+    /// As [`FrameSender::finish`], or a write error.
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        self.writer.shutdown().await
     }
 }
 
 /// Receiving half of a session: reads [`FRAME_LEN`]-byte records and decrypts them.
 #[derive(Debug)]
 pub struct FrameReceiver {
-    stream: quinn::RecvStream,
+    reader: Reader,
     cipher: RecvCipher,
-    connection: quinn::Connection,
+    connection: Link,
 }
 
 impl FrameReceiver {
@@ -540,43 +860,128 @@ impl FrameReceiver {
     /// [`TransportError::TruncatedRecord`] if the stream ends inside a record,
     /// [`TransportError::Record`] if a record fails to decrypt — both close the connection
     /// with [`CLOSE_PROTOCOL`], as the protocol requires; [`TransportError::Closed`] /
-    /// [`TransportError::ConnectionLost`] when the connection is gone.
+    /// [`TransportError::ConnectionLost`] / [`TransportError::Lost`] when the connection is
+    /// gone.
     pub async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
         let mut buf = vec![0u8; FRAME_LEN];
-        match read_record(&mut self.stream, &mut buf).await {
+        match self.reader.read_record(&mut buf).await {
             Ok(true) => {}
             Ok(false) => return Ok(None),
             Err(e) => {
                 if matches!(e, TransportError::TruncatedRecord(_)) {
-                    close_protocol(&self.connection);
+                    self.connection.close_protocol();
                 }
                 return Err(e);
             }
         }
         if let Err(e) = self.cipher.decrypt_in_place(&mut buf) {
-            close_protocol(&self.connection);
+            self.connection.close_protocol();
             return Err(TransportError::Record(e));
         }
         Ok(Some(buf))
     }
 }
 
-/// Reads one record into `buf` (exactly [`FRAME_LEN`] bytes). `Ok(false)` on a clean finish
-/// before the first byte.
-async fn read_record(
-    stream: &mut quinn::RecvStream,
-    buf: &mut [u8],
-) -> Result<bool, TransportError> {
-    match stream.read_exact(buf).await {
-        Ok(()) => Ok(true),
-        Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(false),
-        Err(quinn::ReadExactError::FinishedEarly(n)) => Err(TransportError::TruncatedRecord(n)),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(TransportError::from_read(e)),
+/// Client side of the Noise handshake over an open pipe.
+async fn initiate(
+    writer: &mut Writer,
+    reader: &mut Reader,
+    key: &RelayPublicKey,
+) -> Result<Session, TransportError> {
+    let (initiator, msg1) = Initiator::start(key, &mut OsRng).map_err(TransportError::Handshake)?;
+    writer.write_record(&msg1).await?;
+    let mut msg2 = vec![0u8; FRAME_LEN];
+    if !reader.read_record(&mut msg2).await? {
+        return Err(TransportError::Closed);
+    }
+    initiator.finish(&msg2).map_err(|e| match e {
+        // Only the pinned key's holder can produce a message 2 that decrypts.
+        HandshakeError::Decrypt => TransportError::IdentityMismatch,
+        e => TransportError::Handshake(e),
+    })
+}
+
+enum AcceptFailure {
+    /// Fail and close at once.
+    Plain(TransportError),
+    /// A decoy message 2 was sent; wait (bounded) for the client to close.
+    Decoyed(HandshakeError),
+}
+
+impl From<TransportError> for AcceptFailure {
+    fn from(e: TransportError) -> Self {
+        AcceptFailure::Plain(e)
     }
 }
 
-fn close_protocol(connection: &quinn::Connection) {
-    connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"");
+/// Relay side of the Noise handshake over an open pipe: message 1 is read whole (exactly
+/// [`FRAME_LEN`] bytes) before any cryptography.
+async fn respond(
+    writer: &mut Writer,
+    reader: &mut Reader,
+    key: &RelayStaticKey,
+) -> Result<Session, AcceptFailure> {
+    let mut msg1 = vec![0u8; FRAME_LEN];
+    if !reader.read_record(&mut msg1).await? {
+        return Err(TransportError::TruncatedRecord(0).into());
+    }
+    match Responder::respond(key, &msg1, &mut OsRng) {
+        Ok((session, msg2)) => {
+            writer.write_record(&msg2).await?;
+            Ok(session)
+        }
+        Err(e) => {
+            send_decoy(writer).await;
+            Err(AcceptFailure::Decoyed(e))
+        }
+    }
+}
+
+/// Runs [`respond`] until `deadline` and turns the outcome into a session, closing the
+/// connection on failure (after letting the client read a decoy, see [`accept`]).
+async fn respond_until(
+    link: Link,
+    mut writer: Writer,
+    mut reader: Reader,
+    key: &RelayStaticKey,
+    deadline: tokio::time::Instant,
+) -> Result<FramedConnection, TransportError> {
+    let result = tokio::time::timeout_at(deadline, respond(&mut writer, &mut reader, key))
+        .await
+        .unwrap_or(Err(AcceptFailure::Plain(TransportError::Timeout)));
+    match result {
+        Ok(session) => Ok(FramedConnection::new(writer, reader, link, session)),
+        Err(AcceptFailure::Plain(e)) => {
+            link.close_protocol();
+            Err(e)
+        }
+        Err(AcceptFailure::Decoyed(e)) => {
+            // Let the client read the decoy and close first: closing now could discard it
+            // before the client's application read it, and the client would see a closed
+            // connection instead of a message 2 that fails to decrypt.
+            let _ = tokio::time::timeout_at(deadline, reader.wait_for_peer_close(&link)).await;
+            link.close_protocol();
+            Err(TransportError::Handshake(e))
+        }
+    }
+}
+
+/// Answers a message 1 that failed (another relay key, another protocol version, garbage)
+/// with random bytes shaped like a message 2. A client then fails exactly as it would
+/// against an impostor — its message 2 does not decrypt — and reports
+/// [`TransportError::IdentityMismatch`]; nothing else tells the two apart.
+async fn send_decoy(writer: &mut Writer) {
+    use rand::RngCore as _;
+    let mut decoy = vec![0u8; FRAME_LEN];
+    OsRng.fill_bytes(&mut decoy);
+    // The ephemeral key after the KEM ciphertext is an X25519 public key, whose top bit is
+    // always clear.
+    if let Some(b) = decoy.get_mut(KEM_CT_LEN + 31) {
+        *b &= 0x7f;
+    }
+    if writer.write_record(&decoy).await.is_ok() {
+        let _ = writer.shutdown().await;
+    }
 }
 
 /// Picks the address to dial: the first one of the endpoint's address family, else the first.
@@ -589,12 +994,13 @@ fn choose_address(endpoint: &quinn::Endpoint, addrs: &[SocketAddr]) -> Option<So
         .copied()
 }
 
-/// Connects to `relay`: resolves its host, opens a QUIC connection and the session stream,
-/// and runs the Noise handshake against the key pinned in the address.
+/// Connects to `relay` over QUIC: resolves its host, opens a QUIC connection and the session
+/// stream, and runs the Noise handshake against the key pinned in the address.
 ///
 /// `timeout` bounds the whole operation. On any failure the QUIC connection is closed.
 ///
 /// # Errors
+/// [`TransportError::OnionNeedsProxy`] for a `.onion` host (never looked up),
 /// [`TransportError::Resolve`], [`TransportError::Connect`], [`TransportError::Timeout`],
 /// [`TransportError::IdentityMismatch`] when the relay does not hold the pinned key,
 /// [`TransportError::Handshake`] for other handshake failures, [`TransportError::Config`]
@@ -618,6 +1024,9 @@ pub async fn connect_with(
     relay: &RelayAddress,
     timeout: Duration,
 ) -> Result<FramedConnection, TransportError> {
+    if relay.host.is_onion() {
+        return Err(TransportError::OnionNeedsProxy);
+    }
     let mut dialled: Option<quinn::Connection> = None;
     let result = tokio::time::timeout(
         timeout,
@@ -626,7 +1035,7 @@ pub async fn connect_with(
     .await;
     let result = result.unwrap_or(Err(TransportError::Timeout));
     if let (Err(_), Some(c)) = (&result, dialled) {
-        close_protocol(&c);
+        Link::from(c).close_protocol();
     }
     result
 }
@@ -651,47 +1060,219 @@ async fn connect_inner(
     .map_err(|e| TransportError::Config(e.to_string()))?;
     let connection = connecting.await.map_err(TransportError::Connect)?;
     *dialled = Some(connection.clone());
-    let (mut send, mut recv) = connection
+    let (send, recv) = connection
         .open_bi()
         .await
         .map_err(TransportError::from_connection)?;
-    let (initiator, msg1) =
-        Initiator::start(&relay.key, &mut OsRng).map_err(TransportError::Handshake)?;
-    send.write_all(&msg1)
-        .await
-        .map_err(TransportError::from_write)?;
-    let mut msg2 = vec![0u8; FRAME_LEN];
-    if !read_record(&mut recv, &mut msg2).await? {
-        return Err(TransportError::Closed);
+    let (mut writer, mut reader) = (Writer::Quic(send), Reader::Quic(recv));
+    let session = initiate(&mut writer, &mut reader, &relay.key).await?;
+    Ok(FramedConnection::new(
+        writer,
+        reader,
+        Link::from(connection),
+        session,
+    ))
+}
+
+/// Connects to `relay` over TLS + TCP on [`RelayAddress::tcp_port`] — through `proxy` when
+/// given (the proxy resolves the host name; nothing is looked up locally), else directly —
+/// and runs the Noise handshake. `timeout` bounds the whole operation.
+///
+/// # Errors
+/// [`TransportError::OnionNeedsProxy`] for a `.onion` host without a proxy,
+/// [`TransportError::Proxy`], [`TransportError::Resolve`], [`TransportError::TcpConnect`],
+/// [`TransportError::TlsHandshake`], [`TransportError::Timeout`],
+/// [`TransportError::IdentityMismatch`], [`TransportError::Handshake`].
+pub async fn connect_tcp(
+    relay: &RelayAddress,
+    proxy: Option<&Socks5Proxy>,
+    timeout: Duration,
+) -> Result<FramedConnection, TransportError> {
+    if relay.host.is_onion() && proxy.is_none() {
+        return Err(TransportError::OnionNeedsProxy);
     }
-    let session = initiator.finish(&msg2).map_err(|e| match e {
-        // Only the pinned key's holder can produce a message 2 that decrypts.
-        HandshakeError::Decrypt => TransportError::IdentityMismatch,
-        e => TransportError::Handshake(e),
-    })?;
-    Ok(FramedConnection {
-        sender: FrameSender {
-            stream: send,
-            cipher: session.send,
-        },
-        receiver: FrameReceiver {
-            stream: recv,
-            cipher: session.recv,
-            connection: connection.clone(),
-        },
-        connection,
-        handshake_hash: session.handshake_hash,
+    tokio::time::timeout(timeout, async {
+        let stream = tcp::open(relay, proxy).await?;
+        let (writer, reader, shared) = tcp::client_tls(stream).await?;
+        let link = Link(LinkInner::Tcp(shared));
+        let (mut writer, mut reader) = (Writer::Tcp(writer), Reader::Tcp(reader));
+        match initiate(&mut writer, &mut reader, &relay.key).await {
+            Ok(session) => Ok(FramedConnection::new(writer, reader, link, session)),
+            Err(e) => {
+                link.close_protocol();
+                Err(e)
+            }
+        }
     })
+    .await
+    .unwrap_or(Err(TransportError::Timeout))
 }
 
-fn ip_server_name(ip: IpAddr) -> String {
-    // `ServerName::try_from` parses bare IPv6 text (no brackets) as an IP address.
-    ip.to_string()
+/// Which transport a client uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TransportChoice {
+    /// QUIC, and TLS over TCP when UDP gets no answer (see [`dial`]).
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
 }
 
-/// Relay side of a session: accepts the client's stream on an established QUIC connection,
-/// reads Noise message 1 (exactly [`FRAME_LEN`] bytes, before any cryptography), answers
-/// with message 2.
+impl std::fmt::Display for TransportChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportChoice::Auto => "auto",
+            TransportChoice::Quic => "quic",
+            TransportChoice::Tcp => "tcp",
+        })
+    }
+}
+
+impl FromStr for TransportChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(TransportChoice::Auto),
+            "quic" => Ok(TransportChoice::Quic),
+            "tcp" => Ok(TransportChoice::Tcp),
+            _ => Err(format!("unknown transport `{s}`: use auto, quic or tcp")),
+        }
+    }
+}
+
+/// How [`dial`] reaches a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialOptions {
+    /// QUIC, TCP, or QUIC with TCP fallback.
+    pub transport: TransportChoice,
+    /// Route every connection through this SOCKS5 proxy (Tor), over TCP.
+    pub socks5: Option<Socks5Proxy>,
+    /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried
+    /// alongside it.
+    pub quic_fallback_after: Duration,
+    /// Bound on the whole attempt (resolving, connecting, handshakes).
+    pub timeout: Duration,
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        Self {
+            transport: TransportChoice::Auto,
+            socks5: None,
+            quic_fallback_after: Duration::from_secs(3),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connects to `relay` as `opts` say:
+///
+/// - with a SOCKS5 proxy: TLS over TCP through the proxy ([`connect_tcp`]), whatever the
+///   transport choice (QUIC cannot go through SOCKS5; choosing it with a proxy is an error);
+/// - a `.onion` host without a proxy is refused ([`TransportError::OnionNeedsProxy`]);
+/// - [`TransportChoice::Quic`] / [`TransportChoice::Tcp`]: that transport only;
+/// - [`TransportChoice::Auto`]: QUIC; if it has not completed after
+///   [`DialOptions::quic_fallback_after`] (or failed in a way that suggests UDP is blocked),
+///   TCP too, while the QUIC attempt goes on; the first to complete wins. Using TCP is
+///   logged at `info` ("UDP unreachable, using TCP").
+///
+/// `quic_config` is as in [`connect_with`].
+///
+/// # Errors
+/// As [`connect_with`] and [`connect_tcp`]; with [`TransportChoice::Auto`],
+/// [`TransportError::Unreachable`] when both fail; [`TransportError::Config`] for QUIC with
+/// a proxy.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    quic_config: Option<quinn::ClientConfig>,
+    relay: &RelayAddress,
+    opts: &DialOptions,
+) -> Result<FramedConnection, TransportError> {
+    if let Some(proxy) = &opts.socks5 {
+        if opts.transport == TransportChoice::Quic {
+            return Err(TransportError::Config(
+                "QUIC cannot go through a SOCKS5 proxy: use the tcp (or auto) transport with \
+                 --socks5"
+                    .into(),
+            ));
+        }
+        return connect_tcp(relay, Some(proxy), opts.timeout).await;
+    }
+    if relay.host.is_onion() {
+        return Err(TransportError::OnionNeedsProxy);
+    }
+    match opts.transport {
+        TransportChoice::Quic => connect_with(endpoint, quic_config, relay, opts.timeout).await,
+        TransportChoice::Tcp => connect_tcp(relay, None, opts.timeout).await,
+        TransportChoice::Auto => dial_auto(endpoint, quic_config, relay, opts).await,
+    }
+}
+
+async fn dial_auto(
+    endpoint: &quinn::Endpoint,
+    quic_config: Option<quinn::ClientConfig>,
+    relay: &RelayAddress,
+    opts: &DialOptions,
+) -> Result<FramedConnection, TransportError> {
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let quic = connect_with(endpoint, quic_config, relay, opts.timeout);
+    tokio::pin!(quic);
+    let quic_failed = tokio::select! {
+        r = &mut quic => match r {
+            Ok(f) => return Ok(f),
+            Err(e) if e.udp_may_be_blocked() => e,
+            Err(e) => return Err(e),
+        },
+        () = tokio::time::sleep(opts.quic_fallback_after.min(opts.timeout)) => {
+            // QUIC keeps trying below; TCP starts alongside it.
+            TransportError::Timeout
+        }
+    };
+    let quic_pending = matches!(quic_failed, TransportError::Timeout);
+    tracing::debug!("no answer over UDP (QUIC) yet; trying TCP");
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let tcp = connect_tcp(relay, None, remaining);
+    tokio::pin!(tcp);
+    let using_tcp = |f: FramedConnection| {
+        tracing::info!("relay unreachable over UDP (QUIC); using TCP");
+        f
+    };
+    if !quic_pending {
+        return match tcp.await {
+            Ok(f) => Ok(using_tcp(f)),
+            Err(t) => Err(TransportError::Unreachable {
+                quic: Box::new(quic_failed),
+                tcp: Box::new(t),
+            }),
+        };
+    }
+    tokio::select! {
+        r = &mut quic => match r {
+            Ok(f) => Ok(f),
+            Err(q) if !q.udp_may_be_blocked() => Err(q),
+            Err(q) => match tcp.await {
+                Ok(f) => Ok(using_tcp(f)),
+                Err(t) => Err(TransportError::Unreachable { quic: Box::new(q), tcp: Box::new(t) }),
+            },
+        },
+        r = &mut tcp => match r {
+            Ok(f) => Ok(using_tcp(f)),
+            // TCP was only the fallback: QUIC's outcome decides.
+            Err(t) => match quic.await {
+                Ok(f) => Ok(f),
+                Err(q) if !q.udp_may_be_blocked() => Err(q),
+                Err(q) => Err(TransportError::Unreachable { quic: Box::new(q), tcp: Box::new(t) }),
+            },
+        },
+    }
+}
+
+/// Relay side of a QUIC session: accepts the client's stream on an established QUIC
+/// connection, reads Noise message 1 (exactly [`FRAME_LEN`] bytes, before any cryptography),
+/// answers with message 2.
 ///
 /// `timeout` bounds the whole operation. On any failure the connection is closed with
 /// [`CLOSE_PROTOCOL`] (or was already closed by the peer); after a decoy message 2 (see
@@ -709,100 +1290,52 @@ pub async fn accept(
     timeout: Duration,
 ) -> Result<FramedConnection, TransportError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let result = tokio::time::timeout_at(deadline, accept_inner(&connection, key))
+    let link = Link::from(connection.clone());
+    let streams = tokio::time::timeout_at(deadline, connection.accept_bi())
         .await
-        .unwrap_or(Err(AcceptFailure::Plain(TransportError::Timeout)));
-    match result {
-        Ok((send, recv, session)) => Ok(FramedConnection {
-            sender: FrameSender {
-                stream: send,
-                cipher: session.send,
-            },
-            receiver: FrameReceiver {
-                stream: recv,
-                cipher: session.recv,
-                connection: connection.clone(),
-            },
-            handshake_hash: session.handshake_hash,
-            connection,
-        }),
-        Err(AcceptFailure::Plain(e)) => {
-            close_protocol(&connection);
-            Err(e)
-        }
-        Err(AcceptFailure::Decoyed(e)) => {
-            // Let the client read the decoy and close first: closing now could discard it
-            // before the client's application read it, and the client would see a closed
-            // connection instead of a message 2 that fails to decrypt.
-            let _ = tokio::time::timeout_at(deadline, connection.closed()).await;
-            close_protocol(&connection);
-            Err(TransportError::Handshake(e))
-        }
-    }
-}
-
-enum AcceptFailure {
-    /// Fail and close at once.
-    Plain(TransportError),
-    /// A decoy message 2 was sent; wait (bounded) for the client to close.
-    Decoyed(HandshakeError),
-}
-
-impl From<TransportError> for AcceptFailure {
-    fn from(e: TransportError) -> Self {
-        AcceptFailure::Plain(e)
-    }
-}
-
-async fn accept_inner(
-    connection: &quinn::Connection,
-    key: &RelayStaticKey,
-) -> Result<
-    (
-        quinn::SendStream,
-        quinn::RecvStream,
-        sotto_protocol::Session,
-    ),
-    AcceptFailure,
-> {
-    let (mut send, mut recv) = connection
-        .accept_bi()
-        .await
-        .map_err(TransportError::from_connection)?;
-    let mut msg1 = vec![0u8; FRAME_LEN];
-    if !read_record(&mut recv, &mut msg1).await? {
-        return Err(TransportError::TruncatedRecord(0).into());
-    }
-    match Responder::respond(key, &msg1, &mut OsRng) {
-        Ok((session, msg2)) => {
-            send.write_all(&msg2)
-                .await
-                .map_err(TransportError::from_write)?;
-            Ok((send, recv, session))
-        }
+        .map_err(|_| TransportError::Timeout)
+        .and_then(|r| r.map_err(TransportError::from_connection));
+    let (send, recv) = match streams {
+        Ok(s) => s,
         Err(e) => {
-            send_decoy(&mut send).await;
-            Err(AcceptFailure::Decoyed(e))
+            link.close_protocol();
+            return Err(e);
         }
-    }
+    };
+    respond_until(link, Writer::Quic(send), Reader::Quic(recv), key, deadline).await
 }
 
-/// Answers a message 1 that failed (another relay key, another protocol version, garbage)
-/// with random bytes shaped like a message 2. A client then fails exactly as it would
-/// against an impostor — its message 2 does not decrypt — and reports
-/// [`TransportError::IdentityMismatch`]; nothing else tells the two apart.
-async fn send_decoy(send: &mut quinn::SendStream) {
-    use rand::RngCore as _;
-    let mut decoy = vec![0u8; FRAME_LEN];
-    OsRng.fill_bytes(&mut decoy);
-    // The ephemeral key after the KEM ciphertext is an X25519 public key, whose top bit is
-    // always clear.
-    if let Some(b) = decoy.get_mut(KEM_CT_LEN + 31) {
-        *b &= 0x7f;
-    }
-    if send.write_all(&decoy).await.is_ok() {
-        let _ = send.finish();
-    }
+/// Relay side of a TCP session: TLS with `acceptor` (ALPN `sotto/1` required), then the same
+/// Noise handshake as [`accept`], decoy included. `timeout` bounds TLS and Noise together.
+/// On failure the connection is shut down.
+///
+/// # Errors
+/// [`TransportError::TlsHandshake`], and as [`accept`].
+pub async fn accept_tcp(
+    stream: tokio::net::TcpStream,
+    acceptor: &TcpAcceptor,
+    key: &RelayStaticKey,
+    timeout: Duration,
+) -> Result<FramedConnection, TransportError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (writer, reader, shared) =
+        tokio::time::timeout_at(deadline, tcp::server_tls(stream, acceptor))
+            .await
+            .unwrap_or(Err(TransportError::Timeout))?;
+    let link = Link(LinkInner::Tcp(shared));
+    respond_until(
+        link,
+        Writer::Tcp(writer),
+        Reader::Tcp(reader),
+        key,
+        deadline,
+    )
+    .await
+}
+
+fn ip_server_name(ip: IpAddr) -> String {
+    // `ServerName::try_from` parses bare IPv6 text (no brackets) as an IP address.
+    ip.to_string()
 }
 
 #[cfg(test)]

@@ -230,6 +230,7 @@ impl Options {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             quic: self.quic(),
+            ..ClientOptions::default()
         }
     }
 
@@ -616,7 +617,9 @@ async fn connect_relay(
     let framed = transport::connect_with(&endpoint, Some(config), relay, opts.connect_timeout)
         .await
         .with_context(|| format!("cannot connect to the relay at {}", relay.host_port()))?;
-    sessions.connections.push(framed.connection.clone());
+    if let Some(c) = framed.connection.as_quic() {
+        sessions.connections.push(c.clone());
+    }
     sessions.endpoints.push(endpoint);
     let (client, rx) = RelayClient::from_framed(framed, relay.clone(), opts);
     sessions.relay_clients.push(client.clone());

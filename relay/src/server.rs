@@ -803,7 +803,9 @@ async fn write_frames(
             .bytes_out
             .inc_by(sotto_protocol::FRAME_LEN as u64);
     }
-    let _ = sender.finish();
+    // Waits for the end of the stream to reach the network (TCP: `close_notify`), so the
+    // session's close right after cannot cut it off.
+    let _ = sender.shutdown().await;
 }
 
 /// Entity id that a command requires, by kind.

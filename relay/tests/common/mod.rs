@@ -81,6 +81,7 @@ pub fn client_options() -> ClientOptions {
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(20),
         quic: QuicOptions::default(),
+        ..ClientOptions::default()
     }
 }
 
