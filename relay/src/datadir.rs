@@ -81,6 +81,26 @@ pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
             dir.join(RELAY_KEY_FILE).display()
         );
     }
+    if !opts.force {
+        // A data directory with a store or its key but no relay.key has lost a file: making
+        // a new identity here would replace storage.key and leave every stored message
+        // unreadable. Only an operator who means it (`--force`, which moves the old
+        // database aside) may start over.
+        for f in [STORAGE_KEY_FILE, DB_FILE] {
+            let p = dir.join(f);
+            if p.exists() {
+                bail!(
+                    "{} is missing but {} exists: the data directory is incomplete. Restore {} \
+                     from your backup; the relay will not start over with an empty store \
+                     (only `sotto-relay init --force` creates a new identity and moves the old \
+                     database aside)",
+                    dir.join(RELAY_KEY_FILE).display(),
+                    p.display(),
+                    RELAY_KEY_FILE,
+                );
+            }
+        }
+    }
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -170,7 +190,9 @@ pub fn load_identity(dir: &Path) -> anyhow::Result<Identity> {
     })
 }
 
-/// The relay's address from its key and configured host and port.
+/// The relay's address from its key and configured host and port. When `listen_tcp` is on
+/// the address carries the transport hint with its port (`?tcp` when it equals `port`);
+/// `server::start` puts in the bound ports instead when a configured port is 0.
 ///
 /// # Errors
 /// If `config.host` is not a valid host.
@@ -183,7 +205,7 @@ pub fn address(key: &RelayStaticKey, config: &Config, port: u16) -> anyhow::Resu
         key: key.public(),
         host,
         port,
-        tcp: None,
+        tcp: config.listen_tcp_addr().map(|a| a.port()),
     })
 }
 

@@ -616,11 +616,64 @@ impl DbSlot {
         std::mem::replace(&mut *slot, db)
     }
 
+    /// Opens the file read-write, verifying the checksum of every page of the committed
+    /// trees (redb's integrity check): a file altered behind redb's back (a flipped bit, a
+    /// page overwritten) fails here instead of being trusted. The check reads the whole file.
     fn open(&self) -> Result<Database, redb::DatabaseError> {
         Database::builder()
             .set_cache_size(self.cache_bytes)
+            .set_check_integrity_on_open(true)
             .open(&self.path)
     }
+}
+
+/// What a read-only look at the database found.
+enum Precheck {
+    /// The storage key opens the check record.
+    KeyMatches,
+    /// The file was not closed cleanly: redb must repair it, which needs a read-write open
+    /// (the key is checked after it).
+    NeedsRepair,
+    /// The check record does not open with this key.
+    WrongKey,
+    /// Not a database, or not a Sotto store.
+    Damaged(String),
+}
+
+/// Opens the database read-only (no write of any kind) and checks the storage key.
+fn precheck(path: &Path, keys: &Keys) -> Precheck {
+    let db = match Database::builder().open_read_only(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::RepairAborted) => return Precheck::NeedsRepair,
+        Err(e) => return Precheck::Damaged(e.to_string()),
+    };
+    let check = || -> Result<Option<bool>, redb::Error> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta
+            .get("check")?
+            .map(|v| matches!(keys.open(b"meta check", v.value()), Ok(p) if p.as_slice() == CHECK_PLAINTEXT)))
+    };
+    match check() {
+        Ok(Some(true)) => Precheck::KeyMatches,
+        Ok(Some(false)) => Precheck::WrongKey,
+        Ok(None) => Precheck::Damaged("not a Sotto store (no check record)".into()),
+        Err(e) => Precheck::Damaged(format!("not a Sotto store ({e})")),
+    }
+}
+
+/// Runs `f`, turning a panic into an error: redb documents that opening a file altered
+/// behind its back "may panic" without the integrity check, and a damaged file must give
+/// the operator a message, not a crash.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("the database library panicked reading it ({what})")
+    })
 }
 
 /// A read transaction with the database handle it came from. Field order matters: the
@@ -710,13 +763,22 @@ impl Store {
         };
         // Check readability ourselves first: redb's error for EACCES is less clear.
         std::fs::File::open(path).map_err(|e| open_err(e.to_string()))?;
+        let keys = Keys::new(key);
+        // First without writing anything: a wrong key or a damaged file must leave the file
+        // exactly as it was (the operator's backup may be this very file).
+        match guarded(|| precheck(path, &keys)) {
+            Ok(Precheck::KeyMatches | Precheck::NeedsRepair) => {}
+            Ok(Precheck::WrongKey) => return Err(StoreError::WrongKey(path.to_owned())),
+            Ok(Precheck::Damaged(reason)) | Err(reason) => return Err(open_err(reason)),
+        }
         let slot = Arc::new(DbSlot {
             db: std::sync::RwLock::new(None),
             path: path.to_owned(),
             cache_bytes: opts.cache_bytes,
         });
-        let db = slot.open().map_err(|e| open_err(e.to_string()))?;
-        let keys = Keys::new(key);
+        let db = guarded(|| slot.open().map_err(|e| e.to_string()))
+            .and_then(|r| r)
+            .map_err(open_err)?;
         let next_seq = {
             let txn = db.begin_read().map_err(|e| open_err(e.to_string()))?;
             let meta = txn
@@ -1104,7 +1166,7 @@ impl Writer {
             }
             None => {}
         }
-        match self.slot.open() {
+        match guarded(|| self.slot.open()).and_then(|r| r.map_err(|e| e.to_string())) {
             Ok(db) => {
                 match read_next_seq(&db) {
                     Some(seq) => self.next_seq = seq,
@@ -1707,8 +1769,14 @@ mod tests {
             expiry,
             now,
         };
-        assert_eq!(store.write(record(1, 1300, 1000)).await.unwrap(), WriteOutcome::Done);
-        assert_eq!(store.write(record(2, 1200, 1000)).await.unwrap(), WriteOutcome::Done);
+        assert_eq!(
+            store.write(record(1, 1300, 1000)).await.unwrap(),
+            WriteOutcome::Done
+        );
+        assert_eq!(
+            store.write(record(2, 1200, 1000)).await.unwrap(),
+            WriteOutcome::Done
+        );
         // The same ephemeral key again, whatever expiry it claims: a replay.
         assert_eq!(
             store.write(record(1, 1300, 1001)).await.unwrap(),
@@ -1731,7 +1799,10 @@ mod tests {
         );
         // Once the clock passes 1200, entry 2 is forgotten, and so is every request expiring
         // at or before it, even if the clock is later stepped back.
-        assert_eq!(store.write(record(3, 1400, 1250)).await.unwrap(), WriteOutcome::Done);
+        assert_eq!(
+            store.write(record(3, 1400, 1250)).await.unwrap(),
+            WriteOutcome::Done
+        );
         assert_eq!(
             store.write(record(2, 1200, 1100)).await.unwrap(),
             WriteOutcome::Replayed
@@ -1740,7 +1811,10 @@ mod tests {
             store.write(record(4, 1150, 1100)).await.unwrap(),
             WriteOutcome::Replayed
         );
-        assert_eq!(store.write(record(5, 1201, 1100)).await.unwrap(), WriteOutcome::Done);
+        assert_eq!(
+            store.write(record(5, 1201, 1100)).await.unwrap(),
+            WriteOutcome::Done
+        );
         // Entry 1 is still remembered (it expires at 1300).
         assert_eq!(
             store.write(record(1, 1300, 1250)).await.unwrap(),

@@ -197,3 +197,644 @@ async fn disk_full_refuses_sends_keeps_serving_reads_and_recovers_by_itself() {
     relay.shutdown().await;
     drop(fs);
 }
+
+// ---------------------------------------------------------------------------------------
+// The relay binary
+// ---------------------------------------------------------------------------------------
+
+/// `sotto-relay run` as a child process (what systemd runs).
+struct RelayProcess {
+    child: Option<Child>,
+    address: RelayAddress,
+    _stdout: BufReader<ChildStdout>,
+    // Drained by its own thread so the relay never blocks on a full pipe.
+    _stderr: std::thread::JoinHandle<String>,
+}
+
+impl Drop for RelayProcess {
+    // A failing test must not leave relay processes behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl RelayProcess {
+    /// SIGKILL (no chance to flush or close anything), then reap it.
+    fn sigkill(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+fn relay_command(data: &Path, listen: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
+    cmd.arg("run")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", listen, "--metrics", "off"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+/// Starts the relay; `Err(stderr)` if it exits instead of printing its address.
+fn spawn_relay(data: &Path, listen: &str, env: &[(&str, &str)]) -> Result<RelayProcess, String> {
+    let mut child = relay_command(data, listen)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    if line.trim().is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(stderr.join().unwrap());
+    }
+    Ok(RelayProcess {
+        child: Some(child),
+        address: line.trim().parse().unwrap(),
+        _stdout: stdout,
+        _stderr: stderr,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGKILL at random moments under load
+// ---------------------------------------------------------------------------------------
+
+/// What a kill loop did, for the test output and `docs/reliability.md`.
+#[derive(Debug, Default)]
+#[allow(dead_code)] // read through Debug, for the report
+struct KillFigures {
+    iterations: usize,
+    sends_ok: usize,
+    sends_failed: usize,
+    acks_confirmed: usize,
+    redelivered_unconfirmed: usize,
+    drained_at_end: usize,
+    lost: usize,
+    duplicates: usize,
+}
+
+/// Everything the clients observed across all iterations.
+#[derive(Default)]
+struct Observed {
+    /// Tags the relay answered OK to.
+    sent_ok: HashSet<u64>,
+    /// Tags whose ACK the relay answered OK to (deleted for good).
+    acked: HashSet<u64>,
+    /// Deliveries of a tag whose earlier delivery was not confirmed (allowed: at least once
+    /// until the ACK is answered).
+    redelivered: usize,
+    /// Every tag delivered, with its count.
+    delivered: HashMap<u64, usize>,
+    sends_failed: usize,
+    duplicates_after_ack: Vec<u64>,
+}
+
+const SENDERS: u64 = 8;
+const KILL_BODY: usize = 4096;
+
+fn kill_body(tag: u64) -> Vec<u8> {
+    let mut b = vec![0x5a; KILL_BODY];
+    b[..8].copy_from_slice(&tag.to_be_bytes());
+    b
+}
+
+/// `iterations` rounds of: start the relay, 8 senders (one queue each) and a recipient
+/// subscribed to all eight that ACKs everything, SIGKILL after a random number (seeded) of OK
+/// answers to SENDs. Then a final start and a drain of every queue.
+async fn kill_loop(iterations: usize, seed: u64) -> KillFigures {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let env = [
+        ("SOTTO_RELAY_DELIVERY_MODE", "off"),
+        ("SOTTO_RELAY_QUEUES_QUOTA", "1000000"),
+    ];
+    let first = spawn_relay(&data, "127.0.0.1:0", &env).unwrap_or_else(|e| panic!("{e}"));
+    let listen = format!("127.0.0.1:{}", first.address.port);
+    let (c, _p, _e) = connect(&first.address).await;
+    let mut queues = Vec::new();
+    for _ in 0..SENDERS {
+        queues.push(c.create_queue(None).await.unwrap());
+    }
+    let queues = Arc::new(queues);
+    c.close().await;
+    let obs = Arc::new(Mutex::new(Observed::default()));
+    let mut relay = Some(first);
+
+    for it in 0..iterations {
+        let proc = match relay.take() {
+            Some(p) => p,
+            None => spawn_relay(&data, &listen, &env)
+                .unwrap_or_else(|e| panic!("iteration {it}: the relay did not restart:\n{e}")),
+        };
+        let kill_after: usize = rng.gen_range(0..=150);
+        let oks = Arc::new((Mutex::new(0usize), Notify::new()));
+
+        // The recipient: subscribed to every queue, ACKs each message as it comes (one task
+        // per ACK, so the eight queues are served side by side).
+        let (rc, mut pushes, re) = connect(&proc.address).await;
+        for q in queues.iter() {
+            rc.subscribe(q).await.unwrap();
+        }
+        let recipient = {
+            let (rc, queues, obs) = (rc.clone(), queues.clone(), obs.clone());
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                while let Some(p) = pushes.recv().await {
+                    let Pushed::Msg { recipient_id, msg } = p else {
+                        if matches!(p, Pushed::Closed(_)) {
+                            break;
+                        }
+                        continue;
+                    };
+                    let creds = queues
+                        .iter()
+                        .find(|q| q.recipient_id == recipient_id)
+                        .unwrap()
+                        .clone();
+                    let m = msg.open(&creds).unwrap();
+                    let tag = tag_of(&m.body);
+                    {
+                        let mut o = obs.lock().unwrap();
+                        if o.acked.contains(&tag) {
+                            o.duplicates_after_ack.push(tag);
+                        }
+                        let n = o.delivered.entry(tag).or_insert(0);
+                        *n += 1;
+                        if *n > 1 {
+                            o.redelivered += 1;
+                        }
+                    }
+                    let (rc, obs) = (rc.clone(), obs.clone());
+                    acks.push(tokio::spawn(async move {
+                        if let Ok(true) = rc.ack(&creds, m.msg_id).await {
+                            obs.lock().unwrap().acked.insert(tag);
+                        }
+                    }));
+                }
+                for a in acks {
+                    a.await.unwrap();
+                }
+            })
+        };
+
+        // Eight senders, each on its own connection and queue.
+        let mut clients = vec![rc];
+        let mut endpoints = vec![re];
+        let mut tasks = Vec::new();
+        for s in 0..SENDERS {
+            let (sc, _sp, se) = connect(&proc.address).await;
+            clients.push(sc.clone());
+            endpoints.push(se);
+            let (obs, oks) = (obs.clone(), oks.clone());
+            let sender = queues[s as usize].sender_id;
+            let base = (it as u64 + 1) * 1_000_000_000 + s * 1_000_000;
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let tag = base + i;
+                    match sc.send(sender, None, 0, kill_body(tag)).await {
+                        Ok(()) => {
+                            obs.lock().unwrap().sent_ok.insert(tag);
+                            *oks.0.lock().unwrap() += 1;
+                            oks.1.notify_one();
+                        }
+                        Err(_) => {
+                            obs.lock().unwrap().sends_failed += 1;
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        // Wait for the chosen number of OKs (bounded), then SIGKILL at once.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let notified = oks.1.notified();
+                if *oks.0.lock().unwrap() >= kill_after {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("iteration {it}: {kill_after} OKs never came"));
+        proc.sigkill();
+        let at = *oks.0.lock().unwrap();
+        // The dead relay cannot close the connections; end them here so the tasks stop.
+        for c in &clients {
+            c.close().await;
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(30), recipient)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(endpoints);
+        eprintln!("iteration {it}: SIGKILL after {at} OKs (target {kill_after})");
+    }
+
+    // Restart, drain what is left (all queues at once), and account for every OK.
+    let proc =
+        spawn_relay(&data, &listen, &env).unwrap_or_else(|e| panic!("final restart failed:\n{e}"));
+    let (c, _p, _e) = connect(&proc.address).await;
+    let drains = queues.iter().map(|q| {
+        let c = c.clone();
+        let q = QueueCredentials {
+            relay: proc.address.clone(),
+            ..q.clone()
+        };
+        async move { drain(&c, &q).await }
+    });
+    let drained: Vec<u64> = futures_util::future::join_all(drains)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    c.close().await;
+    proc.sigkill();
+
+    let o = obs.lock().unwrap();
+    let mut duplicates = o.duplicates_after_ack.len();
+    let mut drained_set = HashSet::new();
+    for t in &drained {
+        if !drained_set.insert(*t) || o.acked.contains(t) {
+            duplicates += 1;
+        }
+    }
+    // A message counts as delivered once the recipient has had it: its ACK may have been
+    // committed with the answer lost to the kill, which is exactly right.
+    let lost = o
+        .sent_ok
+        .iter()
+        .filter(|t| !o.delivered.contains_key(t) && !drained_set.contains(t))
+        .count();
+    // Nothing the senders did not send ever appears.
+    for t in o.delivered.keys().chain(drained.iter()) {
+        assert!(
+            *t >= 1_000_000_000,
+            "a message nobody sent was delivered: {t}"
+        );
+    }
+    KillFigures {
+        iterations,
+        sends_ok: o.sent_ok.len(),
+        sends_failed: o.sends_failed,
+        acks_confirmed: o.acked.len(),
+        redelivered_unconfirmed: o.redelivered,
+        drained_at_end: drained.len(),
+        lost,
+        duplicates,
+    }
+}
+
+fn seed_from_env() -> u64 {
+    std::env::var("SOTTO_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().r#gen())
+}
+
+async fn kill_loop_checked(iterations: usize) {
+    let seed = seed_from_env();
+    eprintln!(
+        "SIGKILL loop: {iterations} iterations, seed {seed} (rerun with SOTTO_FAULT_SEED={seed})"
+    );
+    let started = std::time::Instant::now();
+    let f = kill_loop(iterations, seed).await;
+    eprintln!(
+        "SIGKILL loop figures (seed {seed}, {:?}): {f:#?}",
+        started.elapsed()
+    );
+    assert_eq!(f.lost, 0, "acknowledged messages lost (seed {seed}): {f:?}");
+    assert_eq!(
+        f.duplicates, 0,
+        "messages delivered again after their ACK was answered (seed {seed}): {f:?}"
+    );
+    assert!(f.sends_ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    kill_loop_checked(20).await;
+}
+
+/// The long run: `SOTTO_FAULT_ITERATIONS=200 cargo test --release -p sotto-relay --test
+/// faults -- --ignored` (see `docs/reliability.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long run; see docs/reliability.md"]
+async fn sigkill_long_run() {
+    let n = std::env::var("SOTTO_FAULT_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    kill_loop_checked(n).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A damaged data directory: refuse to start, name the file and the fix, touch nothing
+// ---------------------------------------------------------------------------------------
+
+const POPULATED_QUEUES: u64 = 4;
+const POPULATED_MESSAGES: u64 = 25;
+
+/// A data directory whose store holds queues and messages (written by a relay that then
+/// stopped cleanly), with the queues' credentials.
+async fn populated() -> (tempfile::TempDir, Vec<QueueCredentials>) {
+    let mut relay = TestRelay::start_with(|c| c.queues.quota = 10_000).await;
+    let (c, _p, _e) = connect(&relay.address()).await;
+    let mut queues = Vec::new();
+    for q in 0..POPULATED_QUEUES {
+        let creds = c.create_queue(None).await.unwrap();
+        for i in 0..POPULATED_MESSAGES {
+            c.send(creds.sender_id, None, 0, kill_body(q * 1000 + i))
+                .await
+                .unwrap();
+        }
+        queues.push(creds);
+    }
+    c.close().await;
+    relay.stop().await;
+    let TestRelay { dir, .. } = relay;
+    (dir, queues)
+}
+
+async fn populated_datadir() -> tempfile::TempDir {
+    populated().await.0
+}
+
+/// Every file of the directory with its bytes (`None` for a directory).
+fn snapshot(dir: &Path) -> HashMap<PathBuf, Option<Vec<u8>>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = if p.is_dir() {
+                None
+            } else {
+                Some(std::fs::read(&p).unwrap())
+            };
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// Runs `sotto-relay run` on `data`. If it refuses to start, checks that no file of the
+/// data directory was created, removed or changed and returns its stderr.
+fn start_or_refusal(data: &Path) -> Result<RelayProcess, String> {
+    let before = snapshot(data);
+    match spawn_relay(data, "127.0.0.1:0", &[]) {
+        Ok(p) => Ok(p),
+        Err(stderr) => {
+            let after = snapshot(data);
+            assert_eq!(
+                before.keys().collect::<HashSet<_>>(),
+                after.keys().collect::<HashSet<_>>(),
+                "files were created or removed"
+            );
+            for (p, b) in &before {
+                assert!(after[p] == *b, "{} was changed", p.display());
+            }
+            Err(stderr)
+        }
+    }
+}
+
+/// Runs `sotto-relay run` on `data`, expecting it to refuse to start; returns its stderr.
+/// Asserts that it exits non-zero, and that no file of the data directory was created,
+/// removed or changed.
+fn refuses_to_start(data: &Path) -> String {
+    let before = snapshot(data);
+    let mut child = relay_command(data, "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let mut o = String::new();
+        let mut e = String::new();
+        let _ = out.read_to_string(&mut o);
+        let _ = err.read_to_string(&mut e);
+        let _ = tx.send((o, e, child.wait()));
+    });
+    let Ok((stdout, stderr, status)) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("the relay started (or hung) on a damaged data directory");
+    };
+    let status = status.unwrap();
+    assert!(
+        !status.success(),
+        "the relay must exit non-zero; stdout {stdout:?}, stderr:\n{stderr}"
+    );
+    assert!(
+        stdout.trim().is_empty(),
+        "the relay printed an address, so it served: {stdout}"
+    );
+    let after = snapshot(data);
+    assert_eq!(
+        before.keys().collect::<HashSet<_>>(),
+        after.keys().collect::<HashSet<_>>(),
+        "files were created or removed"
+    );
+    for (p, b) in &before {
+        assert!(after[p] == *b, "{} was changed", p.display());
+    }
+    stderr
+}
+
+fn assert_names(stderr: &str, file: &str, fix: &str) {
+    assert!(
+        stderr.contains(file),
+        "stderr does not name {file}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(fix),
+        "stderr does not say `{fix}`:\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_database_refuses_to_start() {
+    let dir = populated_datadir().await;
+    let db = dir.path().join(datadir::DB_FILE);
+    let len = std::fs::metadata(&db).unwrap().len();
+    for keep in [len / 2, 4096, 100, 0] {
+        let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.set_len(keep).unwrap();
+        drop(f);
+        let stderr = refuses_to_start(dir.path());
+        assert_names(&stderr, "queues.redb", "restore it from your backup");
+        assert!(
+            stderr.contains("will not start over with an empty store"),
+            "{stderr}"
+        );
+        eprintln!("truncated to {keep} of {len} bytes: {}", stderr.trim());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_storage_key_refuses_to_start() {
+    let dir = populated_datadir().await;
+    // A well-formed key that is not the one the database was written with.
+    let other = tempfile::tempdir().unwrap();
+    datadir::init(other.path(), &datadir::InitOptions::default()).unwrap();
+    std::fs::copy(
+        other.path().join(datadir::STORAGE_KEY_FILE),
+        dir.path().join(datadir::STORAGE_KEY_FILE),
+    )
+    .unwrap();
+    let stderr = refuses_to_start(dir.path());
+    assert_names(&stderr, "storage.key", "restore the matching storage.key");
+    assert_names(&stderr, "queues.redb", "from your backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_or_damaged_key_files_refuse_to_start() {
+    // As root, permission bits do not stop a read, so "unreadable" is made the way root
+    // also meets it: a directory where the file should be (read fails with EISDIR).
+    for file in [
+        datadir::RELAY_KEY_FILE,
+        datadir::STORAGE_KEY_FILE,
+        datadir::TLS_KEY_FILE,
+        datadir::TLS_CERT_FILE,
+    ] {
+        let dir = populated_datadir().await;
+        let p = dir.path().join(file);
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        let stderr = refuses_to_start(dir.path());
+        assert_names(&stderr, file, "restore it from your backup");
+    }
+    for file in [datadir::RELAY_KEY_FILE, datadir::STORAGE_KEY_FILE] {
+        let dir = populated_datadir().await;
+        std::fs::write(dir.path().join(file), "damaged!").unwrap();
+        let stderr = refuses_to_start(dir.path());
+        assert_names(&stderr, file, "Restore it from your backup");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_files_never_start_an_empty_store() {
+    // The database gone, the identity present.
+    let dir = populated_datadir().await;
+    std::fs::remove_file(dir.path().join(datadir::DB_FILE)).unwrap();
+    let stderr = refuses_to_start(dir.path());
+    assert_names(&stderr, "queues.redb", "restore it from your backup");
+    assert!(!dir.path().join(datadir::DB_FILE).exists());
+
+    // The identity gone, the store and its key present: `run` must not initialise a new
+    // relay over them (that would replace storage.key and make every message unreadable).
+    for file in [datadir::RELAY_KEY_FILE, datadir::STORAGE_KEY_FILE] {
+        let dir = populated_datadir().await;
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+        let stderr = refuses_to_start(dir.path());
+        assert_names(&stderr, file, "from your backup");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bit_flipped_database_refuses_to_start_or_serves_only_intact_data() {
+    // Flips at spread-out places. redb's integrity check at open (every page checksum of
+    // the committed trees) catches a flip in a live page; a flip in a free page harms
+    // nothing, and the relay then serves every message intact. A flip that got past both
+    // would still fail the records' authentication (XChaCha20-Poly1305) and be answered
+    // INTERNAL, never as altered data.
+    let (mut refused, mut started) = (0, 0);
+    let (original, queues) = populated().await;
+    // Pages (4 KiB) that hold anything: the header page aside, these are the pages in use
+    // (nothing was ever deleted from this store, so there is little garbage).
+    let image = std::fs::read(original.path().join(datadir::DB_FILE)).unwrap();
+    let used: Vec<usize> = image
+        .chunks(4096)
+        .enumerate()
+        .skip(1)
+        .filter(|(_, p)| p.iter().any(|b| *b != 0))
+        .map(|(i, _)| i)
+        .collect();
+    for k in 0..8usize {
+        let dir = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(original.path()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+        let db = dir.path().join(datadir::DB_FILE);
+        let mut bytes = std::fs::read(&db).unwrap();
+        // The middle of a used page, spread over all of them.
+        let at = used[k * used.len() / 8] * 4096 + 2048;
+        for b in &mut bytes[at..at + 16] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        match start_or_refusal(dir.path()) {
+            Err(stderr) => {
+                refused += 1;
+                assert_names(&stderr, "queues.redb", "restore it from your backup");
+                eprintln!(
+                    "flip at {at} of {}: refused: {}",
+                    bytes.len(),
+                    stderr.trim()
+                );
+            }
+            Ok(proc) => {
+                started += 1;
+                let (c, _p, _e) = connect(&proc.address).await;
+                let drains = queues.iter().map(|creds| {
+                    let creds = QueueCredentials {
+                        relay: proc.address.clone(),
+                        ..creds.clone()
+                    };
+                    let c = c.clone();
+                    async move { drain(&c, &creds).await }
+                });
+                let mut intact = 0;
+                for (q, got) in futures_util::future::join_all(drains)
+                    .await
+                    .into_iter()
+                    .enumerate()
+                {
+                    let want: Vec<u64> = (0..POPULATED_MESSAGES)
+                        .map(|i| q as u64 * 1000 + i)
+                        .collect();
+                    assert_eq!(got, want, "queue {q} after a flip at {at}");
+                    intact += got.len();
+                }
+                eprintln!(
+                    "flip at {at} of {}: started (free page); {intact} messages intact",
+                    bytes.len()
+                );
+                c.close().await;
+                proc.sigkill();
+            }
+        }
+    }
+    eprintln!("bit flips: {refused} refused at open, {started} in free pages");
+}
