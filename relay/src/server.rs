@@ -1453,11 +1453,13 @@ async fn execute_inner(
         Err(DecodeError::TooLong { .. }) => return Response::Err(ErrorCode::Large),
         Err(_) => return Response::Err(ErrorCode::Syntax),
     };
-    shared
-        .metrics
-        .commands
-        .with_label_values(&[cmd.name()])
-        .inc();
+    if matches!(cmd, Command::Send { .. } | Command::SKey { .. }) {
+        shared
+            .metrics
+            .commands
+            .with_label_values(&[cmd.name()])
+            .inc();
+    }
     if shared.config.log.sensitive {
         // Only with `log.sensitive`: ids identify queues (see docs/operator.md).
         tracing::debug!(
