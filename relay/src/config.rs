@@ -34,6 +34,10 @@ pub struct Config {
     pub host: String,
     /// UDP address the QUIC listener binds.
     pub listen: SocketAddr,
+    /// TCP address the TLS-over-TCP listener binds (for clients behind Tor or on networks
+    /// that block UDP), or `"off"` (the default). When on, the relay's address carries the
+    /// transport hint `?tcp` (see `docs/protocol.md` § 3).
+    pub listen_tcp: String,
     /// HTTP address of the Prometheus endpoint, or `"off"`.
     pub metrics: String,
     /// Password required to create queues (private relay). Empty: anyone may create.
@@ -61,6 +65,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| unreachable_addr()),
+            listen_tcp: "off".into(),
             metrics: DEFAULT_METRICS.into(),
             create_password: String::new(),
             queues: QueuesConfig::default(),
@@ -435,7 +440,12 @@ mod duration_text {
     /// Formats `d` in its largest whole unit.
     pub fn format(d: Duration) -> String {
         let ms = d.as_millis();
-        for (unit, name) in [(86_400_000u128, "days"), (3_600_000, "h"), (60_000, "m"), (1000, "s")] {
+        for (unit, name) in [
+            (86_400_000u128, "days"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ] {
             if ms != 0 && ms.is_multiple_of(unit) {
                 return format!("{}{name}", ms / unit);
             }
@@ -479,6 +489,7 @@ mod duration_text {
 pub const KEYS: &[&str] = &[
     "host",
     "listen",
+    "listen_tcp",
     "metrics",
     "create_password",
     "queues.message_ttl",
@@ -532,6 +543,8 @@ pub struct Overrides {
     pub host: Option<String>,
     /// `--listen`.
     pub listen: Option<String>,
+    /// `--listen-tcp`.
+    pub listen_tcp: Option<String>,
     /// `--metrics`.
     pub metrics: Option<String>,
 }
@@ -567,6 +580,7 @@ impl Config {
         for (key, v) in [
             ("host", &overrides.host),
             ("listen", &overrides.listen),
+            ("listen_tcp", &overrides.listen_tcp),
             ("metrics", &overrides.metrics),
         ] {
             if let Some(v) = v {
@@ -605,6 +619,12 @@ impl Config {
             return invalid(
                 "host",
                 "must be a DNS name, an IPv4 address or a bracketed IPv6 address",
+            );
+        }
+        if self.listen_tcp != "off" && self.listen_tcp.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "listen_tcp",
+                "must be an address such as 0.0.0.0:5443 (TCP), or \"off\"",
             );
         }
         if self.metrics != "off" && self.metrics.parse::<SocketAddr>().is_err() {
@@ -713,6 +733,11 @@ impl Config {
             return invalid("log.format", "must be \"human\" or \"json\"");
         }
         Ok(())
+    }
+
+    /// The TLS-over-TCP listen address, or `None` when `listen_tcp = "off"`.
+    pub fn listen_tcp_addr(&self) -> Option<SocketAddr> {
+        self.listen_tcp.parse().ok()
     }
 
     /// The metrics address, or `None` when `metrics = "off"`.
@@ -913,6 +938,29 @@ mod tests {
             let e = load(text, &[], &o).unwrap_err();
             assert!(e.to_string().contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn listen_tcp_is_off_by_default_and_takes_an_address() {
+        let c = load("", &[], &Overrides::default()).unwrap();
+        assert_eq!((c.listen_tcp.as_str(), c.listen_tcp_addr()), ("off", None));
+        let c = load(
+            "listen_tcp = \"127.0.0.1:5443\"\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen_tcp_addr(), Some("127.0.0.1:5443".parse().unwrap()));
+        let env = [("SOTTO_RELAY_LISTEN_TCP", "0.0.0.0:443")];
+        let c = load("", &env, &Overrides::default()).unwrap();
+        assert_eq!(c.listen_tcp_addr().map(|a| a.port()), Some(443));
+        let o = Overrides {
+            listen_tcp: Some("off".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(load("", &env, &o).unwrap().listen_tcp_addr(), None);
+        let e = load("listen_tcp = \"5443\"\n", &[], &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("listen_tcp"), "{e}");
     }
 
     #[test]

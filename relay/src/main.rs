@@ -44,6 +44,10 @@ enum Cmd {
         /// UDP address to listen on [env: SOTTO_RELAY_LISTEN] [default: 0.0.0.0:5443]
         #[arg(long)]
         listen: Option<String>,
+        /// TCP address for TLS-over-TCP clients (Tor, networks without UDP), or "off"
+        /// [env: SOTTO_RELAY_LISTEN_TCP] [default: off]
+        #[arg(long)]
+        listen_tcp: Option<String>,
         /// Prometheus endpoint address, or "off" [env: SOTTO_RELAY_METRICS] [default: 127.0.0.1:5444]
         #[arg(long)]
         metrics: Option<String>,
@@ -164,9 +168,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 datadir::load_identity(&dir)?;
             }
             println!(
-                "configuration OK ({}): listen {}, delivery {}, metrics {}",
+                "configuration OK ({}): listen {}, listen_tcp {}, delivery {}, metrics {}",
                 dir.join(sotto_relay::config::CONFIG_FILE).display(),
                 config.listen,
+                config.listen_tcp,
                 config.delivery.mode,
                 config.metrics
             );
@@ -175,6 +180,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run {
             data,
             listen,
+            listen_tcp,
             metrics,
             host,
         } => {
@@ -182,6 +188,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let overrides = Overrides {
                 host,
                 listen,
+                listen_tcp,
                 metrics,
             };
             if !datadir::has_identity(&dir) {

@@ -1,9 +1,10 @@
-//! The relay server: QUIC listener, sessions, queue commands, delivery.
+//! The relay server: QUIC and TLS-over-TCP listeners, sessions, queue commands, delivery.
 //!
 //! Shape (after mini-redis `server.rs`):
-//! - a [`Listener`] task admits connections under the session caps and handshake rate
-//!   limits (refusing with a metric rather than blocking accept) and spawns one task per
-//!   connection;
+//! - a listener task per transport (QUIC; TLS over TCP when `listen_tcp` is on) admits
+//!   connections under the same session caps and handshake rate limits (refusing with a
+//!   metric rather than blocking accept) and spawns one task per connection; after the
+//!   handshake both transports run the same session code;
 //! - each session has a reader task (records → frames), a writer task (transmissions →
 //!   greedily batched frames, plus optional cover frames) and its own loop that owns the
 //!   session state (subscriptions, messages in flight) and runs store writes concurrently so
@@ -120,6 +121,8 @@ pub struct RunningRelay {
     pub address: RelayAddress,
     /// The UDP socket address the listener is bound to.
     pub local_addr: SocketAddr,
+    /// The TCP socket address the TLS-over-TCP listener is bound to (`listen_tcp`), if on.
+    pub local_tcp_addr: Option<SocketAddr>,
     /// Where `/metrics` is served, if enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// Metrics (for tests and the embedded load tester).
@@ -210,7 +213,22 @@ pub async fn start_with(
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
     let local_addr = endpoint.local_addr()?;
-    let address = datadir::address(&identity.relay_key, &config, local_addr.port())?;
+    let mut address = datadir::address(&identity.relay_key, &config, local_addr.port())?;
+    let tcp_listener = match config.listen_tcp_addr() {
+        Some(a) => {
+            let listener = tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("cannot listen on TCP {a} (set listen_tcp to \"off\" or another address)")
+            })?;
+            let acceptor =
+                transport::TcpAcceptor::new(identity.tls_cert.clone(), identity.tls_key.clone())?;
+            let bound = listener.local_addr()?;
+            // The bound port, which differs from the configured one when that is 0.
+            address.tcp = Some(bound.port());
+            Some((listener, acceptor, bound))
+        }
+        None => None,
+    };
+    let local_tcp_addr = tcp_listener.as_ref().map(|(_, _, a)| *a);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -307,16 +325,30 @@ pub async fn start_with(
         shared.clone(),
         tracker.clone(),
     ));
+    if let Some((listener, acceptor, _)) = tcp_listener {
+        tracker.spawn(tcp_accept_loop(
+            listener,
+            acceptor,
+            shared.clone(),
+            tracker.clone(),
+        ));
+    }
 
     if shared.config.log.sensitive {
         tracing::warn!(
             "SENSITIVE LOGGING IS ON: logs will contain client addresses and queue ids. Turn log.sensitive off in production."
         );
     }
-    tracing::info!(%address, listen = %local_addr, "relay serving");
+    match local_tcp_addr {
+        Some(tcp) => {
+            tracing::info!(%address, listen = %local_addr, listen_tcp = %tcp, "relay serving")
+        }
+        None => tracing::info!(%address, listen = %local_addr, "relay serving"),
+    }
     Ok(RunningRelay {
         address,
         local_addr,
+        local_tcp_addr,
         metrics_addr,
         metrics,
         store,
@@ -468,73 +500,135 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: Ta
             }
             continue;
         }
-        if tracked >= MAX_TRACKED_SOURCES {
-            if last_prune.elapsed() >= Duration::from_secs(1) {
-                last_prune = tokio::time::Instant::now();
-                shared.handshake_limiter.retain_recent();
-            }
-            if shared.handshake_limiter.len() >= MAX_TRACKED_SOURCES {
-                shared.limited("tracked_sources");
-                incoming.refuse();
-                continue;
-            }
-        }
-        if shared.handshake_limiter.check_key(&source).is_err() {
-            shared.limited("handshakes_per_ip");
+        let Some(guard) = admit(&shared, source, &mut last_prune) else {
             incoming.refuse();
             continue;
-        }
-        if shared.sessions.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
-            shared.limited("max_sessions");
-            incoming.refuse();
-            continue;
-        }
-        {
-            let per_ip = lock(&shared.per_ip);
-            if per_ip.get(&source).copied().unwrap_or(0) >= shared.config.limits.max_sessions_per_ip
-            {
-                drop(per_ip);
-                shared.limited("max_sessions_per_ip");
-                incoming.refuse();
-                continue;
-            }
-        }
-        // Count the session from the handshake on (so half-open handshakes are capped too),
-        // and before the next accept (so a burst cannot overshoot the caps).
-        let guard = SessionGuard::new(&shared, source);
-        let shared = shared.clone();
-        tracker.spawn(async move {
-            let _guard = guard;
-            let remote = incoming.remote_address();
-            let timeout = shared.config.limits.handshake_timeout;
-            let handshake = async {
-                let conn = incoming.await.map_err(transport::TransportError::Connect)?;
-                transport::accept(conn, &shared.key, timeout).await
-            };
-            let framed = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                r = tokio::time::timeout(timeout, handshake) => match r {
-                    Ok(Ok(f)) => f,
-                    Ok(Err(e)) => {
-                        shared.metrics.handshakes.with_label_values(&["failed"]).inc();
-                        tracing::debug!(peer = %shared.peer(remote), error = %e, "handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        shared.metrics.handshakes.with_label_values(&["timeout"]).inc();
-                        return;
-                    }
-                },
-            };
-            shared.metrics.handshakes.with_label_values(&["ok"]).inc();
-            shared.metrics.sessions.inc();
-            let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(session = id, peer = %shared.peer(remote), "session open");
-            run_session(shared.clone(), framed, id).await;
-            shared.metrics.sessions.dec();
-            tracing::debug!(session = id, "session closed");
-        });
+        };
+        let remote = incoming.remote_address();
+        let timeout = shared.config.limits.handshake_timeout;
+        let owner = shared.clone();
+        tracker.spawn(serve(shared.clone(), guard, remote, async move {
+            let conn = incoming.await.map_err(transport::TransportError::Connect)?;
+            transport::accept(conn, &owner.key, timeout).await
+        }));
     }
+}
+
+/// The TLS-over-TCP listener (`listen_tcp`): the same admission checks as QUIC, then TLS and
+/// the same Noise handshake, then the same session code.
+async fn tcp_accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: transport::TcpAcceptor,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) {
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors or a transient error: back off instead of spinning.
+                    tracing::warn!(error = %e, "TCP accept failed; pausing accepts for 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Cheap checks before any cryptography (the TCP handshake already proved the
+        // address, so there is no Retry step).
+        let source = source_key(remote.ip());
+        let Some(guard) = admit(&shared, source, &mut last_prune) else {
+            // Refused: the connection is closed before TLS.
+            drop(stream);
+            continue;
+        };
+        let timeout = shared.config.limits.handshake_timeout;
+        let owner = shared.clone();
+        let acceptor = acceptor.clone();
+        tracker.spawn(serve(shared.clone(), guard, remote, async move {
+            transport::accept_tcp(stream, &acceptor, &owner.key, timeout).await
+        }));
+    }
+}
+
+/// The admission checks both listeners share, cheapest first and before any cryptography
+/// (boringtun's rate limiter before a DH): tracked sources, handshakes per source, sessions
+/// in all, sessions per source. Counts a refusal under its limit and returns `None`;
+/// otherwise counts the session from now on (so half-open handshakes are capped too, and a
+/// burst cannot overshoot the caps before the next accept).
+fn admit(
+    shared: &Arc<Shared>,
+    source: IpAddr,
+    last_prune: &mut tokio::time::Instant,
+) -> Option<SessionGuard> {
+    if shared.handshake_limiter.len() >= MAX_TRACKED_SOURCES {
+        if last_prune.elapsed() >= Duration::from_secs(1) {
+            *last_prune = tokio::time::Instant::now();
+            shared.handshake_limiter.retain_recent();
+        }
+        if shared.handshake_limiter.len() >= MAX_TRACKED_SOURCES {
+            shared.limited("tracked_sources");
+            return None;
+        }
+    }
+    if shared.handshake_limiter.check_key(&source).is_err() {
+        shared.limited("handshakes_per_ip");
+        return None;
+    }
+    if shared.sessions.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+        shared.limited("max_sessions");
+        return None;
+    }
+    {
+        let per_ip = lock(&shared.per_ip);
+        if per_ip.get(&source).copied().unwrap_or(0) >= shared.config.limits.max_sessions_per_ip {
+            drop(per_ip);
+            shared.limited("max_sessions_per_ip");
+            return None;
+        }
+    }
+    Some(SessionGuard::new(shared, source))
+}
+
+/// One admitted connection, whichever the transport: the handshake (bounded by
+/// `limits.handshake_timeout`), then the session.
+async fn serve(
+    shared: Arc<Shared>,
+    guard: SessionGuard,
+    remote: SocketAddr,
+    handshake: impl Future<Output = Result<FramedConnection, transport::TransportError>>,
+) {
+    let _guard = guard;
+    let timeout = shared.config.limits.handshake_timeout;
+    let framed = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        r = tokio::time::timeout(timeout, handshake) => match r {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                shared.metrics.handshakes.with_label_values(&["failed"]).inc();
+                tracing::debug!(peer = %shared.peer(remote), error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.handshakes.with_label_values(&["timeout"]).inc();
+                return;
+            }
+        },
+    };
+    shared.metrics.handshakes.with_label_values(&["ok"]).inc();
+    shared.metrics.sessions.inc();
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        session = id,
+        peer = %shared.peer(remote),
+        transport = %framed.connection.kind(),
+        "session open"
+    );
+    run_session(shared.clone(), framed, id).await;
+    shared.metrics.sessions.dec();
+    tracing::debug!(session = id, "session closed");
 }
 
 /// Counts a session (total and per address) for its lifetime.

@@ -1,11 +1,12 @@
 //! Helpers shared by the relay's integration tests: a real relay on 127.0.0.1:0 with a real
-//! redb file in a temporary directory, and real QUIC clients.
+//! redb file in a temporary directory, and real clients — over QUIC, or over the
+//! TLS-over-TCP listener when the suite runs inside `tests/over_tcp.rs` (see [`OVER_TCP`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use std::time::Duration;
 
 use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientOptions, Pushed, RelayClient};
+use sotto_client::{ClientOptions, Pushed, RelayClient, TransportChoice};
 use sotto_protocol::RelayAddress;
 use sotto_relay::config::Config;
 use sotto_relay::{RunningRelay, datadir};
@@ -18,10 +19,56 @@ pub struct TestRelay {
     pub config: Config,
 }
 
-/// A configuration for tests: loopback, ephemeral port, no metrics, immediate delivery.
+/// Whether the suites run over TLS + TCP instead of QUIC. `tests/over_tcp.rs` includes the
+/// queue and delivery suites again as its own modules; their `mod common;` then lives under
+/// `over_tcp::`, which is how this module knows, at compile time, which transport the
+/// binary tests. Relays then also listen on TCP and [`client_options`] choose TCP only.
+pub const OVER_TCP: bool = starts_with(module_path!(), "over_tcp::");
+
+const fn starts_with(s: &str, prefix: &str) -> bool {
+    let (s, p) = (s.as_bytes(), prefix.as_bytes());
+    if s.len() < p.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < p.len() {
+        if s[i] != p[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A free TCP port below the kernel's ephemeral range (32768–60999 on Linux), so that when a
+/// relay restarts on the same port no client connection can have been given it as its local
+/// port in the meantime (as can happen with a port from `:0`).
+fn free_tcp_port() -> u16 {
+    use rand::Rng as _;
+    loop {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The transport the suites in this binary use.
+pub fn transport() -> TransportChoice {
+    if OVER_TCP {
+        TransportChoice::Tcp
+    } else {
+        TransportChoice::Quic
+    }
+}
+
+/// A configuration for tests: loopback, ephemeral port(s), no metrics, immediate delivery.
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.listen = "127.0.0.1:0".parse().unwrap();
+    if OVER_TCP {
+        c.listen_tcp = format!("127.0.0.1:{}", free_tcp_port());
+    }
     c.metrics = "off".into();
     c.delivery.mode = "off".into();
     c
@@ -59,9 +106,13 @@ impl TestRelay {
     pub async fn restart(&mut self) {
         let old = self.relay.take().unwrap();
         let port = old.local_addr.port();
+        let tcp_port = old.local_tcp_addr.map(|a| a.port());
         old.shutdown().await;
         let mut config = self.config.clone();
         config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        if let Some(p) = tcp_port {
+            config.listen_tcp = format!("127.0.0.1:{p}");
+        }
         self.relay = Some(sotto_relay::start(self.dir.path(), config).await.unwrap());
     }
 
@@ -81,6 +132,7 @@ pub fn client_options() -> ClientOptions {
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(20),
         quic: QuicOptions::default(),
+        transport: transport(),
         ..ClientOptions::default()
     }
 }
