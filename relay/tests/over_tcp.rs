@@ -11,6 +11,9 @@
 //!   is one whole 16 384-byte record).
 
 #![allow(clippy::unwrap_used)]
+// `common` is loaded once here and once inside each included suite, on purpose: every copy
+// sees the same `OVER_TCP`.
+#![allow(clippy::duplicate_mod)]
 
 #[path = "delivery.rs"]
 mod delivery;
@@ -695,9 +698,9 @@ async fn every_record_after_the_tls_handshake_has_the_same_length() {
         let (up, down) = seen.lock().unwrap().clone();
         // The client sent message 1, then at least one frame per command.
         let sent = check_direction("client → relay", &up);
-        assert!(sent >= 1 + 2 * bodies.len(), "{sent}");
+        assert!(sent > 2 * bodies.len(), "{sent}");
         let received = check_direction("relay → client", &down);
-        assert!(received >= 1 + bodies.len(), "{received}");
+        assert!(received > bodies.len(), "{received}");
     })
     .await;
 }
