@@ -51,6 +51,11 @@ struct Cli {
         default_value_t = 10
     )]
     timeout: u64,
+    /// Send messages and contact set-up through this relay (address, host:port or host of
+    /// an added relay), so that the contact's relay sees it instead of your address; for
+    /// this command, overriding `sotto relay through`.
+    #[arg(long, global = true, value_name = "RELAY")]
+    through: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,6 +152,15 @@ enum RelayCommand {
         /// Address, host:port or host.
         addr: String,
     },
+    /// Show or set the relay that messages and contact set-up go through by default, so
+    /// that contacts' relays see it instead of your address.
+    Through {
+        /// Address, host:port or host of an added relay; omit to show the current one.
+        relay: Option<String>,
+        /// Send directly again.
+        #[arg(long, conflicts_with = "relay")]
+        off: bool,
+    },
 }
 
 /// Errors of the CLI: the agent's, or its own.
@@ -218,6 +232,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let pass = passphrase(false)?;
     let mut agent = Agent::open(&home, pass.as_bytes(), opts)?;
     drop(pass);
+    if let Some(through) = &cli.through {
+        agent.override_send_through(through)?;
+    }
     let result = command(&mut agent, cli.command).await;
     agent.close().await;
     result
@@ -240,6 +257,19 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
             RelayCommand::Remove { addr } => {
                 let a = agent.remove_relay(&addr)?;
                 println!("removed {a}");
+            }
+            RelayCommand::Through { relay, off } => {
+                let now = if off {
+                    agent.set_send_through(None)?
+                } else if let Some(r) = relay {
+                    agent.set_send_through(Some(&r))?
+                } else {
+                    agent.send_through()?
+                };
+                match now {
+                    Some(r) => println!("sending through {r}"),
+                    None => println!("sending directly"),
+                }
             }
         },
         Command::Invite { via, name } => {

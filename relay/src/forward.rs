@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sotto_client::transport::{QuicOptions, TransportError};
+use sotto_client::transport::{QuicOptions, TransportChoice, TransportError};
 use sotto_client::{ClientError, ClientOptions, RelayClient};
 use sotto_protocol::address::Host;
 use sotto_protocol::{Command, ErrorCode, RelayAddress, RelayPublicKey, Response};
@@ -110,8 +110,6 @@ impl Forwarder {
         quic: QuicOptions,
         sensitive: bool,
     ) -> Result<Self, ConfigError> {
-        // The client's options grow with its transports; the rest keep their defaults.
-        #[allow(clippy::needless_update)]
         Ok(Self {
             endpoint,
             own_key,
@@ -124,6 +122,9 @@ impl Forwarder {
                 connect_timeout: config.connect_timeout,
                 request_timeout: config.answer_timeout,
                 quic,
+                // QUIC only: from the relay's own UDP socket, so destinations see the
+                // relay's published address, and with no second transport to fall back to.
+                transport: TransportChoice::Quic,
                 ..ClientOptions::default()
             },
             sensitive,
@@ -153,7 +154,11 @@ impl Forwarder {
         result
     }
 
-    async fn forward_inner(&self, to: &RelayAddress, sealed: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
+    async fn forward_inner(
+        &self,
+        to: &RelayAddress,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, ErrorCode> {
         self.check_policy(to)?;
         let slot = self.slot(to);
         let client = self.session(&slot, to).await?;
@@ -403,7 +408,12 @@ mod tests {
         ] {
             assert!(!is_global(a.parse().unwrap()), "{a}");
         }
-        for a in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for a in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_global(a.parse().unwrap()), "{a}");
         }
     }

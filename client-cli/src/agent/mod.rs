@@ -321,6 +321,9 @@ pub struct Agent {
     owner: u64,
     /// Contacts whose outbox failed: not before this instant, and the current backoff.
     backoff: HashMap<u64, (Instant, Duration)>,
+    /// Relay that SENDs and SKEYs go through (FWD): the profile's default, or this run's
+    /// override ([`Agent::override_send_through`]).
+    through: Option<RelayAddress>,
 }
 
 enum Claim {
@@ -345,7 +348,9 @@ impl Agent {
     /// [`StoreError::NotInitialised`], [`StoreError::WrongPassphrase`], I/O errors.
     pub fn open(home: &Path, passphrase: &[u8], opts: AgentOptions) -> Result<Self, AgentError> {
         let store = Store::open(home, passphrase)?;
-        Ok(Self::with_store(store, opts))
+        let mut agent = Self::with_store(store, opts);
+        agent.through = agent.send_through()?;
+        Ok(agent)
     }
 
     fn with_store(store: Store, opts: AgentOptions) -> Self {
@@ -356,6 +361,7 @@ impl Agent {
             net,
             owner: OsRng.next_u64(),
             backoff: HashMap::new(),
+            through: None,
         }
     }
 
@@ -442,6 +448,60 @@ impl Agent {
             Ok([one]) => Ok(one),
             Err(_) => Err(AgentError::UnknownRelay(spec.to_owned())),
         }
+    }
+
+    /// The relay this profile sends through by default (FWD, `docs/protocol.md` § 10a):
+    /// messages and contact set-up go to the contact's relay through it, so that relay
+    /// sees it instead of this client's address. `None`: sent directly.
+    ///
+    /// # Errors
+    /// Store errors, a damaged stored address.
+    pub fn send_through(&self) -> Result<Option<RelayAddress>, AgentError> {
+        let st = self.store.read()?;
+        st.send_through
+            .as_deref()
+            .map(|r| {
+                r.parse()
+                    .map_err(|_| AgentError::State(StateError("send-through relay")))
+            })
+            .transpose()
+    }
+
+    /// Sets the profile's default relay to send through (`spec` as for `--via`), or with
+    /// `None` sends directly again. Applies to this agent at once.
+    ///
+    /// # Errors
+    /// As [`Agent::resolve_relay`], store errors.
+    pub fn set_send_through(
+        &mut self,
+        spec: Option<&str>,
+    ) -> Result<Option<RelayAddress>, AgentError> {
+        let relay = spec.map(|s| self.resolve_relay(Some(s))).transpose()?;
+        let text = relay.as_ref().map(ToString::to_string);
+        self.store.update(|st| {
+            st.send_through = text.clone();
+            Ok::<_, AgentError>(())
+        })?;
+        self.through = relay.clone();
+        Ok(relay)
+    }
+
+    /// Sends through `spec` (as for `--via`) for the rest of this agent's life, whatever
+    /// the profile's default (the CLI's `--through`).
+    ///
+    /// # Errors
+    /// As [`Agent::resolve_relay`].
+    pub fn override_send_through(&mut self, spec: &str) -> Result<RelayAddress, AgentError> {
+        let relay = self.resolve_relay(Some(spec))?;
+        self.through = Some(relay.clone());
+        Ok(relay)
+    }
+
+    /// The relay to forward a SEND/SKEY for a queue on `dest` through, if any. A queue on
+    /// the forwarding relay itself is written to directly (a relay does not forward to
+    /// itself).
+    fn through_for(&self, dest: &RelayAddress) -> Option<RelayAddress> {
+        self.through.clone().filter(|t| t.key != dest.key)
     }
 
     // ---------------------------------------------------------------- contacts
@@ -1189,6 +1249,15 @@ impl Agent {
                 let sender_id = q.sender_id;
                 // A repeated SKEY with the same key is answered OK, so a retry after a
                 // lost answer is harmless; PROHIBITED means someone else holds the queue.
+                if let Some(via) = self.through_for(&q.relay) {
+                    let dest = q.relay.clone();
+                    return self
+                        .net
+                        .request(&via, async |c| {
+                            c.sender_secure_through(&dest, sender_id, &key).await
+                        })
+                        .await;
+                }
                 self.net
                     .request(&q.relay, async |c| c.sender_secure(sender_id, &key).await)
                     .await
@@ -1214,6 +1283,16 @@ impl Agent {
                     tap(&body);
                 }
                 let sender_id = q.sender_id;
+                if let Some(via) = self.through_for(&q.relay) {
+                    let dest = q.relay.clone();
+                    return self
+                        .net
+                        .request(&via, async |c| {
+                            c.send_through(&dest, sender_id, Some(&key), 0, body.clone())
+                                .await
+                        })
+                        .await;
+                }
                 self.net
                     .request(&q.relay, async |c| {
                         c.send(sender_id, Some(&key), 0, body.clone()).await

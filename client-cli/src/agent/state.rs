@@ -59,6 +59,10 @@ pub struct State {
     pub outbox: Vec<OutboxItem>,
     /// Next local id (contacts, invitations, outbox items, inbox entries).
     pub next_id: u64,
+    /// Relay that SENDs and SKEYs go through by default (FWD; canonical address text).
+    /// Absent in profiles written before it existed.
+    #[serde(default)]
+    pub send_through: Option<String>,
 }
 
 impl Default for State {
@@ -70,6 +74,7 @@ impl Default for State {
             contacts: Vec::new(),
             outbox: Vec::new(),
             next_id: 1,
+            send_through: None,
         }
     }
 }
