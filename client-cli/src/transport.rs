@@ -1220,18 +1220,19 @@ async fn dial_auto(
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let quic = connect_with(endpoint, quic_config, relay, opts.timeout);
     tokio::pin!(quic);
-    let quic_failed = tokio::select! {
+    // `quic_pending` says whether the QUIC attempt is still running (the fallback timer
+    // fired first); a finished attempt must never be polled again.
+    let (quic_failed, quic_pending) = tokio::select! {
         r = &mut quic => match r {
             Ok(f) => return Ok(f),
-            Err(e) if e.udp_may_be_blocked() => e,
+            Err(e) if e.udp_may_be_blocked() => (e, false),
             Err(e) => return Err(e),
         },
         () = tokio::time::sleep(opts.quic_fallback_after.min(opts.timeout)) => {
             // QUIC keeps trying below; TCP starts alongside it.
-            TransportError::Timeout
+            (TransportError::Timeout, true)
         }
     };
-    let quic_pending = matches!(quic_failed, TransportError::Timeout);
     tracing::debug!("no answer over UDP (QUIC) yet; trying TCP");
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let tcp = connect_tcp(relay, None, remaining);
