@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use sotto_client::TransportChoice;
 use sotto_loadtest::plot::{self, PlotData};
 use sotto_loadtest::report::{write_csv, write_json};
 use sotto_loadtest::{DelayKind, Options, Outcome};
@@ -102,6 +103,10 @@ struct Cli {
     /// discovery from 1200).
     #[arg(long, default_value_t = 1452)]
     mtu: u16,
+    /// Transport of the relay sessions: quic, or tcp (TLS over TCP; an embedded relay then
+    /// also listens on TCP, a remote one needs `listen_tcp`). The ceiling is always QUIC.
+    #[arg(long, value_name = "quic|tcp", default_value = "quic")]
+    transport: TransportChoice,
     /// Seconds to wait for outstanding messages after the last SEND [default: delay cap or
     /// round + 15].
     #[arg(long, value_name = "SECS")]
@@ -152,6 +157,7 @@ impl Cli {
             cover_rate: self.cover_rate,
             seed: self.seed,
             mtu: self.mtu,
+            transport: self.transport,
             unsafe_no_fsync: self.unsafe_no_fsync,
             data_dir: self.data_dir.clone(),
             drain_timeout: self

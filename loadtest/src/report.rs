@@ -94,6 +94,8 @@ pub struct RunConfig {
     pub cover_rate: f64,
     /// Fixed QUIC MTU (0 = quinn's MTU discovery).
     pub mtu: u16,
+    /// Transport of the relay sessions (`quic` or `tcp`).
+    pub transport: String,
     /// Embedded relay committed without fsync.
     pub unsafe_no_fsync: bool,
 }

@@ -33,7 +33,7 @@ use anyhow::{Context as _, bail};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use rand::{Rng as _, SeedableRng as _};
 use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientOptions, Pushed, QueueCredentials, RelayClient};
+use sotto_client::{ClientOptions, Link, Pushed, QueueCredentials, RelayClient, TransportChoice};
 use sotto_protocol::{AuthSecretKey, MAX_BODY, RecipientId, RelayAddress};
 use sotto_relay::config::Config;
 use sotto_relay::{RunningRelay, datadir};
@@ -114,6 +114,9 @@ pub struct Options {
     /// Fixed QUIC MTU for the tester's connections and the embedded relay (0 = quinn's
     /// defaults with MTU discovery).
     pub mtu: u16,
+    /// Transport of the relay sessions: QUIC (the default) or TLS over TCP (the embedded
+    /// relay then also listens on TCP). The ceiling forwarder is always QUIC.
+    pub transport: TransportChoice,
     /// Embedded relay commits without fsync (benchmarks only).
     pub unsafe_no_fsync: bool,
     /// Data directory of the embedded relay (initialised if empty, kept afterwards);
@@ -147,6 +150,7 @@ impl Default for Options {
             cover_rate: 0.0,
             seed: 1,
             mtu: 1452,
+            transport: TransportChoice::Quic,
             unsafe_no_fsync: false,
             data_dir: None,
             drain_timeout: None,
@@ -230,6 +234,7 @@ impl Options {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             quic: self.quic(),
+            transport: self.transport,
             ..ClientOptions::default()
         }
     }
@@ -256,6 +261,9 @@ impl Options {
                 .unwrap_or(u32::MAX)
                 .saturating_add(1),
         );
+        if self.transport == TransportChoice::Tcp {
+            c.listen_tcp = "127.0.0.1:0".into();
+        }
         if self.mtu != 0 {
             c.quic.initial_mtu = self.mtu;
             c.quic.min_mtu = self.mtu;
@@ -290,6 +298,7 @@ impl Options {
             seed: self.seed,
             cover_rate: self.cover_rate,
             mtu: self.mtu,
+            transport: self.transport.to_string(),
             unsafe_no_fsync: self.unsafe_no_fsync,
         }
     }
@@ -568,6 +577,8 @@ impl Backend {
 #[derive(Debug, Default)]
 struct Sessions {
     connections: Vec<quinn::Connection>,
+    /// TLS-over-TCP sessions (`--transport tcp`): bytes only, no datagrams.
+    tcp_links: Vec<Link>,
     endpoints: Vec<quinn::Endpoint>,
     relay_clients: Vec<RelayClient>,
 }
@@ -588,6 +599,12 @@ impl Sessions {
             counters.push((s.udp_tx.datagrams, s.udp_tx.bytes));
             counters.push((s.udp_rx.datagrams, s.udp_rx.bytes));
         }
+        for l in &self.tcp_links {
+            let s = l.stats();
+            w.connections += 1;
+            w.bytes_tx += s.bytes_sent;
+            w.bytes_rx += s.bytes_received;
+        }
         w.sizes = metrics::datagram_sizes(&counters);
         (w.sizes.len() as u64, w)
     }
@@ -598,6 +615,9 @@ impl Sessions {
         }
         for c in &self.connections {
             c.close(0u32.into(), b"");
+        }
+        for l in &self.tcp_links {
+            l.close(0u32.into(), b"");
         }
         for e in &self.endpoints {
             let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
@@ -614,11 +634,12 @@ async fn connect_relay(
     let bind = SocketAddr::from(([0, 0, 0, 0], 0));
     let endpoint = transport::client_endpoint(bind, &opts.quic)?;
     let config = transport::client_config(&opts.quic)?;
-    let framed = transport::connect_with(&endpoint, Some(config), relay, opts.connect_timeout)
+    let framed = transport::dial(&endpoint, Some(config), relay, &opts.dial_options())
         .await
         .with_context(|| format!("cannot connect to the relay at {}", relay.host_port()))?;
-    if let Some(c) = framed.connection.as_quic() {
-        sessions.connections.push(c.clone());
+    match framed.connection.as_quic() {
+        Some(c) => sessions.connections.push(c.clone()),
+        None => sessions.tcp_links.push(framed.connection.clone()),
     }
     sessions.endpoints.push(endpoint);
     let (client, rx) = RelayClient::from_framed(framed, relay.clone(), opts);

@@ -82,6 +82,28 @@ async fn embedded_relay_delivers_everything_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_run_over_tls_over_tcp_delivers_everything_exactly_once() {
+    let opts = Options {
+        transport: sotto_client::TransportChoice::Tcp,
+        ..small(DelayKind::Poisson)
+    };
+    let o = run_relay(&opts).await.unwrap();
+    let r = &o.report;
+    assert!(r.ok(), "{}", r.to_table());
+    assert_eq!(
+        (r.counts.sent, r.counts.delivered, r.counts.lost),
+        (200, 200, 0)
+    );
+    assert_eq!((r.counts.duplicated, r.counts.corrupted), (0, 0));
+    assert_eq!(r.ack_failed, 0, "{:?}", r.errors);
+    assert_eq!(r.config.transport, "tcp");
+    // Every session counted, with TLS bytes and no datagrams.
+    assert_eq!(r.wire.connections, 4, "{:?}", r.wire);
+    assert!(r.wire.bytes_tx > 200 * 16_406, "{:?}", r.wire);
+    assert_eq!((r.wire.datagrams_tx, r.wire.datagrams_rx), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisson_relay_run_is_verified_and_measured() {
     let o = run_relay(&small(DelayKind::Poisson)).await.unwrap();
     let r = &o.report;
