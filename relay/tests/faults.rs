@@ -582,8 +582,12 @@ async fn populated() -> (tempfile::TempDir, Vec<QueueCredentials>) {
     (dir, queues)
 }
 
-async fn populated_datadir() -> tempfile::TempDir {
-    populated().await.0
+/// A freshly initialised data directory (identity, key, empty store): enough for the
+/// checks of key files, which never reach the records.
+fn initialised_datadir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    datadir::init(dir.path(), &datadir::InitOptions::default()).unwrap();
+    dir
 }
 
 /// Every file of the directory with its bytes (`None` for a directory).
@@ -684,7 +688,7 @@ fn assert_names(stderr: &str, file: &str, fix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_database_refuses_to_start() {
-    let dir = populated_datadir().await;
+    let (dir, _) = populated().await;
     let db = dir.path().join(datadir::DB_FILE);
     let len = std::fs::metadata(&db).unwrap().len();
     for keep in [len / 2, 4096, 100, 0] {
@@ -703,7 +707,7 @@ async fn truncated_database_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_storage_key_refuses_to_start() {
-    let dir = populated_datadir().await;
+    let dir = initialised_datadir();
     // A well-formed key that is not the one the database was written with.
     let other = tempfile::tempdir().unwrap();
     datadir::init(other.path(), &datadir::InitOptions::default()).unwrap();
@@ -727,7 +731,7 @@ async fn unreadable_or_damaged_key_files_refuse_to_start() {
         datadir::TLS_KEY_FILE,
         datadir::TLS_CERT_FILE,
     ] {
-        let dir = populated_datadir().await;
+        let dir = initialised_datadir();
         let p = dir.path().join(file);
         std::fs::remove_file(&p).unwrap();
         std::fs::create_dir(&p).unwrap();
@@ -735,7 +739,7 @@ async fn unreadable_or_damaged_key_files_refuse_to_start() {
         assert_names(&stderr, file, "restore it from your backup");
     }
     for file in [datadir::RELAY_KEY_FILE, datadir::STORAGE_KEY_FILE] {
-        let dir = populated_datadir().await;
+        let dir = initialised_datadir();
         std::fs::write(dir.path().join(file), "damaged!").unwrap();
         let stderr = refuses_to_start(dir.path());
         assert_names(&stderr, file, "Restore it from your backup");
@@ -745,7 +749,7 @@ async fn unreadable_or_damaged_key_files_refuse_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_files_never_start_an_empty_store() {
     // The database gone, the identity present.
-    let dir = populated_datadir().await;
+    let dir = initialised_datadir();
     std::fs::remove_file(dir.path().join(datadir::DB_FILE)).unwrap();
     let stderr = refuses_to_start(dir.path());
     assert_names(&stderr, "queues.redb", "restore it from your backup");
@@ -754,7 +758,7 @@ async fn missing_files_never_start_an_empty_store() {
     // The identity gone, the store and its key present: `run` must not initialise a new
     // relay over them (that would replace storage.key and make every message unreadable).
     for file in [datadir::RELAY_KEY_FILE, datadir::STORAGE_KEY_FILE] {
-        let dir = populated_datadir().await;
+        let dir = initialised_datadir();
         std::fs::remove_file(dir.path().join(file)).unwrap();
         let stderr = refuses_to_start(dir.path());
         assert_names(&stderr, file, "from your backup");
