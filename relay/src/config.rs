@@ -27,7 +27,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5443";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:5444";
 
 /// The whole configuration, as read from `config.toml` with every default filled in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` shows every setting except `create_password` (a secret: only whether one is set).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Host name or IP that clients use to reach this relay; it goes into the address.
@@ -56,6 +57,45 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be added without deciding how it prints.
+        let Config {
+            host,
+            listen,
+            listen_tcp,
+            metrics,
+            create_password,
+            queues,
+            delivery,
+            store,
+            quic,
+            limits,
+            forwarding,
+            log,
+        } = self;
+        let password = if create_password.is_empty() {
+            "<none>"
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("Config")
+            .field("host", host)
+            .field("listen", listen)
+            .field("listen_tcp", listen_tcp)
+            .field("metrics", metrics)
+            .field("create_password", &format_args!("{password}"))
+            .field("queues", queues)
+            .field("delivery", delivery)
+            .field("store", store)
+            .field("quic", quic)
+            .field("limits", limits)
+            .field("forwarding", forwarding)
+            .field("log", log)
+            .finish()
+    }
 }
 
 impl Default for Config {

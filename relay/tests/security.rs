@@ -457,7 +457,6 @@ fn debug_output_of_secret_bearing_types_shows_no_secret() {
 
 /// The relay's configuration holds a secret (the create password of a private relay).
 #[test]
-#[ignore = "known: Config derives Debug and shows create_password (relay/src/config.rs); see docs/reliability.md"]
 fn config_debug_hides_the_create_password() {
     let mut config = sotto_relay::config::Config::default();
     config.create_password = "MARKER-create-password".into();
