@@ -343,7 +343,7 @@ async fn thousands_of_half_open_sessions_time_out() {
                 let Ok((mut send, recv)) = conn.open_bi().await else {
                     continue;
                 };
-                if (i + t) % 2 == 0 {
+                if (i + t).is_multiple_of(2) {
                     // Message 1 cut short: a prefix of a genuine one.
                     if let Ok((_, m1)) = Initiator::start(&key, &mut rand::rngs::OsRng) {
                         let _ = send.write_all(&m1[..1000]).await;

@@ -1,0 +1,178 @@
+//! AUTH timing: does a refused SEND take the same time whether or not the queue exists?
+//!
+//! A real relay runs in this process (loopback QUIC, the real store in a temporary
+//! directory); one client session sends signed SENDs of full-size bodies:
+//!
+//! - `existing_queue_wrong_signature`: to a secured queue's sender id, signed with the wrong
+//!   key → `ERR AUTH`;
+//! - `unknown_sender_id`: to a random sender id, signed → `ERR AUTH` (the relay verifies
+//!   against a dummy key so that the signature check is paid either way);
+//! - `valid_send` (reference): correctly signed → `OK` after a durable commit.
+//!
+//! First an interleaved pass (the three cases in turn, so drift hits them equally) reports
+//! mean, median and p99 of each and the difference between the two AUTH cases; then
+//! criterion measures each case on its own. Results: `docs/benchmarks.md` ("AUTH timing").
+//!
+//! Run: `cargo bench -p sotto-relay --bench auth_timing` (`-- --quick` for a short run).
+//! `SOTTO_AUTH_TIMING_SAMPLES` sets the size of the interleaved pass (default 20 000 each).
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sotto_client::transport::{self, QuicOptions};
+use sotto_client::{ClientError, ClientOptions, RelayClient};
+use sotto_protocol::{AuthSecretKey, ErrorCode, MAX_BODY, SenderId};
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    client: RelayClient,
+    sender_id: SenderId,
+    sender_key: AuthSecretKey,
+    wrong_key: AuthSecretKey,
+    _relay: sotto_relay::RunningRelay,
+    _endpoint: quinn::Endpoint,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("temp dir");
+        sotto_relay::datadir::init(dir.path(), &Default::default()).expect("init");
+        let mut config = sotto_relay::config::Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            metrics: "off".into(),
+            ..Default::default()
+        };
+        config.delivery.mode = "off".into();
+        config.queues.quota = u32::MAX;
+        config.limits.commands_per_session_per_s = 1_000_000;
+        let (relay, endpoint, client, sender_id, sender_key) = rt.block_on(async {
+            let relay = sotto_relay::start(dir.path(), config).await.expect("relay");
+            let endpoint = transport::client_endpoint(
+                "127.0.0.1:0".parse().expect("address"),
+                &QuicOptions::default(),
+            )
+            .expect("endpoint");
+            let opts = ClientOptions {
+                connect_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(20),
+                ..ClientOptions::default()
+            };
+            let (client, pushes) = RelayClient::connect(&endpoint, &relay.address, &opts)
+                .await
+                .expect("connect");
+            drop(pushes);
+            let creds = client.create_queue(None).await.expect("NEW");
+            let sender_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+            client
+                .secure(&creds, sender_key.public())
+                .await
+                .expect("KEY");
+            (relay, endpoint, client, creds.sender_id, sender_key)
+        });
+        Bench {
+            rt,
+            client,
+            sender_id,
+            sender_key,
+            wrong_key: AuthSecretKey::generate(&mut rand::rngs::OsRng),
+            _relay: relay,
+            _endpoint: endpoint,
+            _dir: dir,
+        }
+    }
+
+    /// One SEND of case `case`; returns its round-trip time.
+    fn once(&self, case: Case) -> Duration {
+        let body = vec![0x33; MAX_BODY];
+        let (id, key, want_ok) = match case {
+            Case::WrongSignature => (self.sender_id, &self.wrong_key, false),
+            Case::UnknownId => (
+                SenderId::random(&mut rand::rngs::OsRng),
+                &self.sender_key,
+                false,
+            ),
+            Case::Valid => (self.sender_id, &self.sender_key, true),
+        };
+        let started = Instant::now();
+        let r = self.rt.block_on(self.client.send(id, Some(key), 0, body));
+        let took = started.elapsed();
+        match (r, want_ok) {
+            (Ok(()), true) | (Err(ClientError::Relay(ErrorCode::Auth)), false) => {}
+            (other, _) => panic!("{case:?}: unexpected answer {other:?}"),
+        }
+        took
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Case {
+    WrongSignature,
+    UnknownId,
+    Valid,
+}
+
+fn summary(name: &str, mut d: Vec<Duration>) -> (f64, f64) {
+    d.sort();
+    let us = |x: Duration| x.as_secs_f64() * 1e6;
+    let n = d.len();
+    let mean = d.iter().map(|x| us(*x)).sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (us(*x) - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+    println!(
+        "{name:<32} n={n:<6} mean {mean:>8.1} µs  p50 {:>8.1} µs  p99 {:>8.1} µs",
+        us(d[n / 2]),
+        us(d[n * 99 / 100])
+    );
+    (mean, var / n as f64)
+}
+
+fn interleaved(bench: &Bench) {
+    let n: usize = std::env::var("SOTTO_AUTH_TIMING_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    // Warm up connections, caches and the store.
+    for _ in 0..500 {
+        bench.once(Case::WrongSignature);
+        bench.once(Case::UnknownId);
+    }
+    let (mut wrong, mut unknown, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        wrong.push(bench.once(Case::WrongSignature));
+        unknown.push(bench.once(Case::UnknownId));
+        if i % 10 == 0 {
+            valid.push(bench.once(Case::Valid));
+        }
+    }
+    println!("AUTH timing, interleaved pass ({n} samples of each AUTH case):");
+    let (m1, se1) = summary("existing queue, wrong signature", wrong);
+    let (m2, se2) = summary("unknown sender id", unknown);
+    summary("valid SEND (reference)", valid);
+    let diff = m1 - m2;
+    let t = diff / (se1 + se2).sqrt();
+    println!("difference of means (existing − unknown): {diff:+.2} µs (Welch t = {t:.2})");
+}
+
+fn auth_timing(c: &mut Criterion) {
+    let bench = Bench::new();
+    interleaved(&bench);
+    let mut g = c.benchmark_group("auth_timing");
+    g.bench_function("existing_queue_wrong_signature", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| bench.once(Case::WrongSignature)).sum())
+    });
+    g.bench_function("unknown_sender_id", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| bench.once(Case::UnknownId)).sum())
+    });
+    g.bench_function("valid_send", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| bench.once(Case::Valid)).sum())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, auth_timing);
+criterion_main!(benches);
