@@ -86,7 +86,8 @@ pub struct ClientOptions {
     /// `127.0.0.1:9050`), over TCP; the proxy resolves relay host names. Required for
     /// `.onion` relays.
     pub socks5: Option<Socks5Proxy>,
-    /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried.
+    /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried
+    /// (at most half of `connect_timeout`).
     pub quic_fallback_after: Duration,
 }
 

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sotto_client::ClientOptions;
 use sotto_client::agent::{
     Agent, AgentError, AgentOptions, ContactStatus, Event, KdfParams, ReceiveOptions, StoreError,
 };
+use sotto_client::{ClientOptions, Socks5Proxy};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
@@ -56,6 +56,11 @@ struct Cli {
     /// this command, overriding `sotto relay through`.
     #[arg(long, global = true, value_name = "RELAY")]
     through: Option<String>,
+    /// Connect to relays only through this SOCKS5 proxy — Tor's is 127.0.0.1:9050 — over
+    /// TCP, with relay names resolved by the proxy (needed for .onion relays); for this
+    /// command, overriding `sotto relay proxy`.
+    #[arg(long, global = true, env = "SOTTO_SOCKS5", value_name = "HOST:PORT")]
+    socks5: Option<Socks5Proxy>,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,6 +166,15 @@ enum RelayCommand {
         #[arg(long, conflicts_with = "relay")]
         off: bool,
     },
+    /// Show or set the SOCKS5 proxy (Tor: 127.0.0.1:9050) that every relay connection goes
+    /// through by default, hiding your IP address from relays.
+    Proxy {
+        /// HOST:PORT of the proxy; omit to show the current one.
+        proxy: Option<Socks5Proxy>,
+        /// Connect directly again.
+        #[arg(long, conflicts_with = "proxy")]
+        off: bool,
+    },
 }
 
 /// Errors of the CLI: the agent's, or its own.
@@ -199,7 +213,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Shows the transport's notices on stderr, as plain lines: today only the switch to TCP
+/// when a relay does not answer over UDP. Nothing else is logged.
+fn init_notices() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(false);
+    let only = Targets::new().with_target("sotto_client::transport", LevelFilter::INFO);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(only)
+        .try_init();
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
+    init_notices();
     let home = match cli.home.clone() {
         Some(h) => h,
         None => dirs::data_dir()
@@ -214,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let opts = AgentOptions {
         client: ClientOptions {
             connect_timeout: Duration::from_secs(cli.timeout.max(1)),
+            socks5: cli.socks5.clone(),
             ..ClientOptions::default()
         },
         auto_delay_mean: Duration::from_secs_f64(cli.auto_delay),
@@ -269,6 +304,17 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
                 match now {
                     Some(r) => println!("sending through {r}"),
                     None => println!("sending directly"),
+                }
+            }
+            RelayCommand::Proxy { proxy, off } => {
+                if off {
+                    agent.set_socks5(None)?;
+                } else if let Some(p) = &proxy {
+                    agent.set_socks5(Some(p))?;
+                }
+                match agent.socks5()? {
+                    Some(p) => println!("connecting to relays through the SOCKS5 proxy {p}"),
+                    None => println!("connecting to relays directly"),
                 }
             }
         },

@@ -1151,7 +1151,7 @@ pub struct DialOptions {
     /// Route every connection through this SOCKS5 proxy (Tor), over TCP.
     pub socks5: Option<Socks5Proxy>,
     /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried
-    /// alongside it.
+    /// alongside it (at most half of `timeout`, so that TCP gets time too).
     pub quic_fallback_after: Duration,
     /// Bound on the whole attempt (resolving, connecting, handshakes).
     pub timeout: Duration,
@@ -1228,7 +1228,7 @@ async fn dial_auto(
             Err(e) if e.udp_may_be_blocked() => (e, false),
             Err(e) => return Err(e),
         },
-        () = tokio::time::sleep(opts.quic_fallback_after.min(opts.timeout)) => {
+        () = tokio::time::sleep(opts.quic_fallback_after.min(opts.timeout / 2)) => {
             // QUIC keeps trying below; TCP starts alongside it.
             (TransportError::Timeout, true)
         }

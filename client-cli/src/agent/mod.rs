@@ -350,6 +350,14 @@ impl Agent {
         let store = Store::open(home, passphrase)?;
         let mut agent = Self::with_store(store, opts);
         agent.through = agent.send_through()?;
+        // The profile's proxy, unless this run was given one (`--socks5`). No connection
+        // exists yet, so the network layer can simply be made again.
+        if agent.opts.client.socks5.is_none()
+            && let Some(proxy) = agent.socks5()?
+        {
+            agent.opts.client.socks5 = Some(proxy);
+            agent.net = Net::new(agent.opts.client.clone());
+        }
         Ok(agent)
     }
 
@@ -484,6 +492,39 @@ impl Agent {
         })?;
         self.through = relay.clone();
         Ok(relay)
+    }
+
+    /// The profile's SOCKS5 proxy (Tor), through which every relay connection goes (over
+    /// TCP, with relay host names resolved by the proxy), if one is set.
+    ///
+    /// # Errors
+    /// Store errors, a damaged stored proxy address.
+    pub fn socks5(&self) -> Result<Option<crate::transport::Socks5Proxy>, AgentError> {
+        let st = self.store.read()?;
+        st.socks5
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| AgentError::State(StateError("SOCKS5 proxy")))
+            })
+            .transpose()
+    }
+
+    /// Sets (or with `None` removes) the profile's SOCKS5 proxy. It applies to connections
+    /// made by agents opened from now on.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn set_socks5(
+        &mut self,
+        proxy: Option<&crate::transport::Socks5Proxy>,
+    ) -> Result<(), AgentError> {
+        let text = proxy.map(ToString::to_string);
+        self.store.update(|st| {
+            st.socks5 = text.clone();
+            Ok::<_, AgentError>(())
+        })?;
+        Ok(())
     }
 
     /// Sends through `spec` (as for `--via`) for the rest of this agent's life, whatever

@@ -63,6 +63,10 @@ pub struct State {
     /// Absent in profiles written before it existed.
     #[serde(default)]
     pub send_through: Option<String>,
+    /// SOCKS5 proxy (Tor) every relay connection goes through (`host:port`). Absent in
+    /// profiles written before it existed.
+    #[serde(default)]
+    pub socks5: Option<String>,
 }
 
 impl Default for State {
@@ -75,6 +79,7 @@ impl Default for State {
             outbox: Vec::new(),
             next_id: 1,
             send_through: None,
+            socks5: None,
         }
     }
 }
