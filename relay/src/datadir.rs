@@ -205,7 +205,11 @@ pub fn address(key: &RelayStaticKey, config: &Config, port: u16) -> anyhow::Resu
         key: key.public(),
         host,
         port,
-        tcp: config.listen_tcp_addr().map(|a| a.port()),
+        // Port 0 (any free port) is only known once bound: no hint until then.
+        tcp: config
+            .listen_tcp_addr()
+            .map(|a| a.port())
+            .filter(|p| *p != 0),
     })
 }
 
@@ -314,5 +318,23 @@ mod tests {
         fs::remove_file(dir.path().join(RELAY_KEY_FILE)).unwrap();
         let e = format!("{:#}", load_identity(dir.path()).unwrap_err());
         assert!(e.contains("relay.key"), "{e}");
+    }
+
+    #[test]
+    fn the_address_announces_the_tcp_listener() {
+        let key = RelayStaticKey::generate(&mut rand::rngs::OsRng);
+        let with = |listen_tcp: &str| {
+            let config = Config {
+                host: "relay.example.org".into(),
+                listen_tcp: listen_tcp.into(),
+                ..Config::default()
+            };
+            address(&key, &config, 5443).unwrap().to_string()
+        };
+        assert!(with("off").ends_with("@relay.example.org"));
+        assert!(with("0.0.0.0:5443").ends_with("@relay.example.org?tcp"));
+        assert!(with("0.0.0.0:443").ends_with("@relay.example.org?tcp=443"));
+        // Any free port: only the running relay knows it.
+        assert!(with("127.0.0.1:0").ends_with("@relay.example.org"));
     }
 }
