@@ -12,16 +12,22 @@
 //! - hello (first record of each stream, client → forwarder): `role u8` (1 sender,
 //!   2 receiver), `index u32`;
 //! - data (sender → forwarder → receiver): `queue u32, seq u64, len u16, body[len]`;
-//! - ok (forwarder → sender): `count u16, seq u64 × count` (greedily batched).
+//! - ok (forwarder → sender) and ack (receiver → forwarder): `count u16, seq u64 × count`
+//!   (greedily batched).
 //!
 //! The forwarder routes a data record for queue `q` to receiver `q mod receivers` — the
-//! assignment the relay runs use — and answers the sender with the sequence number. There
-//! are no acknowledgements from receivers (nothing is stored, so nothing is deleted).
+//! assignment the relay runs use — and answers the sender with the sequence number.
+//! Receivers acknowledge what they receive with ack records, which the forwarder reads and
+//! discards: relay receivers send an ACK per message too, and it keeps every connection's
+//! traffic ack-eliciting in both directions. (A receiver that only ever sends QUIC ACKs,
+//! padded to the MTU, stalls for ~10 s at a time under bulk load — the padding stall
+//! described in `sotto_client::transport`; measured here before this was added.)
 //!
 //! # Bounds
 //!
-//! Per receiver, [`ROUTE_QUEUE`] records (4 MiB) wait for its stream; per sender,
-//! [`OK_QUEUE`] sequence numbers (32 KiB) wait for an OK record; a sender's reads stop while
+//! Per receiver, [`ROUTE_QUEUE`] records (4 MiB) wait for its stream; per sender (and per
+//! receiver, for acks), [`OK_QUEUE`] sequence numbers (32 KiB) wait for a record; a sender's
+//! reads stop while
 //! its receiver's queue is full, so QUIC flow control pushes back on the sender.
 
 use std::collections::HashMap;
@@ -156,7 +162,9 @@ async fn accept_loop(
             let index = u32_at(&hello, 1);
             let run = async {
                 match hello.first() {
-                    Some(&ROLE_RECEIVER) => serve_receiver(send, index, &routes, &registered).await,
+                    Some(&ROLE_RECEIVER) => {
+                        serve_receiver(send, recv, index, &routes, &registered).await;
+                    }
                     Some(&ROLE_SENDER) => serve_sender(send, recv, &routes).await,
                     _ => {}
                 }
@@ -172,6 +180,7 @@ async fn accept_loop(
 
 async fn serve_receiver(
     mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
     index: u32,
     routes: &Route,
     registered: &watch::Sender<u32>,
@@ -185,12 +194,20 @@ async fn serve_receiver(
         *slot = Some(tx);
     }
     registered.send_modify(|n| *n += 1);
-    while let Some(frame) = rx.recv().await {
-        if send.write_all(&frame).await.is_err() {
-            break;
+    let forward = async move {
+        while let Some(frame) = rx.recv().await {
+            if send.write_all(&frame).await.is_err() {
+                break;
+            }
         }
-    }
-    let _ = send.finish();
+        let _ = send.finish();
+    };
+    // Ack records from the receiver are read and discarded.
+    let discard = async move {
+        let mut frame = vec![0u8; FRAME_LEN];
+        while recv.read_exact(&mut frame).await.is_ok() {}
+    };
+    tokio::join!(forward, discard);
 }
 
 async fn serve_sender(mut send: quinn::SendStream, mut recv: quinn::RecvStream, routes: &Route) {
@@ -327,19 +344,42 @@ pub async fn connect(
     })
 }
 
-/// Reads data records from a receiver connection until it ends, calling `on_data` for each.
+/// Reads data records from a receiver connection until it ends, calling `on_data` for each
+/// and acknowledging each with an ack record (batched greedily).
 pub async fn receive(conn: CeilingConnection, mut on_data: impl FnMut(u32, &[u8])) {
-    let CeilingConnection { mut recv, .. } = conn;
+    let CeilingConnection {
+        mut send, mut recv, ..
+    } = conn;
+    let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(OK_QUEUE);
+    let acks = tokio::spawn(async move {
+        while let Some(first) = ack_rx.recv().await {
+            let mut seqs = vec![first];
+            while seqs.len() < OK_PER_RECORD {
+                match ack_rx.try_recv() {
+                    Ok(s) => seqs.push(s),
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&ok_record(&seqs)).await.is_err() {
+                break;
+            }
+        }
+    });
     loop {
         let mut frame = vec![0u8; FRAME_LEN];
         if recv.read_exact(&mut frame).await.is_err() {
-            return;
+            break;
         }
         match parse_data(&frame) {
             Some((queue, body)) => on_data(queue, body),
             None => on_data(u32::MAX, &[]),
         }
+        if ack_tx.send(u64_at(&frame, 4)).await.is_err() {
+            break;
+        }
     }
+    drop(ack_tx);
+    let _ = acks.await;
 }
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
