@@ -210,6 +210,18 @@ async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(m) = relay.metrics_addr {
         eprintln!("sotto-relay: metrics on http://{m}/metrics");
     }
+    let loopback_host = matches!(
+        &relay.address.host,
+        sotto_protocol::address::Host::Ipv4(a) if a.is_loopback()
+    ) || matches!(&relay.address.host, sotto_protocol::address::Host::Ipv6(a) if a.is_loopback());
+    if loopback_host && !relay.local_addr.ip().is_loopback() {
+        eprintln!(
+            "sotto-relay: the address above names {}, which only this machine can reach; \
+             give other people an address with your public name or IP: restart with --host HOST \
+             (or set `host` in config.toml)",
+            relay.address.host
+        );
+    }
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     tokio::select! {
