@@ -583,9 +583,12 @@ struct Job {
 enum Msg {
     /// A write to apply.
     Job(Job),
-    /// A reader found the database unusable (latched after an I/O error, or not reopened
-    /// yet): reopen it even if no write comes.
-    Reopen,
+    /// A reader found the database unusable even if no write comes: `None` when the slot
+    /// was empty (an earlier reopen failed: try again), `Some(instance)` when that instance
+    /// (its address) is latched after an I/O error. Stale requests (the instance was
+    /// replaced since) are ignored, so that reads failing during a reopen cannot make the
+    /// writer reopen again and again.
+    Reopen(Option<usize>),
 }
 
 /// How long the writer waits for in-flight reads to release the database before reopening
@@ -882,7 +885,7 @@ impl Store {
     /// fails with [`StoreError::Io`].
     fn read(&self) -> Result<Reader, StoreError> {
         let Some(db) = self.inner.slot.get() else {
-            let _ = self.inner.writer.try_send(Msg::Reopen);
+            let _ = self.inner.writer.try_send(Msg::Reopen(None));
             return Err(StoreError::Io(
                 "the database is being reopened after a write failure".into(),
             ));
@@ -892,7 +895,8 @@ impl Store {
             Err(e) => {
                 let e = redb::Error::from(e);
                 if matches!(e, redb::Error::PreviousIo | redb::Error::DatabaseClosed) {
-                    let _ = self.inner.writer.try_send(Msg::Reopen);
+                    let id = Arc::as_ptr(&db) as usize;
+                    let _ = self.inner.writer.try_send(Msg::Reopen(Some(id)));
                 }
                 Err(io(e))
             }
@@ -901,10 +905,11 @@ impl Store {
 
     /// Maps a read error; asks the writer to reopen a database that redb has latched after an
     /// I/O error.
-    fn rd(&self, e: impl Into<redb::Error>) -> StoreError {
+    fn rd(&self, txn: &Reader, e: impl Into<redb::Error>) -> StoreError {
         let e: redb::Error = e.into();
         if matches!(e, redb::Error::PreviousIo | redb::Error::DatabaseClosed) {
-            let _ = self.inner.writer.try_send(Msg::Reopen);
+            let id = Arc::as_ptr(&txn._db) as usize;
+            let _ = self.inner.writer.try_send(Msg::Reopen(Some(id)));
         }
         io(e)
     }
@@ -941,8 +946,8 @@ impl Store {
     /// Read or decryption failure.
     pub fn queue_by_ref(&self, r: &QueueRef) -> Result<Option<QueueRecord>, StoreError> {
         let txn = self.read()?;
-        let t = txn.open_table(QUEUES).map_err(|e| self.rd(e))?;
-        match t.get(r).map_err(|e| self.rd(e))? {
+        let t = txn.open_table(QUEUES).map_err(|e| self.rd(&txn, e))?;
+        match t.get(r).map_err(|e| self.rd(&txn, e))? {
             Some(v) => Ok(Some(decode_queue_record(
                 &self.inner.keys.open(&queue_ad(r), v.value())?,
             )?)),
@@ -969,16 +974,19 @@ impl Store {
     ) -> Result<Option<(QueueRef, QueueRecord)>, StoreError> {
         let s = self.inner.keys.sender_ref(id);
         let txn = self.read()?;
-        let senders = txn.open_table(SENDERS).map_err(|e| self.rd(e))?;
-        let found = senders.get(&s).map_err(|e| self.rd(e))?.map(|v| v.value());
-        let t = txn.open_table(QUEUES).map_err(|e| self.rd(e))?;
+        let senders = txn.open_table(SENDERS).map_err(|e| self.rd(&txn, e))?;
+        let found = senders
+            .get(&s)
+            .map_err(|e| self.rd(&txn, e))?
+            .map(|v| v.value());
+        let t = txn.open_table(QUEUES).map_err(|e| self.rd(&txn, e))?;
         let Some(r) = found else {
             // The lookup a hit would make (a key that is never stored), then the record work.
-            let _ = t.get(&self.inner.dummy.0).map_err(|e| self.rd(e))?;
+            let _ = t.get(&self.inner.dummy.0).map_err(|e| self.rd(&txn, e))?;
             self.dummy_work();
             return Ok(None);
         };
-        match t.get(&r).map_err(|e| self.rd(e))? {
+        match t.get(&r).map_err(|e| self.rd(&txn, e))? {
             Some(v) => Ok(Some((
                 r,
                 decode_queue_record(&self.inner.keys.open(&queue_ad(&r), v.value())?)?,
@@ -1008,12 +1016,12 @@ impl Store {
         now_ms: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
         let txn = self.read()?;
-        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(e))?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(&txn, e))?;
         for entry in t
             .range((*queue, 0u64)..=(*queue, u64::MAX))
-            .map_err(|e| self.rd(e))?
+            .map_err(|e| self.rd(&txn, e))?
         {
-            let (k, v) = entry.map_err(|e| self.rd(e))?;
+            let (k, v) = entry.map_err(|e| self.rd(&txn, e))?;
             let (_, seq) = k.value();
             let value = v.value();
             let (release, sealed) = split_release(value)?;
@@ -1038,9 +1046,9 @@ impl Store {
     /// Read failure.
     pub fn message_count(&self, queue: &QueueRef) -> Result<usize, StoreError> {
         let txn = self.read()?;
-        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(e))?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(&txn, e))?;
         Ok(t.range((*queue, 0u64)..=(*queue, u64::MAX))
-            .map_err(|e| self.rd(e))?
+            .map_err(|e| self.rd(&txn, e))?
             .count())
     }
 
@@ -1051,13 +1059,13 @@ impl Store {
     /// Read failure.
     pub fn pending_after(&self, now_ms: u64) -> Result<Vec<(QueueRef, u64, u64)>, StoreError> {
         let txn = self.read()?;
-        let t = txn.open_table(PENDING).map_err(|e| self.rd(e))?;
+        let t = txn.open_table(PENDING).map_err(|e| self.rd(&txn, e))?;
         let mut out = Vec::new();
         for entry in t
             .range((now_ms.saturating_add(1), [0u8; 32], 0u64)..)
-            .map_err(|e| self.rd(e))?
+            .map_err(|e| self.rd(&txn, e))?
         {
-            let (k, _) = entry.map_err(|e| self.rd(e))?;
+            let (k, _) = entry.map_err(|e| self.rd(&txn, e))?;
             let (release, q, _seq) = k.value();
             out.push((q, release, now_ms));
         }
@@ -1072,14 +1080,14 @@ impl Store {
         let txn = self.read()?;
         let q = txn
             .open_table(QUEUES)
-            .map_err(|e| self.rd(e))?
+            .map_err(|e| self.rd(&txn, e))?
             .len()
-            .map_err(|e| self.rd(e))?;
+            .map_err(|e| self.rd(&txn, e))?;
         let m = txn
             .open_table(MESSAGES)
-            .map_err(|e| self.rd(e))?
+            .map_err(|e| self.rd(&txn, e))?
             .len()
-            .map_err(|e| self.rd(e))?;
+            .map_err(|e| self.rd(&txn, e))?;
         Ok((q, m))
     }
 
@@ -1092,10 +1100,10 @@ impl Store {
     #[doc(hidden)]
     pub fn raw_values(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let txn = self.read()?;
-        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(e))?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(&txn, e))?;
         let mut out = Vec::new();
-        for e in t.iter().map_err(|e| self.rd(e))? {
-            out.push(e.map_err(|e| self.rd(e))?.1.value().to_vec());
+        for e in t.iter().map_err(|e| self.rd(&txn, e))? {
+            out.push(e.map_err(|e| self.rd(&txn, e))?.1.value().to_vec());
         }
         Ok(out)
     }
@@ -1130,20 +1138,25 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = Vec::new();
-            let mut reopen = false;
-            match first {
+            let mut latched = Vec::new();
+            let mut take = |m: Msg, jobs: &mut Vec<Job>| match m {
                 Msg::Job(j) => jobs.push(j),
-                Msg::Reopen => reopen = true,
-            }
+                Msg::Reopen(Some(id)) => latched.push(id),
+                Msg::Reopen(None) => {}
+            };
+            take(first, &mut jobs);
             while jobs.len() < self.opts.max_batch {
                 match rx.try_recv() {
-                    Ok(Msg::Job(j)) => jobs.push(j),
-                    Ok(Msg::Reopen) => reopen = true,
+                    Ok(m) => take(m, &mut jobs),
                     Err(_) => break,
                 }
             }
-            if reopen || self.slot.get().is_none() {
-                self.recover(reopen);
+            // Only the instance that is in the slot now counts as latched.
+            let current = self.slot.get().map(|db| Arc::as_ptr(&db) as usize);
+            match current {
+                Some(id) if latched.contains(&id) => self.recover(true),
+                Some(_) => {}
+                None => self.recover(false),
             }
             if jobs.is_empty() {
                 continue;
