@@ -6,7 +6,8 @@
 //! - [`ceiling`]: the plain QUIC forwarder that measures this machine's physical ceiling;
 //! - [`metrics`]: every measurement as a pure function over timestamp records;
 //! - [`report`], [`plot`]: JSON, table, CSV and SVG output;
-//! - [`cpu`]: CPU accounting.
+//! - [`cpu`]: CPU accounting;
+//! - [`sessions`]: idle sessions against a running relay (memory and handshake cost).
 //!
 //! The definitions behind every number are in `docs/loadtest.md`.
 
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod plot;
 pub mod report;
 pub mod runner;
+pub mod sessions;
 pub mod workload;
 
 pub use report::Report;

@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use sotto_client::TransportChoice;
+use sotto_client::transport::QuicOptions;
 use sotto_loadtest::plot::{self, PlotData};
 use sotto_loadtest::report::{write_csv, write_json};
+use sotto_loadtest::sessions::IdleSessionsOptions;
 use sotto_loadtest::{DelayKind, Options, Outcome};
 use sotto_protocol::{MAX_BODY, RelayAddress};
 
@@ -93,6 +95,20 @@ struct Cli {
     /// Only create N queues as fast as possible, report the rate, and exit.
     #[arg(long, value_name = "N")]
     create_queues: Option<u64>,
+    /// Only open N idle sessions to the running relay given with --relay (handshake, then
+    /// QUIC keep-alives), hold them for --hold seconds, and report the relay's memory per
+    /// session and CPU per handshake (needs --relay-pid).
+    #[arg(long, value_name = "N", requires = "relays")]
+    idle_sessions: Option<u64>,
+    /// Process id of the relay given with --relay, to read its memory and CPU time from /proc.
+    #[arg(long, value_name = "PID")]
+    relay_pid: Option<u32>,
+    /// --idle-sessions: seconds to keep the sessions open before measuring and closing.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    hold: f64,
+    /// --idle-sessions: handshakes in progress at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    handshake_concurrency: usize,
     /// Embedded relay: commit without fsync (benchmarks of the durability cost only).
     #[arg(long)]
     unsafe_no_fsync: bool,
@@ -201,8 +217,45 @@ fn write_outputs(cli: &Cli, outcome: &Outcome, opts: &Options) -> anyhow::Result
     Ok(())
 }
 
+async fn idle_sessions(cli: &Cli, n: u64) -> anyhow::Result<ExitCode> {
+    let relay = match cli.relays.as_slice() {
+        [r] => r.clone(),
+        _ => anyhow::bail!("--idle-sessions needs exactly one --relay"),
+    };
+    let quic = if cli.mtu == 0 {
+        QuicOptions::default()
+    } else {
+        QuicOptions::uniform_mtu(cli.mtu)
+    };
+    let opts = IdleSessionsOptions {
+        relay,
+        relay_pid: cli.relay_pid,
+        sessions: n,
+        concurrency: cli.handshake_concurrency,
+        hold: Duration::try_from_secs_f64(cli.hold)
+            .context("--hold must be a non-negative number of seconds")?,
+        quic,
+        connect_timeout: Duration::from_secs(30),
+    };
+    let report = sotto_loadtest::sessions::idle_sessions(&opts).await?;
+    if !cli.quiet {
+        print!("{}", report.to_table());
+    }
+    if let Some(path) = &cli.json {
+        write_json(path, &report)?;
+    }
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let opts = cli.options()?;
+    if let Some(n) = cli.idle_sessions {
+        return idle_sessions(&cli, n).await;
+    }
     if let Some(n) = cli.create_queues {
         let report = sotto_loadtest::create_queues(&opts, n).await?;
         if !cli.quiet {

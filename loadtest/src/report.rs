@@ -126,7 +126,9 @@ pub struct AdversarySummary {
     pub model_mean_ms: f64,
 }
 
-/// QUIC datagram counters summed over the tester's connections.
+/// QUIC datagram counters summed over the tester's connections, for the dispatch phase
+/// (from the first SEND to the end of the drain; handshakes excluded). With TLS over TCP
+/// only the byte counts are filled.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WireSummary {
     /// Connections counted.
@@ -139,6 +141,8 @@ pub struct WireSummary {
     pub datagrams_rx: u64,
     /// Their bytes.
     pub bytes_rx: u64,
+    /// Packets quinn declared lost on the tester's connections.
+    pub lost_packets: u64,
     /// The distinct per-datagram sizes inferred (see `docs/loadtest.md`).
     pub sizes: Vec<u64>,
 }

@@ -52,6 +52,12 @@ use crate::workload::{HEADER_LEN, Planned, Workload, WorkloadSpec, make_body, ve
 /// Distinct error messages kept for the report.
 const MAX_ERRORS: usize = 8;
 
+/// Largest `--window`: bounds the messages in flight (each holds a task and a body).
+pub const MAX_WINDOW: usize = 1_000_000;
+
+/// Largest `--connections` per relay (each session has its own UDP socket and tasks).
+pub const MAX_CONNECTIONS: u32 = 4096;
+
 /// Deliveries over which the posterior entropy is averaged (evenly spaced).
 const ENTROPY_SAMPLE: usize = 2000;
 
@@ -175,8 +181,11 @@ impl Options {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             bail!("--rate must be a non-negative number");
         }
-        if self.window == 0 {
-            bail!("--window must be at least 1");
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            bail!("--window must be between 1 and {MAX_WINDOW}");
+        }
+        if self.connections > MAX_CONNECTIONS {
+            bail!("--connections must be at most {MAX_CONNECTIONS} (per relay)");
         }
         if !(HEADER_LEN..=MAX_BODY).contains(&self.body_bytes) {
             bail!("--body-bytes must be between {HEADER_LEN} and {MAX_BODY}");
@@ -584,26 +593,61 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn wire(&self) -> (u64, WireSummary) {
+    /// The sessions' counters now: QUIC `[tx datagrams, tx bytes, rx datagrams, rx bytes,
+    /// lost packets]` per connection, TCP `[bytes sent, bytes received]` per link.
+    fn mark(&self) -> WireMark {
+        WireMark {
+            quic: self
+                .connections
+                .iter()
+                .map(|c| {
+                    let s = c.stats();
+                    [
+                        s.udp_tx.datagrams,
+                        s.udp_tx.bytes,
+                        s.udp_rx.datagrams,
+                        s.udp_rx.bytes,
+                        s.path.lost_packets,
+                    ]
+                })
+                .collect(),
+            tcp: self
+                .tcp_links
+                .iter()
+                .map(|l| {
+                    let s = l.stats();
+                    [s.bytes_sent, s.bytes_received]
+                })
+                .collect(),
+        }
+    }
+
+    /// What crossed the wire since `since` (taken when dispatch began, so the handshakes'
+    /// datagrams — which QUIC does not pad to the MTU — are not counted), and the number of
+    /// distinct datagram sizes that is consistent with it.
+    fn wire(&self, since: &WireMark) -> (u64, WireSummary) {
+        let now = self.mark();
         let mut counters = Vec::new();
         let mut w = WireSummary {
-            connections: self.connections.len() as u64,
+            connections: (now.quic.len() + now.tcp.len()) as u64,
             ..WireSummary::default()
         };
-        for c in &self.connections {
-            let s = c.stats();
-            w.datagrams_tx += s.udp_tx.datagrams;
-            w.bytes_tx += s.udp_tx.bytes;
-            w.datagrams_rx += s.udp_rx.datagrams;
-            w.bytes_rx += s.udp_rx.bytes;
-            counters.push((s.udp_tx.datagrams, s.udp_tx.bytes));
-            counters.push((s.udp_rx.datagrams, s.udp_rx.bytes));
+        for (i, c) in now.quic.iter().enumerate() {
+            let before = since.quic.get(i).copied().unwrap_or_default();
+            let [tx_d, tx_b, rx_d, rx_b, lost]: [u64; 5] =
+                std::array::from_fn(|k| c[k].saturating_sub(before[k]));
+            w.datagrams_tx += tx_d;
+            w.bytes_tx += tx_b;
+            w.datagrams_rx += rx_d;
+            w.bytes_rx += rx_b;
+            w.lost_packets += lost;
+            counters.push((tx_d, tx_b));
+            counters.push((rx_d, rx_b));
         }
-        for l in &self.tcp_links {
-            let s = l.stats();
-            w.connections += 1;
-            w.bytes_tx += s.bytes_sent;
-            w.bytes_rx += s.bytes_received;
+        for (i, l) in now.tcp.iter().enumerate() {
+            let before = since.tcp.get(i).copied().unwrap_or_default();
+            w.bytes_tx += l[0].saturating_sub(before[0]);
+            w.bytes_rx += l[1].saturating_sub(before[1]);
         }
         w.sizes = metrics::datagram_sizes(&counters);
         (w.sizes.len() as u64, w)
@@ -623,6 +667,13 @@ impl Sessions {
             let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
         }
     }
+}
+
+/// Counters of every session at one instant (see [`Sessions::mark`]).
+#[derive(Debug, Clone, Default)]
+struct WireMark {
+    quic: Vec<[u64; 5]>,
+    tcp: Vec<[u64; 2]>,
 }
 
 /// Connects one session to `relay`, keeping the QUIC connection for its counters.
@@ -760,6 +811,7 @@ async fn run_relay_on(
 
     let cancel = CancellationToken::new();
     let cover_tasks = start_cover(opts, &collector, cover_clients, &cancel);
+    let mark = sessions.mark();
     let measured = drive(opts, &collector, &backend, embedded).await;
     cancel.cancel();
     for t in cover_tasks {
@@ -767,7 +819,7 @@ async fn run_relay_on(
     }
     collector.acks.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), collector.acks.wait()).await;
-    let (distinct, wire) = sessions.wire();
+    let (distinct, wire) = sessions.wire(&mark);
     drop(backend);
     sessions.close().await;
     for t in receive_tasks {
@@ -1100,8 +1152,9 @@ pub async fn run_ceiling(opts: &Options) -> anyhow::Result<Outcome> {
         senders,
         receivers: n,
     });
+    let mark = sessions.mark();
     let measured = drive(opts, &collector, &backend, false).await;
-    let (distinct, wire) = sessions.wire();
+    let (distinct, wire) = sessions.wire(&mark);
     drop(backend);
     sessions.close().await;
     forwarder.shutdown().await;
