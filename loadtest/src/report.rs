@@ -12,6 +12,10 @@ use serde::Serialize;
 
 use crate::metrics::{DeliveryCounts, MessageRecord, Percentiles, PoolSummary};
 
+/// KS distance above which the table warns that a saturated run's delays are shaped by
+/// queueing rather than by the configured delay.
+const SATURATED_KS: f64 = 0.1;
+
 /// Everything a run measured. Field names are the JSON keys.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -262,6 +266,13 @@ impl Report {
                 o,
                 "  ceiling                {ceiling:.0} msg/s  relay/ceiling {}",
                 opt(self.relay_to_ceiling_ratio, 3)
+            );
+        }
+        if self.config.rate == 0.0 && self.delay_ks_distance.is_some_and(|d| d > SATURATED_KS) {
+            let _ = writeln!(
+                o,
+                "  note                   --rate 0 saturates the relay: queueing, not the configured \
+                 delay, shapes these delays; measure leakage with a --rate below the throughput"
             );
         }
         for e in &self.errors {
