@@ -254,6 +254,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         auto_delay_mean: Duration::from_secs_f64(cli.auto_delay),
         kdf: KdfParams::DEFAULT,
         send_tap: None,
+        stop_after_send: false,
     };
     if let Command::Init = cli.command {
         let pass = passphrase(true)?;

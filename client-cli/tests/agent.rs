@@ -276,6 +276,51 @@ async fn a_message_redelivered_after_a_crash_before_ack_is_shown_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_send_and_recording_it_resends_once_and_keeps_the_ratchet_in_step() {
+    let mut r1 = TestRelay::start().await;
+    let homes = tempfile::tempdir().unwrap();
+    let alice_home = homes.path().join("alice");
+    let mut alice = agent(&alice_home, &r1.address(), options());
+    let mut bob = agent(&homes.path().join("bob"), &r1.address(), options());
+    connect(&mut alice, &mut bob).await;
+    alice.close().await;
+
+    // Alice's process "dies" right after the relay accepted the SEND, before its profile
+    // recorded the message as sent.
+    let crashing = sotto_client::agent::AgentOptions {
+        stop_after_send: true,
+        ..options()
+    };
+    let mut alice = Agent::open(&alice_home, b"test passphrase", crashing).unwrap();
+    let r = alice.send("bob", "sent just before the crash").await;
+    assert!(matches!(r, Err(AgentError::StoppedAfterSend)), "{r:?}");
+    alice.close().await;
+
+    // The next process on the profile sends the same ciphertext again, then a new message.
+    let mut alice = Agent::open(&alice_home, b"test passphrase", options()).unwrap();
+    alice.send("bob", "after the restart").await.unwrap();
+    let got = receive_until(&mut bob, |ev| texts_from(ev, "alice").len() >= 2).await;
+    assert_eq!(
+        texts_from(&got, "alice"),
+        vec![
+            "sent just before the crash".to_string(),
+            "after the restart".to_string()
+        ],
+        "nothing lost, nothing shown twice"
+    );
+    // The ratchets are in step both ways.
+    bob.send("alice", "reply").await.unwrap();
+    let got = receive_until(&mut alice, |ev| !texts_from(ev, "bob").is_empty()).await;
+    assert_eq!(texts_from(&got, "bob"), vec!["reply".to_string()]);
+    alice.send("bob", "and again").await.unwrap();
+    let got = receive_until(&mut bob, |ev| !texts_from(ev, "alice").is_empty()).await;
+    assert_eq!(texts_from(&got, "alice"), vec!["and again".to_string()]);
+    alice.close().await;
+    bob.close().await;
+    r1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_messages_are_rejected_and_errors_are_clear() {
     let mut r1 = TestRelay::start().await;
     let homes = tempfile::tempdir().unwrap();

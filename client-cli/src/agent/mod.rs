@@ -96,6 +96,12 @@ pub struct AgentOptions {
     pub kdf: KdfParams,
     /// See [`SendTap`].
     pub send_tap: Option<SendTap>,
+    /// **Test hook**: after the relay answered OK to a message's SEND, stop with
+    /// [`AgentError::StoppedAfterSend`] *before* the profile records it as sent, and mark
+    /// its outbox lease as expired — what a process killed at that moment looks like once
+    /// [`LEASE`] has passed. The next agent on the profile sends the same ciphertext again;
+    /// the recipient must show it once.
+    pub stop_after_send: bool,
 }
 
 impl Default for AgentOptions {
@@ -105,6 +111,7 @@ impl Default for AgentOptions {
             auto_delay_mean: DEFAULT_AUTO_DELAY_MEAN,
             kdf: KdfParams::DEFAULT,
             send_tap: None,
+            stop_after_send: false,
         }
     }
 }
@@ -204,6 +211,9 @@ pub enum AgentError {
     /// Stopped by the test hook [`ReceiveOptions::stop_before_ack`].
     #[error("stopped before acknowledging a message (test hook)")]
     StoppedBeforeAck,
+    /// Stopped by the test hook [`AgentOptions::stop_after_send`].
+    #[error("stopped after a SEND was accepted, before recording it (test hook)")]
+    StoppedAfterSend,
 }
 
 impl From<WireError> for AgentError {
@@ -1247,6 +1257,23 @@ impl Agent {
                 }
                 Claim::Item(id, action) => {
                     let result = self.execute(&action).await;
+                    if result.is_ok()
+                        && self.opts.stop_after_send
+                        && matches!(*action, Action::Send { .. })
+                    {
+                        self.store.update(|st| {
+                            if let Some(l) = st
+                                .outbox
+                                .iter_mut()
+                                .find(|i| i.id == id)
+                                .and_then(|i| i.lease.as_mut())
+                            {
+                                l.until_ms = 0;
+                            }
+                            Ok::<_, AgentError>(())
+                        })?;
+                        return Err(AgentError::StoppedAfterSend);
+                    }
                     let ok = result.is_ok();
                     self.store.update(|st| {
                         if ok {
@@ -1487,6 +1514,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("auto_delay_mean", &self.auto_delay_mean)
             .field("kdf", &self.kdf)
             .field("send_tap", &self.send_tap.is_some())
+            .field("stop_after_send", &self.stop_after_send)
             .finish()
     }
 }

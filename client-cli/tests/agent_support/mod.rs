@@ -81,6 +81,7 @@ pub fn options() -> AgentOptions {
         auto_delay_mean: Duration::ZERO,
         kdf: KdfParams::INSECURE_FAST,
         send_tap: None,
+        stop_after_send: false,
     }
 }
 
