@@ -147,7 +147,13 @@ impl IdleSessionsReport {
         let rss = |s: &Option<ProcSample>| {
             s.map_or_else(
                 || "-".into(),
-                |s| format!("{:.1} MiB (anon {:.1} MiB)", mib(s.rss_kib), mib(s.rss_anon_kib)),
+                |s| {
+                    format!(
+                        "{:.1} MiB (anon {:.1} MiB)",
+                        mib(s.rss_kib),
+                        mib(s.rss_anon_kib)
+                    )
+                },
             )
         };
         let _ = writeln!(o, "sotto-loadtest — idle sessions");
@@ -165,7 +171,11 @@ impl IdleSessionsReport {
             opt(self.handshakes_per_s_per_core, 0)
         );
         let _ = writeln!(o, "  relay rss before       {}", rss(&self.before));
-        let _ = writeln!(o, "  relay rss handshaken   {}", rss(&self.after_handshakes));
+        let _ = writeln!(
+            o,
+            "  relay rss handshaken   {}",
+            rss(&self.after_handshakes)
+        );
         let _ = writeln!(o, "  relay rss after hold   {}", rss(&self.after_hold));
         let _ = writeln!(o, "  relay rss after close  {}", rss(&self.after_close));
         let _ = writeln!(
@@ -268,9 +278,9 @@ pub async fn idle_sessions(opts: &IdleSessionsOptions) -> anyhow::Result<IdleSes
         _ => None,
     };
     let idle_cpu = match (after_handshakes, after_hold) {
-        (Some(a), Some(b)) if open_after_hold > 0 && !opts.hold.is_zero() => Some(
-            (b.cpu_s - a.cpu_s) * 1e6 / open_after_hold as f64 / opts.hold.as_secs_f64(),
-        ),
+        (Some(a), Some(b)) if open_after_hold > 0 && !opts.hold.is_zero() => {
+            Some((b.cpu_s - a.cpu_s) * 1e6 / open_after_hold as f64 / opts.hold.as_secs_f64())
+        }
         _ => None,
     };
     Ok(IdleSessionsReport {

@@ -1695,33 +1695,57 @@ fn store_error(e: &StoreError) -> Response {
     }
 }
 
+/// Queue records the idle-queue sweep examines per store write (≈ 3 ms of the writer's
+/// time: one small AEAD open each; keys are decoded only for queues that go).
+const IDLE_SCAN_CHUNK: usize = 1024;
+
+/// Longest pause between two chunks of the idle-queue sweep.
+const IDLE_SCAN_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// TTL and idle-queue expiry. Every `expiry_interval` it walks the store in chunks of
+/// [`IDLE_SCAN_CHUNK`] queues, each its own short write, paced to spread one sweep over at
+/// most a quarter of the interval: with 1 000 000 queues a sweep costs the writer ≈ 3 s of
+/// CPU in ≈ 1 000 slices instead of one ≈ 5 s transaction that stalled every SEND.
 async fn expiry_task(shared: Arc<Shared>) {
     let q = &shared.config.queues;
     let mut tick = tokio::time::interval(q.expiry_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = unix_ms() / 1000;
+        let chunks = shared.store.counts().map_or(1, |(queues, _)| {
+            queues.div_ceil(IDLE_SCAN_CHUNK as u64).max(1)
+        });
+        let pause = (q.expiry_interval / 4)
+            .checked_div(u32::try_from(chunks).unwrap_or(u32::MAX))
+            .unwrap_or(Duration::ZERO)
+            .min(IDLE_SCAN_MAX_PAUSE);
+        let (mut messages, mut queues) = (0u64, 0u64);
+        let mut scan_after = None;
         loop {
             let op = WriteOp::Expire {
                 messages_before: now.saturating_sub(q.message_ttl.as_secs()),
                 queues_idle_before: now.saturating_sub(q.idle_expiry.as_secs()),
                 max: 1000,
+                scan_after,
+                scan: IDLE_SCAN_CHUNK,
             };
             match shared.store.write(op).await {
                 Ok(WriteOutcome::Expired {
-                    messages,
-                    queues,
+                    messages: m,
+                    queues: n,
                     more,
+                    next_scan,
                 }) => {
-                    shared.metrics.messages_expired.inc_by(messages);
-                    shared.metrics.queues_expired.inc_by(queues);
-                    if messages + queues > 0 {
-                        tracing::info!(messages, queues, "expired");
-                    }
-                    if !more {
+                    shared.metrics.messages_expired.inc_by(m);
+                    shared.metrics.queues_expired.inc_by(n);
+                    messages += m;
+                    queues += n;
+                    scan_after = next_scan;
+                    if !more && next_scan.is_none() {
                         break;
                     }
                 }
@@ -1731,6 +1755,13 @@ async fn expiry_task(shared: Arc<Shared>) {
                     break;
                 }
             }
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        if messages + queues > 0 {
+            tracing::info!(messages, queues, "expired");
         }
     }
 }
