@@ -51,7 +51,9 @@ use crate::store::{
 };
 
 /// Transmissions waiting for a session's writer. Each holds at most one MSG (~15.5 KiB), so
-/// a full queue costs ≤ 4 MiB per session; beyond it the session loop waits.
+/// a full queue costs ≤ 4 MiB per session; beyond it the session loop waits. They are boxed
+/// so that the channel's first block of 32 slots, which tokio allocates with the channel,
+/// costs 256 bytes per idle session instead of 4 KiB.
 const OUT_QUEUE: usize = 256;
 
 /// Decoded frames waiting for a session's loop (each ≤ 16 KiB of transmissions, so ≤ 64 KiB
@@ -602,6 +604,9 @@ async fn serve(
 ) {
     let _guard = guard;
     let timeout = shared.config.limits.handshake_timeout;
+    // Boxed: the handshake's state (QUIC accept, Noise, a 16 KiB message buffer) is freed
+    // when it ends instead of staying part of the session task for the session's lifetime.
+    let handshake = Box::pin(handshake);
     let framed = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout(timeout, handshake) => match r {
@@ -696,7 +701,7 @@ struct Session {
     shared: Arc<Shared>,
     id: u64,
     hash: [u8; 32],
-    out: mpsc::Sender<Transmission>,
+    out: mpsc::Sender<Box<Transmission>>,
     inbox: Arc<Inbox>,
     subs: HashMap<QueueRef, Sub>,
     in_flight: HashMap<QueueRef, InFlight>,
@@ -755,19 +760,25 @@ async fn run_session(shared: Arc<Shared>, framed: FramedConnection, id: u64) {
     };
 
     let mut reading = true;
+    // The command handlers' futures are boxed while they run: inline, their largest state
+    // would be part of this task for the session's whole life (≈ 6 KiB of every idle
+    // session, see `docs/benchmarks.md`); boxed, it costs one allocation per frame.
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             frame = frames_rx.recv(), if reading && s.writes.len() < MAX_IN_FLIGHT => match frame {
                 Some(transmissions) => {
-                    for t in transmissions {
-                        s.handle(t).await;
-                    }
+                    Box::pin(async {
+                        for t in transmissions {
+                            s.handle(t).await;
+                        }
+                    })
+                    .await;
                 }
                 None => reading = false,
             },
-            Some(done) = s.writes.next() => s.complete(done).await,
-            () = s.inbox.notify.notified() => s.drain_inbox().await,
+            Some(done) = s.writes.next() => Box::pin(s.complete(done)).await,
+            () = s.inbox.notify.notified() => Box::pin(s.drain_inbox()).await,
         }
         if !reading && s.writes.is_empty() {
             break;
@@ -776,7 +787,7 @@ async fn run_session(shared: Arc<Shared>, framed: FramedConnection, id: u64) {
     // Finish in-flight store writes so that what was written is answered (or at least
     // durable) before the session goes away.
     while let Some(done) = s.writes.next().await {
-        s.complete(done).await;
+        Box::pin(s.complete(done)).await;
     }
     for q in s.subs.keys() {
         shared.router.unsubscribe(q, id);
@@ -836,7 +847,7 @@ async fn read_frames(
 /// while the session has subscriptions.
 async fn write_frames(
     mut sender: FrameSender,
-    mut rx: mpsc::Receiver<Transmission>,
+    mut rx: mpsc::Receiver<Box<Transmission>>,
     shared: Arc<Shared>,
     subscribed: Arc<AtomicUsize>,
 ) {
@@ -847,7 +858,7 @@ async fn write_frames(
         tokio::time::Instant::now() + Duration::from_secs_f64((-u.ln() / cover_rate).min(3600.0))
     };
     let mut cover_at = (cover_rate > 0.0).then(|| next_cover(&mut rng));
-    let mut carry: Option<Transmission> = None;
+    let mut carry: Option<Box<Transmission>> = None;
     loop {
         let first = match carry.take() {
             Some(t) => t,
@@ -932,7 +943,7 @@ impl Session {
         }
         let _ = self
             .out
-            .send(Transmission::response(corr, entity, &resp))
+            .send(Box::new(Transmission::response(corr, entity, &resp)))
             .await;
     }
 
@@ -1408,7 +1419,7 @@ impl Session {
                 if t.corr_id == CorrId::NONE && t.entity.is_none() {
                     return; // internal write (touch)
                 }
-                let _ = self.out.send(t).await;
+                let _ = self.out.send(Box::new(t)).await;
             }
             Completion::Acked { queue, reply } => {
                 self.in_flight.remove(&queue);
@@ -1417,7 +1428,7 @@ impl Session {
                     Ok(Response::Err(code)) => self.shared.count_error(code),
                     _ => {}
                 }
-                let _ = self.out.send(reply).await;
+                let _ = self.out.send(Box::new(reply)).await;
                 self.deliver(queue, None).await;
             }
             Completion::Deleted { queue, reply } => {
@@ -1431,7 +1442,7 @@ impl Session {
                     Ok(Response::Err(code)) => self.shared.count_error(code),
                     _ => {}
                 }
-                let _ = self.out.send(reply).await;
+                let _ = self.out.send(Box::new(reply)).await;
             }
         }
     }

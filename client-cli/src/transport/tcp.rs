@@ -199,8 +199,17 @@ impl TcpReader {
     /// Fills `buf` with exactly one record. `Ok(false)` when the peer ended the stream in
     /// an orderly way (`close_notify`) before the first byte.
     pub(crate) async fn read_record(&mut self, buf: &mut [u8]) -> Result<bool, TransportError> {
+        self.fill(buf, 0).await
+    }
+
+    /// As [`TcpReader::read_record`] for a record whose first `filled` bytes are already in
+    /// `buf`: an end or error from here on is a truncated record.
+    pub(crate) async fn fill(
+        &mut self,
+        buf: &mut [u8],
+        mut filled: usize,
+    ) -> Result<bool, TransportError> {
         let shared = self.half.shared.clone();
-        let mut filled = 0;
         while let Some(dst) = buf.get_mut(filled..).filter(|d| !d.is_empty()) {
             let read = tokio::select! {
                 biased;
