@@ -670,6 +670,10 @@ impl Drop for SessionGuard {
 struct Sub {
     recipient_id: RecipientId,
     seal_key: BodySealKey,
+    /// The queue's recipient key as this session read it at SUB (it never changes), so that
+    /// an ACK on the subscription is verified without reading and decoding the queue record
+    /// again (two Ed25519 point decompressions and a store read per delivered message).
+    recipient_key: AuthPublicKey,
 }
 
 /// A message delivered in this session and not yet acknowledged.
@@ -677,6 +681,21 @@ struct Sub {
 struct InFlight {
     msg_id: MessageId,
     seq: u64,
+    /// Its release and receipt times (from the authenticated record), so that the ACK's
+    /// delete needs no second decryption of the 16 KiB record.
+    release_at_ms: u64,
+    received_ms: u64,
+}
+
+impl InFlight {
+    fn of(m: &crate::store::StoredMessage) -> Self {
+        Self {
+            msg_id: m.msg.msg_id,
+            seq: m.seq,
+            release_at_ms: m.msg.release_at_ms,
+            received_ms: m.msg.received_ms,
+        }
+    }
 }
 
 /// The result of a store write, applied by the session loop when it completes.
@@ -1220,6 +1239,20 @@ impl Session {
     async fn recipient_command(&mut self, t: &Transmission, e: EntityId, cmd: Command) {
         let corr = t.corr_id;
         let rid = RecipientId::from(e);
+        if let Command::Ack { msg_id } = cmd {
+            // An ACK on a subscription this session holds: the key it read at SUB decides.
+            // Only this session's own subscriptions take this path, so its timing tells the
+            // session nothing it does not know.
+            let queue = self.shared.store.queue_ref(&rid);
+            if let Some(key) = self.subs.get(&queue).map(|s| s.recipient_key) {
+                if !t.verify(&key, &self.hash) {
+                    return self
+                        .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
+                        .await;
+                }
+                return self.ack(corr, e, queue, msg_id).await;
+            }
+        }
         let found = match self.shared.store.queue(&rid) {
             Ok(f) => f,
             Err(err) => {
@@ -1279,6 +1312,7 @@ impl Session {
                     Sub {
                         recipient_id: rid,
                         seal_key: rec.seal_key.clone(),
+                        recipient_key: rec.recipient_key,
                     },
                 );
                 self.subscribed.store(self.subs.len(), Ordering::Relaxed);
@@ -1291,53 +1325,51 @@ impl Session {
                 self.touch(queue, &rec);
                 match self.first_visible(&queue) {
                     Ok(Some(m)) => {
-                        self.in_flight.insert(
-                            queue,
-                            InFlight {
-                                msg_id: m.msg.msg_id,
-                                seq: m.seq,
-                            },
-                        );
+                        self.in_flight.insert(queue, InFlight::of(&m));
                         self.send_msg(corr, e, &rec.seal_key, &m.msg).await;
                     }
                     Ok(None) => self.reply(corr, Some(e), Response::NoMsg).await,
                     Err(code) => self.reply(corr, Some(e), Response::Err(code)).await,
                 }
             }
-            Command::Ack { msg_id } => {
-                let Some(f) = self
-                    .in_flight
-                    .get(&queue)
-                    .copied()
-                    .filter(|f| f.msg_id == msg_id)
-                else {
-                    return self.reply(corr, Some(e), Response::NoMsg).await;
-                };
-                let store = self.shared.store.clone();
-                self.writes.push(Box::pin(async move {
-                    let resp = match store
-                        .write(WriteOp::DeleteMessage {
-                            queue,
-                            seq: f.seq,
-                            msg_id,
-                        })
-                        .await
-                    {
-                        Ok(WriteOutcome::Done) => Response::Ok,
-                        Ok(_) => Response::NoMsg,
-                        Err(e) => store_error(&e),
-                    };
-                    Completion::Acked {
-                        queue,
-                        reply: Transmission::response(corr, Some(e), &resp),
-                    }
-                }));
-            }
+            Command::Ack { msg_id } => self.ack(corr, e, queue, msg_id).await,
             _ => {
                 self.reply(corr, Some(e), Response::Err(ErrorCode::Syntax))
                     .await
             }
         }
+    }
+
+    /// ACK, signature checked: deletes the message in flight on `queue` if it has `msg_id`.
+    async fn ack(&mut self, corr: CorrId, e: EntityId, queue: QueueRef, msg_id: MessageId) {
+        let Some(f) = self
+            .in_flight
+            .get(&queue)
+            .copied()
+            .filter(|f| f.msg_id == msg_id)
+        else {
+            return self.reply(corr, Some(e), Response::NoMsg).await;
+        };
+        let store = self.shared.store.clone();
+        self.writes.push(Box::pin(async move {
+            let resp = match store
+                .write(WriteOp::DeleteMessage {
+                    queue,
+                    seq: f.seq,
+                    release_at_ms: f.release_at_ms,
+                    received_ms: f.received_ms,
+                })
+                .await
+            {
+                Ok(WriteOutcome::Done) => Response::Ok,
+                Ok(_) => Response::NoMsg,
+                Err(e) => store_error(&e),
+            };
+            Completion::Acked {
+                queue,
+                reply: Transmission::response(corr, Some(e), &resp),
+            }
+        }));
     }
 
     /// Records recipient activity for idle expiry, at most hourly.
@@ -1398,13 +1430,7 @@ impl Session {
         let (rid, seal_key) = (sub.recipient_id, sub.seal_key.clone());
         match self.first_visible(&queue) {
             Ok(Some(m)) => {
-                self.in_flight.insert(
-                    queue,
-                    InFlight {
-                        msg_id: m.msg.msg_id,
-                        seq: m.seq,
-                    },
-                );
+                self.in_flight.insert(queue, InFlight::of(&m));
                 self.send_msg(CorrId::NONE, rid.into(), &seal_key, &m.msg)
                     .await;
             }
