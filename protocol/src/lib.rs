@@ -10,6 +10,7 @@
 //! crate's tests.
 
 pub mod address;
+pub mod aead;
 pub mod codec;
 pub mod command;
 pub mod error;

@@ -20,8 +20,7 @@
 //! (ChaCha20-Poly1305, Noise nonces: 32 zero bits ‖ 64-bit little-endian counter, empty
 //! associated data), so reading and writing can live in different tasks.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use crate::aead::ChaCha;
 use ml_kem::kem::{Decapsulate, Encapsulate};
 use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
 use rand_core::CryptoRngCore;
@@ -325,19 +324,19 @@ impl Session {
 }
 
 struct CipherState {
-    aead: ChaCha20Poly1305,
+    aead: ChaCha,
     nonce: u64,
 }
 
 impl CipherState {
     fn new(key: &[u8; KEY_LEN]) -> Self {
         Self {
-            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            aead: ChaCha::new(key),
             nonce: 0,
         }
     }
 
-    fn next_nonce(&mut self) -> Result<Nonce, HandshakeError> {
+    fn next_nonce(&mut self) -> Result<[u8; 12], HandshakeError> {
         // Noise reserves 2^64 − 1.
         if self.nonce == u64::MAX {
             return Err(HandshakeError::NonceExhausted);
@@ -345,7 +344,7 @@ impl CipherState {
         let mut n = [0u8; 12];
         n[4..].copy_from_slice(&self.nonce.to_le_bytes());
         self.nonce += 1;
-        Ok(Nonce::from(n))
+        Ok(n)
     }
 }
 
@@ -384,11 +383,7 @@ impl SendCipher {
             return Err(HandshakeError::WrongLength(buf.len()));
         }
         let nonce = self.0.next_nonce()?;
-        let tag = self
-            .0
-            .aead
-            .encrypt_in_place_detached(&nonce, &[], buf)
-            .map_err(internal)?;
+        let tag = self.0.aead.seal_in_place_detached(nonce, &[], buf);
         buf.extend_from_slice(&tag);
         Ok(())
     }
@@ -421,11 +416,12 @@ impl RecvCipher {
             return Err(HandshakeError::WrongLength(buf.len()));
         }
         let nonce = self.0.next_nonce()?;
-        let tag = Tag::clone_from_slice(&buf[FRAME_PLAINTEXT_LEN..]);
+        let tag = <[u8; TAG_LEN]>::try_from(&buf[FRAME_PLAINTEXT_LEN..])
+            .map_err(|_| HandshakeError::WrongLength(buf.len()))?;
         buf.truncate(FRAME_PLAINTEXT_LEN);
         self.0
             .aead
-            .decrypt_in_place_detached(&nonce, &[], buf, &tag)
+            .open_in_place_detached(nonce, &[], buf, &tag)
             .map_err(|_| HandshakeError::Decrypt)
     }
 }

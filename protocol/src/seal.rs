@@ -1,13 +1,12 @@
 //! Relay → recipient sealing of message bodies.
 //!
-//! The relay re-encrypts every body it delivers with XChaCha20-Poly1305 under
+//! The relay re-encrypts every body it delivers with XChaCha20-Poly1305 ([`crate::aead`]) under
 //! `BLAKE3-derive-key("sotto v1 body seal", X25519(relay queue key, recipient DH key))`,
 //! nonce = the message id (24 bytes, unique per queue), empty associated data. So the bytes
 //! that enter a relay (the sender's end-to-end ciphertext) and the bytes that leave it never
 //! match, even for an observer who sees both links.
 
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use crate::aead::XChaCha;
 use zeroize::Zeroizing;
 
 use crate::ids::MessageId;
@@ -48,10 +47,7 @@ impl BodySealKey {
 
     /// Seals `body` for delivery as message `id`. Output is `body.len() + 16` bytes.
     pub fn seal(&self, id: &MessageId, body: &[u8]) -> Vec<u8> {
-        let aead = XChaCha20Poly1305::new((&*self.0).into());
-        // Encryption with a valid key and a body below the AEAD's 256 GiB limit cannot fail.
-        aead.encrypt(XNonce::from_slice(id.as_bytes()), body)
-            .unwrap_or_default()
+        XChaCha::new(&self.0).seal(id.as_bytes(), &[], body)
     }
 
     /// Opens a body sealed for message `id`.
@@ -59,8 +55,8 @@ impl BodySealKey {
     /// # Errors
     /// [`OpenError`] when the key, id or ciphertext do not match.
     pub fn open(&self, id: &MessageId, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
-        let aead = XChaCha20Poly1305::new((&*self.0).into());
-        aead.decrypt(XNonce::from_slice(id.as_bytes()), sealed)
+        XChaCha::new(&self.0)
+            .open(id.as_bytes(), &[], sealed)
             .map_err(|_| OpenError)
     }
 }

@@ -43,13 +43,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{CryptoRngCore, RngCore as _};
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase as _, ReadableTable,
     ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
+use sotto_protocol::aead::{TAG_LEN, XChaCha};
 use sotto_protocol::ids::ID_LEN;
 use sotto_protocol::keys::KEY_LEN;
 use sotto_protocol::seal::BodySealKey;
@@ -395,7 +394,7 @@ pub struct StoreMetrics {
 
 struct Keys {
     index: [u8; 32],
-    aead: XChaCha20Poly1305,
+    aead: XChaCha,
 }
 
 impl Keys {
@@ -407,7 +406,7 @@ impl Keys {
         ));
         Self {
             index,
-            aead: XChaCha20Poly1305::new((&*enc).into()),
+            aead: XChaCha::new(&enc),
         }
     }
 
@@ -435,19 +434,13 @@ impl Keys {
     fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = self
-            .aead
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: ad,
-                },
-            )
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .aead
+            .seal_in_place_detached(&nonce, ad, &mut out[NONCE_LEN..]);
+        out.extend_from_slice(&tag);
         out
     }
 
@@ -456,8 +449,10 @@ impl Keys {
             return Err(StoreError::Corrupt("record too short".into()));
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let nonce = <[u8; NONCE_LEN]>::try_from(nonce)
+            .map_err(|_| StoreError::Corrupt("record too short".into()))?;
         self.aead
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: ad })
+            .open(&nonce, ad, ct)
             .map(Zeroizing::new)
             .map_err(|_| StoreError::Corrupt("record failed authentication".into()))
     }
