@@ -22,9 +22,22 @@
 //!
 //! # Durability
 //! Every write goes through one writer thread that groups all writes waiting in its bounded
-//! channel (up to `max_batch`) into one durable transaction: one fsync serves many SENDs.
-//! A caller gets its outcome only after that commit returns, so "OK" to a SEND means the
-//! message is on disk.
+//! channel (up to `max_batch`) into one transaction: one fsync serves many SENDs. A caller
+//! gets its outcome only after that commit returns, so "OK" to a SEND means the message is
+//! on disk.
+//!
+//! Not every batch is worth an fsync. A batch made only of deletions whose loss in a crash
+//! is harmless — [`WriteOp::DeleteMessage`] (ACK of a delivered message) and
+//! [`WriteOp::Expire`] (TTL and idle sweep) — is committed without one
+//! (`Durability::None`): a crash can undo it, and the state after the crash is then what
+//! it was before the ACK arrived or the sweep ran. Any other batch is durable, and a durable
+//! commit also makes every earlier relaxed commit durable (redb commits in order; a crash
+//! recovers the last durable one). No relaxed commit stays non-durable for longer than
+//! [`RELAXED_COMMIT_BOUND`]: the next batch after that is durable, and a writer that goes
+//! idle makes an empty durable commit when the bound runs out. On shutdown the last commit
+//! is made durable before the clean-close stamp is written. The consequence: after a crash
+//! (or a write failure, see below), a message whose ACK was answered in the last
+//! [`RELAXED_COMMIT_BOUND`] may be delivered again — at least once, never lost.
 //!
 //! # Recovery from write failures (disk full, I/O errors)
 //! After an I/O error redb refuses every later operation on that `Database`
@@ -35,13 +48,14 @@
 //! closed it and opened the file again (redb repairs it from the last durable commit if
 //! needed). Only then does it answer the failed batch with [`StoreError::Io`] — so by the
 //! time a client sees `ERR STORE`, reads are served again. Nothing of a failed batch is
-//! acknowledged. If the reopen itself fails, reads answer an error and every later batch
+//! acknowledged. The reopen also undoes relaxed commits not yet made durable, as a crash
+//! would: those ACKed messages are delivered again. If the reopen itself fails, reads answer an error and every later batch
 //! (and any read, through [`Store`]'s reopen request) retries it: the relay recovers by
 //! itself once the disk is writable again, without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRngCore, RngCore as _};
 use redb::{
@@ -53,7 +67,7 @@ use sotto_protocol::ids::ID_LEN;
 use sotto_protocol::keys::KEY_LEN;
 use sotto_protocol::seal::BodySealKey;
 use sotto_protocol::{AuthPublicKey, DhPublicKey, MessageId, RecipientId, SenderId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use zeroize::Zeroizing;
 
 /// Reference to a queue on disk: the keyed hash of its recipient id.
@@ -90,6 +104,13 @@ const RECORD_VERSION: u8 = 1;
 /// (≤ `MAX_BODY` + ~100 bytes), so the channel costs at most ~16 MiB when full; senders
 /// wait (backpressure) beyond it.
 pub const WRITE_QUEUE: usize = 1024;
+
+/// Longest time a relaxed (non-fsynced) commit stays non-durable: how many ACKs a crash can
+/// undo. The next commit after it is durable whatever it holds, and an idle writer makes an
+/// empty durable commit when it runs out, so the worst case is this plus one commit in
+/// progress. 250 ms costs at most four extra fsyncs a second on a relay that only deletes,
+/// while at 1 500 messages a second about half of all commits (the ACK-only ones) skip theirs.
+pub const RELAXED_COMMIT_BOUND: Duration = Duration::from_millis(250);
 
 /// The key that encrypts and indexes the store. Kept in its own file, apart from the database.
 #[derive(Clone)]
@@ -321,6 +342,28 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Whether the batch holding this write must be committed durably (fsync) before any
+    /// caller is answered. Only deletions whose loss in a crash merely undoes them are
+    /// exempt: an ACK's deletion (the message is delivered again, which clients recognise)
+    /// and the expiry sweep (it runs again at the next start). Everything else is a promise
+    /// to a client (a stored SEND, a created, secured, disabled or deleted queue, replay
+    /// memory of a forwarded request) or feeds a later decision that must not be undone: a
+    /// lost [`WriteOp::Touch`] could let the idle sweep delete a queue that is in use.
+    pub fn needs_durability(&self) -> bool {
+        match self {
+            WriteOp::DeleteMessage { .. } | WriteOp::Expire { .. } => false,
+            WriteOp::CreateQueue(_)
+            | WriteOp::SetSenderKey { .. }
+            | WriteOp::Disable { .. }
+            | WriteOp::DeleteQueue { .. }
+            | WriteOp::Append { .. }
+            | WriteOp::Touch { .. }
+            | WriteOp::RecordForward { .. } => true,
+        }
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -386,10 +429,28 @@ impl Default for StoreOptions {
 /// Histograms the writer fills.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
-    /// Seconds per durable commit.
+    /// Seconds per durable (fsynced) commit, the empty ones that make relaxed commits
+    /// durable included; relaxed commits are not observed here.
     pub commit_seconds: prometheus::Histogram,
-    /// Writes per commit.
+    /// Writes per commit, relaxed or durable (the empty durable ones are not observed).
     pub batch_size: prometheus::Histogram,
+}
+
+/// Commits the writer has made since the store was opened (see [`Store::commit_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Durable commits (fsync), the empty ones that only make relaxed commits durable
+    /// included.
+    pub durable: u64,
+    /// Commits made without fsync: batches of deletions only (see
+    /// [`WriteOp::needs_durability`]), and every batch under
+    /// [`StoreOptions::unsafe_no_fsync`].
+    pub relaxed: u64,
+    /// A relaxed commit is waiting for the durable commit that the writer makes within
+    /// [`RELAXED_COMMIT_BOUND`]. Cleared by that commit, or when a reopen after a write
+    /// failure undoes the relaxed commits. Never set under [`StoreOptions::unsafe_no_fsync`],
+    /// where no such commit is made.
+    pub flush_pending: bool,
 }
 
 struct Keys {
@@ -821,6 +882,8 @@ struct Inner {
     writer: mpsc::Sender<Msg>,
     /// Fires when the writer thread has exited and released the database file.
     writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// What the writer has committed, relaxed or durable.
+    commits: watch::Receiver<CommitStats>,
 }
 
 /// Handle to the store. Cheap to clone; reads run on the caller's thread (redb MVCC), writes
@@ -878,6 +941,17 @@ impl Store {
     /// [`StoreError::Missing`], [`StoreError::Open`] (damaged, unreadable),
     /// [`StoreError::WrongKey`].
     pub fn open(path: &Path, key: &StorageKey, opts: StoreOptions) -> Result<Store, StoreError> {
+        Self::open_with_bound(path, key, opts, RELAXED_COMMIT_BOUND)
+    }
+
+    /// [`Store::open`] with another bound than [`RELAXED_COMMIT_BOUND`] (tests that must
+    /// look at the file while a relaxed commit is certainly not yet durable).
+    fn open_with_bound(
+        path: &Path,
+        key: &StorageKey,
+        opts: StoreOptions,
+        relaxed_bound: Duration,
+    ) -> Result<Store, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_owned()));
         }
@@ -943,11 +1017,15 @@ impl Store {
         let keys = Arc::new(keys);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
+        let (commits_tx, commits_rx) = watch::channel(CommitStats::default());
         let writer = Writer {
             slot: slot.clone(),
             keys: keys.clone(),
             next_seq,
             opts,
+            relaxed_bound,
+            unsynced_since: None,
+            commits: commits_tx,
         };
         let db_path = path.to_owned();
         std::thread::Builder::new()
@@ -987,6 +1065,7 @@ impl Store {
                 path: path.to_owned(),
                 writer: tx,
                 writer_done: std::sync::Mutex::new(Some(done_rx)),
+                commits: commits_rx,
             }),
         })
     }
@@ -1006,6 +1085,13 @@ impl Store {
             Some(rx) => tokio::time::timeout(timeout, rx).await.is_ok(),
             None => false,
         }
+    }
+
+    /// The writer's commit counts, published after every commit and before the writes in it
+    /// are answered: `wait_for(|c| !c.flush_pending)` on it waits until everything answered
+    /// so far is durable (the value stays readable after the writer has stopped).
+    pub fn commit_stats(&self) -> watch::Receiver<CommitStats> {
+        self.inner.commits.clone()
     }
 
     /// The on-disk reference of a recipient id.
@@ -1047,7 +1133,9 @@ impl Store {
         io(e)
     }
 
-    /// Applies a write durably and returns its outcome.
+    /// Applies a write and returns its outcome once it is committed: durably, unless
+    /// [`WriteOp::needs_durability`] says otherwise (then durable within
+    /// [`RELAXED_COMMIT_BOUND`]).
     ///
     /// # Errors
     /// [`StoreError::Io`] if the batch it was part of failed to commit (nothing of it is on
@@ -1265,14 +1353,87 @@ struct Writer {
     keys: Arc<Keys>,
     next_seq: u64,
     opts: StoreOptions,
+    /// Longest time a relaxed commit stays non-durable ([`RELAXED_COMMIT_BOUND`]).
+    relaxed_bound: Duration,
+    /// When the oldest relaxed commit that no durable commit has followed yet started;
+    /// `None` when everything committed is durable.
+    unsynced_since: Option<Instant>,
+    /// Published after every commit (see [`Store::commit_stats`]).
+    commits: watch::Sender<CommitStats>,
+}
+
+/// How one transaction is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// `Durability::Immediate`: on disk (fsync) when the commit returns, with every earlier
+    /// commit.
+    Durable,
+    /// `Durability::None`: visible to reads at once, on disk with the next durable commit.
+    Relaxed,
+}
+
+/// How a batch of `ops` is committed: relaxed under `unsafe_no_fsync`; otherwise durably if
+/// one of them needs it ([`WriteOp::needs_durability`]), if relaxing is not possible
+/// (`can_relax` false: the writer has no timer to bound it), or if the oldest relaxed commit
+/// not yet durable started `bound` or more before `now`; relaxed otherwise.
+fn commit_kind<'a>(
+    ops: impl IntoIterator<Item = &'a WriteOp>,
+    unsafe_no_fsync: bool,
+    can_relax: bool,
+    unsynced_since: Option<Instant>,
+    now: Instant,
+    bound: Duration,
+) -> Commit {
+    if unsafe_no_fsync {
+        return Commit::Relaxed;
+    }
+    let due = unsynced_since.is_some_and(|since| now.saturating_duration_since(since) >= bound);
+    if !can_relax || due || ops.into_iter().any(WriteOp::needs_durability) {
+        Commit::Durable
+    } else {
+        Commit::Relaxed
+    }
 }
 
 impl Writer {
-    /// Applies writes until every [`Store`] handle is gone, then closes the database.
-    /// Returns whether it was closed cleanly: open, and the last batch committed.
+    /// Applies writes until every [`Store`] handle is gone, then makes the last commit
+    /// durable and closes the database. Returns whether it was closed cleanly: open, and the
+    /// last batch (and that final durable commit) committed.
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> bool {
+        // Waiting for the next write no longer than a relaxed commit may stay non-durable
+        // needs a timer. The writer is a plain thread and the opener's runtime may be paused
+        // (tests) or gone, so it drives its own, which runs nothing else.
+        let timer = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::warn!(error = %e, "store writer has no timer: every commit is made durable");
+                None
+            }
+        };
         let mut healthy = true;
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = match (self.unsynced_since, &timer) {
+                (Some(since), Some(rt)) => {
+                    let left =
+                        (since + self.relaxed_bound).saturating_duration_since(Instant::now());
+                    // The timer is created inside `block_on`: it needs the runtime's context.
+                    match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(m) => m,
+                        Err(_) => {
+                            // Idle, and a relaxed commit has reached the bound.
+                            healthy = self.flush();
+                            continue;
+                        }
+                    }
+                }
+                _ => rx.blocking_recv(),
+            };
+            let Some(first) = first else {
+                break;
+            };
             let mut jobs = Vec::new();
             let mut latched = Vec::new();
             let mut take = |m: Msg, jobs: &mut Vec<Job>| match m {
@@ -1298,14 +1459,25 @@ impl Writer {
                 continue;
             }
             let started = Instant::now();
+            let kind = commit_kind(
+                jobs.iter().map(|j| &j.op),
+                self.opts.unsafe_no_fsync,
+                timer.is_some(),
+                self.unsynced_since,
+                started,
+                self.relaxed_bound,
+            );
             let seq_before = self.next_seq;
-            match self.apply_batch(&jobs) {
+            match self.apply_batch(&jobs, kind) {
                 Ok(outcomes) => {
                     healthy = true;
                     if let Some(m) = &self.opts.metrics {
-                        m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                        if kind == Commit::Durable {
+                            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                        }
                         m.batch_size.observe(jobs.len() as f64);
                     }
+                    self.committed(kind, started);
                     for (job, out) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(out));
                     }
@@ -1327,10 +1499,65 @@ impl Writer {
                 }
             }
         }
+        // The clean-close stamp vouches for the file as it is: nothing may be left that a
+        // crash would undo.
+        if self.unsynced_since.is_some() {
+            healthy = self.flush();
+        }
         let open = self.slot.get().is_some();
         // The writer holds the last reference to the slot: dropping it closes the database.
         drop(self);
         healthy && open
+    }
+
+    /// Records a successful commit and publishes the counts.
+    fn committed(&mut self, kind: Commit, started: Instant) {
+        match kind {
+            Commit::Durable => self.unsynced_since = None,
+            // Nothing is ever made durable under `unsafe_no_fsync`, so nothing is pending.
+            Commit::Relaxed if self.opts.unsafe_no_fsync => {}
+            Commit::Relaxed => {
+                self.unsynced_since.get_or_insert(started);
+            }
+        }
+        let pending = self.unsynced_since.is_some();
+        self.commits.send_modify(|c| {
+            match kind {
+                Commit::Durable => c.durable += 1,
+                Commit::Relaxed => c.relaxed += 1,
+            }
+            c.flush_pending = pending;
+        });
+    }
+
+    /// Makes every relaxed commit durable with an empty durable commit. Returns whether it
+    /// committed.
+    fn flush(&mut self) -> bool {
+        let started = Instant::now();
+        let result = self
+            .slot
+            .get()
+            .ok_or_else(|| StoreError::Io("the database could not be reopened".into()))
+            .and_then(|db| {
+                let txn = db.begin_write().map_err(io)?;
+                txn.commit().map_err(io)
+            });
+        match result {
+            Ok(()) => {
+                if let Some(m) = &self.opts.metrics {
+                    m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                self.committed(Commit::Durable, started);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed (making deletions durable)");
+                if matches!(e, StoreError::Io(_)) {
+                    self.recover(true);
+                }
+                false
+            }
+        }
     }
 
     /// Closes and reopens the database (see the module documentation). With `force` false,
@@ -1339,6 +1566,13 @@ impl Writer {
         let old = self.slot.set(None);
         match old {
             Some(db) if force => {
+                // redb reopens the file at its last durable commit.
+                if self.unsynced_since.take().is_some() {
+                    tracing::warn!(
+                        "deletions committed without fsync are undone by the reopen: those messages will be delivered again"
+                    );
+                    self.commits.send_modify(|c| c.flush_pending = false);
+                }
                 // Wait (bounded) for in-flight reads to drop their handles: redb locks the
                 // file, so it must be closed before it can be opened again.
                 let deadline = Instant::now() + REOPEN_DRAIN;
@@ -1388,13 +1622,13 @@ impl Writer {
         }
     }
 
-    fn apply_batch(&mut self, jobs: &[Job]) -> Result<Vec<WriteOutcome>, StoreError> {
+    fn apply_batch(&mut self, jobs: &[Job], kind: Commit) -> Result<Vec<WriteOutcome>, StoreError> {
         let db = self
             .slot
             .get()
             .ok_or_else(|| StoreError::Io("the database could not be reopened".into()))?;
         let mut txn = db.begin_write().map_err(io)?;
-        if self.opts.unsafe_no_fsync {
+        if kind == Commit::Relaxed {
             txn.set_durability(Durability::None).map_err(io)?;
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -2204,5 +2438,321 @@ mod tests {
         }
         assert!(decode_message(&[], 0).is_err());
         assert!(decode_message(&[9; 100], 0).is_err());
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Relaxed commits (see the module documentation, # Durability)
+    // -----------------------------------------------------------------------------------
+
+    /// The writer's counts as published now.
+    fn stats(store: &Store) -> CommitStats {
+        *store.commit_stats().borrow()
+    }
+
+    fn open_with(dir: &Path, opts: StoreOptions, bound: Duration) -> Store {
+        let key = StorageKey::from_bytes([7; 32]);
+        let path = dir.join("q.redb");
+        if !path.exists() {
+            Store::create(&path, &key).unwrap();
+        }
+        Store::open_with_bound(&path, &key, opts, bound).unwrap()
+    }
+
+    /// (queues, messages) in the database as a crash at this moment would leave it. The file
+    /// is copied while the writer is idle: the copy holds every page written, fsynced or not
+    /// (the page cache is what a reader sees), and redb recovers the copy to the commit its
+    /// header names, which only a durable commit writes.
+    async fn after_a_crash(store: &Store) -> (u64, u64) {
+        let image = store.path().with_extension("image");
+        let _ = std::fs::remove_file(&image);
+        std::fs::copy(store.path(), &image).unwrap();
+        let copy = Store::open(
+            &image,
+            &StorageKey::from_bytes([7; 32]),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let counts = copy.counts().unwrap();
+        assert!(copy.close(Duration::from_secs(10)).await);
+        std::fs::remove_file(&image).unwrap();
+        counts
+    }
+
+    /// A queue holding `n` messages; returns it with the deletions that ACK them.
+    async fn queue_with_messages(store: &Store, n: u8) -> (QueueRef, Vec<WriteOp>) {
+        let rec = record();
+        store
+            .write(WriteOp::CreateQueue(Box::new(rec.clone())))
+            .await
+            .unwrap();
+        let q = store.queue_ref(&rec.recipient_id);
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let msg = message(i, 5_000_000, 5_000_000);
+            let WriteOutcome::Appended { seq } = store
+                .write(WriteOp::Append {
+                    queue: q,
+                    msg,
+                    quota: 100,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("not appended");
+            };
+            acks.push(WriteOp::DeleteMessage {
+                queue: q,
+                seq,
+                release_at_ms: 5_000_000,
+                received_ms: 5_000_000,
+            });
+        }
+        (q, acks)
+    }
+
+    fn histogram() -> prometheus::Histogram {
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap()
+    }
+
+    #[test]
+    fn only_deletion_batches_are_relaxed_and_never_past_the_bound() {
+        let q = [1u8; 32];
+        let ack = WriteOp::DeleteMessage {
+            queue: q,
+            seq: 1,
+            release_at_ms: 0,
+            received_ms: 0,
+        };
+        let sweep = WriteOp::Expire {
+            messages_before: 0,
+            queues_idle_before: 0,
+            max: 1,
+            scan_after: None,
+            scan: 1,
+        };
+        let send = WriteOp::Append {
+            queue: q,
+            msg: message(1, 0, 0),
+            quota: 1,
+        };
+        let others = [
+            WriteOp::CreateQueue(Box::new(record())),
+            WriteOp::SetSenderKey {
+                queue: q,
+                key: AuthSecretKey::generate(&mut OsRng).public(),
+            },
+            WriteOp::Disable { queue: q },
+            WriteOp::DeleteQueue { queue: q },
+            WriteOp::Touch { queue: q, now: 0 },
+            WriteOp::RecordForward {
+                ephemeral: [0; 32],
+                expiry: 0,
+                now: 0,
+            },
+            send.clone(),
+        ];
+        let bound = Duration::from_millis(250);
+        let t0 = Instant::now();
+        let kind = |ops: &[&WriteOp], unsynced: Option<Instant>, now: Instant| {
+            commit_kind(ops.iter().copied(), false, true, unsynced, now, bound)
+        };
+        assert_eq!(kind(&[&ack], None, t0), Commit::Relaxed);
+        assert_eq!(kind(&[&sweep, &ack], None, t0), Commit::Relaxed);
+        for other in &others {
+            assert_eq!(kind(&[other], None, t0), Commit::Durable, "{other:?}");
+            // A mixed batch is durable, whatever it is mixed with.
+            assert_eq!(kind(&[&ack, other, &sweep], None, t0), Commit::Durable);
+        }
+        // Deletions stay relaxed while the oldest relaxed commit is younger than the bound,
+        // and the first batch at the bound is durable.
+        assert_eq!(kind(&[&ack], Some(t0), t0 + bound / 2), Commit::Relaxed);
+        assert_eq!(kind(&[&ack], Some(t0), t0 + bound), Commit::Durable);
+        // Without a timer to bound them, no commit is relaxed.
+        assert_eq!(
+            commit_kind([&ack], false, false, None, t0, bound),
+            Commit::Durable
+        );
+        // unsafe_no_fsync: nothing is durable, as before.
+        for op in others.iter().chain([&ack, &sweep]) {
+            assert_eq!(
+                commit_kind([op], true, true, None, t0, bound),
+                Commit::Relaxed
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ack_skips_the_fsync_and_is_durable_within_the_bound_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (commit_seconds, batch_size) = (histogram(), histogram());
+        let opts = StoreOptions {
+            metrics: Some(StoreMetrics {
+                commit_seconds: commit_seconds.clone(),
+                batch_size: batch_size.clone(),
+            }),
+            ..StoreOptions::default()
+        };
+        let store = open_with(dir.path(), opts, RELAXED_COMMIT_BOUND);
+        let (_, acks) = queue_with_messages(&store, 2).await;
+        assert_eq!(
+            stats(&store),
+            CommitStats {
+                durable: 3,
+                relaxed: 0,
+                flush_pending: false
+            }
+        );
+        let ack = acks.into_iter().next().unwrap();
+        assert_eq!(store.write(ack).await.unwrap(), WriteOutcome::Done);
+        assert_eq!(
+            stats(&store).relaxed,
+            1,
+            "the ACK was committed without fsync"
+        );
+        // Nothing else comes: the idle writer makes it durable on its own.
+        let mut commits = store.commit_stats();
+        let flushed = tokio::time::timeout(
+            Duration::from_secs(60),
+            commits.wait_for(|c| !c.flush_pending),
+        )
+        .await
+        .expect("the relaxed commit was never made durable")
+        .map(|c| *c)
+        .unwrap();
+        assert_eq!(
+            flushed,
+            CommitStats {
+                durable: 4,
+                relaxed: 1,
+                flush_pending: false
+            },
+            "one empty durable commit"
+        );
+        assert_eq!(
+            after_a_crash(&store).await,
+            (1, 1),
+            "the deletion is on disk"
+        );
+        // Durable commits (the flush included) are timed; every batch is counted.
+        assert_eq!(commit_seconds.get_sample_count(), 4);
+        assert_eq!(batch_size.get_sample_count(), 4);
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_crash_undoes_relaxed_deletions_until_a_durable_batch_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bound no test run reaches: the relaxed commits stay relaxed until a durable one.
+        let store = open_with(
+            dir.path(),
+            StoreOptions::default(),
+            Duration::from_secs(24 * 3600),
+        );
+        let (q, acks) = queue_with_messages(&store, 3).await;
+        let mut acks = acks.into_iter();
+        store.write(acks.next().unwrap()).await.unwrap();
+        store
+            .write(WriteOp::Expire {
+                messages_before: 0,
+                queues_idle_before: 0,
+                max: 10,
+                scan_after: None,
+                scan: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stats(&store),
+            CommitStats {
+                durable: 4,
+                relaxed: 2,
+                flush_pending: true
+            }
+        );
+        assert_eq!(
+            store.message_count(&q).unwrap(),
+            2,
+            "reads see the deletion"
+        );
+        assert_eq!(
+            after_a_crash(&store).await,
+            (1, 3),
+            "a crash now delivers the ACKed message again"
+        );
+        // A SEND is durable, and takes the earlier deletion to disk with it.
+        store
+            .write(WriteOp::Append {
+                queue: q,
+                msg: message(9, 5_000_000, 5_000_000),
+                quota: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stats(&store),
+            CommitStats {
+                durable: 5,
+                relaxed: 2,
+                flush_pending: false
+            }
+        );
+        assert_eq!(after_a_crash(&store).await, (1, 3));
+        assert_eq!(store.message_count(&q).unwrap(), 3);
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_makes_relaxed_deletions_durable_before_the_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(
+            dir.path(),
+            StoreOptions::default(),
+            Duration::from_secs(24 * 3600),
+        );
+        let path = store.path().to_owned();
+        let (q, acks) = queue_with_messages(&store, 3).await;
+        for ack in acks.into_iter().take(2) {
+            store.write(ack).await.unwrap();
+        }
+        let commits = store.commit_stats();
+        assert!(commits.borrow().flush_pending);
+        assert_eq!(after_a_crash(&store).await, (1, 3));
+        assert!(store.close(Duration::from_secs(10)).await);
+        assert_eq!(
+            *commits.borrow(),
+            CommitStats {
+                durable: 5,
+                relaxed: 2,
+                flush_pending: false
+            },
+            "the writer made them durable itself"
+        );
+        assert!(clean_stamp_matches(&path));
+        let store = open(dir.path());
+        assert_eq!(store.message_count(&q).unwrap(), 1);
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn unsafe_no_fsync_still_makes_nothing_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            unsafe_no_fsync: true,
+            ..StoreOptions::default()
+        };
+        let store = open_with(dir.path(), opts, RELAXED_COMMIT_BOUND);
+        let (_, acks) = queue_with_messages(&store, 2).await;
+        store.write(acks.into_iter().next().unwrap()).await.unwrap();
+        assert_eq!(
+            stats(&store),
+            CommitStats {
+                durable: 0,
+                relaxed: 4,
+                flush_pending: false
+            },
+            "no commit is durable and none is scheduled"
+        );
+        assert_eq!(after_a_crash(&store).await, (0, 0), "not even the SENDs");
+        assert!(store.close(Duration::from_secs(10)).await);
     }
 }
