@@ -705,6 +705,11 @@ enum Completion {
     /// An ACK's delete finished.
     Acked {
         queue: QueueRef,
+        /// Position of the deleted message.
+        seq: u64,
+        /// Whether the next message was already delivered when the ACK was accepted
+        /// (subscriptions), so the message in flight now is another one.
+        early: bool,
         reply: Transmission,
     },
     /// A DEL finished.
@@ -724,6 +729,10 @@ struct Session {
     inbox: Arc<Inbox>,
     subs: HashMap<QueueRef, Sub>,
     in_flight: HashMap<QueueRef, InFlight>,
+    /// Per queue, the position of a message this session saw acknowledged whose deletion
+    /// has not committed yet: deliveries start after it. At most one entry per ACK write
+    /// in flight ([`MAX_IN_FLIGHT`]).
+    acked_floor: HashMap<QueueRef, u64>,
     writes: FuturesUnordered<WriteFuture>,
     /// Commands per second (`limits.commands_per_session_per_s`, burst 2×); DROP is exempt.
     commands: DefaultDirectRateLimiter,
@@ -761,6 +770,7 @@ async fn run_session(shared: Arc<Shared>, framed: FramedConnection, id: u64) {
         inbox: Arc::new(Inbox::new(id)),
         subs: HashMap::new(),
         in_flight: HashMap::new(),
+        acked_floor: HashMap::new(),
         writes: FuturesUnordered::new(),
         commands: RateLimiter::direct(
             Quota::per_second(nz(limits.commands_per_session_per_s))
@@ -1354,6 +1364,15 @@ impl Session {
         else {
             return self.reply(corr, Some(e), Response::NoMsg).await;
         };
+        // On a subscription, the next message goes out as soon as the ACK is accepted: the
+        // deletion commits meanwhile and its answer follows. Waiting for the commit would put
+        // a store write (queued behind durable SEND batches) into every message's path.
+        let early = self.subs.contains_key(&queue);
+        if early {
+            self.in_flight.remove(&queue);
+            let floor = self.acked_floor.entry(queue).or_insert(f.seq);
+            *floor = (*floor).max(f.seq);
+        }
         let store = self.shared.store.clone();
         self.writes.push(Box::pin(async move {
             let resp = match store
@@ -1371,9 +1390,14 @@ impl Session {
             };
             Completion::Acked {
                 queue,
+                seq: f.seq,
+                early,
                 reply: Transmission::response(corr, Some(e), &resp),
             }
         }));
+        if early {
+            self.deliver(queue, None).await;
+        }
     }
 
     /// Records recipient activity for idle expiry, at most hourly.
@@ -1388,13 +1412,18 @@ impl Session {
         }
     }
 
+    /// The first visible message of `queue` after any this session saw acknowledged.
     fn first_visible(
         &self,
         queue: &QueueRef,
     ) -> Result<Option<crate::store::StoredMessage>, ErrorCode> {
+        let from = self
+            .acked_floor
+            .get(queue)
+            .map_or(0, |seq| seq.saturating_add(1));
         self.shared
             .store
-            .first_visible(queue, unix_ms())
+            .first_visible_from(queue, from, unix_ms())
             .map_err(|e| {
                 tracing::error!(error = %e, "store read failed");
                 ErrorCode::Internal
@@ -1451,8 +1480,22 @@ impl Session {
                 }
                 let _ = self.out.send(Box::new(t)).await;
             }
-            Completion::Acked { queue, reply } => {
-                self.in_flight.remove(&queue);
+            Completion::Acked {
+                queue,
+                seq,
+                early,
+                reply,
+            } => {
+                if !early {
+                    self.in_flight.remove(&queue);
+                }
+                // The deletion is decided either way: committed (the store no longer has the
+                // message) or failed (the message stays and may be delivered again). Only
+                // the latest ACK's floor is dropped, so an older answer never uncovers a
+                // message a newer ACK still waits to delete.
+                if self.acked_floor.get(&queue) == Some(&seq) {
+                    self.acked_floor.remove(&queue);
+                }
                 match reply.decode_response() {
                     Ok(Response::Ok) => self.shared.metrics.messages_acked.inc(),
                     Ok(Response::Err(code)) => self.shared.count_error(code),
@@ -1468,6 +1511,7 @@ impl Session {
                         self.subs.remove(&queue);
                         self.subscribed.store(self.subs.len(), Ordering::Relaxed);
                         self.in_flight.remove(&queue);
+                        self.acked_floor.remove(&queue);
                     }
                     Ok(Response::Err(code)) => self.shared.count_error(code),
                     _ => {}

@@ -1239,10 +1239,24 @@ impl Store {
         queue: &QueueRef,
         now_ms: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
+        self.first_visible_from(queue, 0, now_ms)
+    }
+
+    /// As [`Store::first_visible`], among the messages at position `min_seq` or later (a
+    /// session skips a message it has seen acknowledged while its deletion commits).
+    ///
+    /// # Errors
+    /// As [`Store::first_visible`].
+    pub fn first_visible_from(
+        &self,
+        queue: &QueueRef,
+        min_seq: u64,
+        now_ms: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
         let txn = self.read()?;
         let t = txn.open_table(MESSAGES).map_err(|e| self.rd(&txn, e))?;
         for entry in t
-            .range((*queue, 0u64)..=(*queue, u64::MAX))
+            .range((*queue, min_seq)..=(*queue, u64::MAX))
             .map_err(|e| self.rd(&txn, e))?
         {
             let (k, v) = entry.map_err(|e| self.rd(&txn, e))?;

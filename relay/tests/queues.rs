@@ -297,3 +297,46 @@ async fn private_relay_requires_the_create_password() {
     );
     c.create_queue(Some(b"s3cret")).await.unwrap();
 }
+
+/// On a subscription the relay sends the next message as soon as an ACK is accepted, while
+/// the deletion commits (the ACK's OK follows). With ACKs issued concurrently with the
+/// deliveries, every message still arrives exactly once, in order, and the queue ends empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_arrive_once_in_order_while_deletions_commit() {
+    const N: u32 = 100; // below the default quota of 128
+    let relay = TestRelay::start().await;
+    let (recipient, mut pushes, _e1) = connect(&relay.address()).await;
+    let (sender, _p, _e2) = connect(&relay.address()).await;
+    let creds = recipient.create_queue(None).await.unwrap();
+    for i in 0..N {
+        sender
+            .send(creds.sender_id, None, 0, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    recipient.subscribe(&creds).await.unwrap();
+    let mut acks = tokio::task::JoinSet::new();
+    let mut seen = Vec::new();
+    while seen.len() < N as usize {
+        let Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+            panic!("expected MSG")
+        };
+        let body = msg.open(&creds).unwrap().body;
+        seen.push(u32::from_be_bytes(body.as_slice().try_into().unwrap()));
+        // Not awaited here: the next delivery may overtake this ACK's answer.
+        let (c, creds, id) = (recipient.clone(), creds.clone(), msg.msg_id);
+        acks.spawn(async move { c.ack(&creds, id).await });
+    }
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    while let Some(r) = acks.join_next().await {
+        assert!(r.unwrap().unwrap(), "every ACK deletes its message");
+    }
+    // Nothing more is pushed, and nothing is left.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), pushes.recv())
+            .await
+            .is_err(),
+        "no message is delivered twice"
+    );
+    assert!(recipient.get(&creds).await.unwrap().is_none());
+}
