@@ -707,8 +707,9 @@ enum Completion {
         queue: QueueRef,
         /// Position of the deleted message.
         seq: u64,
-        /// Whether the next message was already delivered when the ACK was accepted
-        /// (subscriptions), so the message in flight now is another one.
+        /// Whether the ACK was answered, and the next message delivered, when it was accepted
+        /// (subscriptions): the answer here is not sent, and the message in flight now is
+        /// another one.
         early: bool,
         reply: Transmission,
     },
@@ -1364,26 +1365,42 @@ impl Session {
         else {
             return self.reply(corr, Some(e), Response::NoMsg).await;
         };
-        // On a subscription, the next message goes out as soon as the ACK is accepted: the
-        // deletion commits meanwhile and its answer follows. Waiting for the commit would put
-        // a store write (queued behind durable SEND batches) into every message's path.
+        // On a subscription, the ACK is answered and the next message goes out as soon as the
+        // ACK is accepted (both usually in one frame), while the deletion commits. Waiting
+        // for the commit would put a store write (queued behind durable SEND batches) into
+        // every message's path, and cost a frame of its own for the answer. The answer
+        // promises what a committed deletion promises anyway: the message is gone from
+        // delivery; the deletion is durable within the store's relaxed-commit bound, and if it
+        // fails the message is delivered again (at-least-once, `docs/protocol.md` § 12).
         let early = self.subs.contains_key(&queue);
         if early {
             self.in_flight.remove(&queue);
             let floor = self.acked_floor.entry(queue).or_insert(f.seq);
             *floor = (*floor).max(f.seq);
         }
-        let store = self.shared.store.clone();
+        // Queued before the answer leaves, so that any write the client causes after seeing
+        // the answer commits with this deletion or after it.
+        let pending = self
+            .shared
+            .store
+            .submit(WriteOp::DeleteMessage {
+                queue,
+                seq: f.seq,
+                release_at_ms: f.release_at_ms,
+                received_ms: f.received_ms,
+            })
+            .await;
+        if early && pending.is_err() {
+            // The store is shutting down: nothing was deleted, nothing is promised.
+            self.acked_floor.remove(&queue);
+        }
+        let early = early && pending.is_ok();
         self.writes.push(Box::pin(async move {
-            let resp = match store
-                .write(WriteOp::DeleteMessage {
-                    queue,
-                    seq: f.seq,
-                    release_at_ms: f.release_at_ms,
-                    received_ms: f.received_ms,
-                })
-                .await
-            {
+            let outcome = match pending {
+                Ok(outcome) => outcome.await,
+                Err(e) => Err(e),
+            };
+            let resp = match outcome {
                 Ok(WriteOutcome::Done) => Response::Ok,
                 Ok(_) => Response::NoMsg,
                 Err(e) => store_error(&e),
@@ -1396,6 +1413,7 @@ impl Session {
             }
         }));
         if early {
+            self.reply(corr, Some(e), Response::Ok).await;
             self.deliver(queue, None).await;
         }
     }
@@ -1498,10 +1516,20 @@ impl Session {
                 }
                 match reply.decode_response() {
                     Ok(Response::Ok) => self.shared.metrics.messages_acked.inc(),
-                    Ok(Response::Err(code)) => self.shared.count_error(code),
+                    Ok(Response::Err(code)) => {
+                        if early {
+                            tracing::warn!(
+                                "deleting an acknowledged message failed; it will be delivered again"
+                            );
+                        }
+                        self.shared.count_error(code);
+                    }
                     _ => {}
                 }
-                let _ = self.out.send(Box::new(reply)).await;
+                if !early {
+                    // Early ACKs were answered when accepted.
+                    let _ = self.out.send(Box::new(reply)).await;
+                }
                 self.deliver(queue, None).await;
             }
             Completion::Deleted { queue, reply } => {

@@ -1144,13 +1144,26 @@ impl Store {
     /// [`StoreError::Io`] if the batch it was part of failed to commit (nothing of it is on
     /// disk), [`StoreError::Closed`] after shutdown.
     pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        self.submit(op).await?.await
+    }
+
+    /// Queues `op` for the writer and returns its outcome still to come. Writes are applied
+    /// in the order they are queued, so anything queued after this returns (by any session)
+    /// commits with it or after it.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] after shutdown; the returned future as [`Store::write`].
+    pub async fn submit(
+        &self,
+        op: WriteOp,
+    ) -> Result<impl Future<Output = Result<WriteOutcome, StoreError>> + use<>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
             .send(Msg::Job(Job { op, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
     }
 
     /// Looks up a queue by recipient id.
