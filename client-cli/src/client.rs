@@ -32,8 +32,11 @@
 //!   [`Pushed`] receiver** (or drop it, which discards pushes, counted).
 //! - QUIC buffers about twice [`QuicOptions::stream_window`] (see [`crate::transport`]);
 //!   over TCP rustls holds at most one record, the kernel's socket buffers the rest.
+//! - The set of queues subscribed on this session (so their ACKs go unsigned): one
+//!   recipient id per successful SUB, removed on END or DEL; the relay caps subscriptions per
+//!   session (`limits.subscriptions_per_session`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -287,6 +290,9 @@ struct Waiters {
 struct Shared {
     waiters: Mutex<Waiters>,
     counters: Counters,
+    /// Queues this session holds the subscription of (SUB answered OK, no END or DEL
+    /// since): their ACKs need no signature (`docs/protocol.md` § ACK).
+    subscribed: Mutex<HashSet<RecipientId>>,
 }
 
 impl Shared {
@@ -294,6 +300,13 @@ impl Shared {
         // A panic while holding this lock cannot leave the map inconsistent (single
         // insert/remove operations), so a poisoned lock is still usable.
         self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn subscribed(&self) -> MutexGuard<'_, HashSet<RecipientId>> {
+        // Single insert/remove/contains operations: a poisoned lock is still consistent.
+        self.subscribed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -743,7 +756,9 @@ impl RelayClient {
     /// As [`RelayClient::secure`].
     pub async fn subscribe(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
         self.recipient_ok(creds, Command::Sub, "SUB expects OK")
-            .await
+            .await?;
+        self.inner.shared.subscribed().insert(creds.recipient_id);
+        Ok(())
     }
 
     /// Fetches one message (GET) and opens its body; `None` when the queue is empty.
@@ -779,6 +794,10 @@ impl RelayClient {
     /// deleted it, `false` when it answered NO_MSG (no such message: already acknowledged,
     /// expired, or not the one last delivered) — a harmless outcome, not an error.
     ///
+    /// On a queue this session holds the subscription of, the ACK goes unsigned (the SUB's
+    /// signature already proved the recipient key to this session); if the relay refuses it
+    /// with AUTH because the subscription just ended, it is sent again signed.
+    ///
     /// # Errors
     /// As [`RelayClient::request`].
     pub async fn ack(
@@ -786,10 +805,22 @@ impl RelayClient {
         creds: &QueueCredentials,
         msg_id: MessageId,
     ) -> Result<bool, ClientError> {
-        match self
-            .recipient_request(creds, Command::Ack { msg_id })
-            .await?
-        {
+        let entity = Some(creds.recipient_id.into());
+        let cmd = Command::Ack { msg_id };
+        let subscribed = self.inner.shared.subscribed().contains(&creds.recipient_id);
+        let unsigned = if subscribed {
+            match self.request(entity, cmd.clone(), None).await {
+                Err(ClientError::Relay(ErrorCode::Auth)) => None,
+                other => Some(other?),
+            }
+        } else {
+            None
+        };
+        let answer = match unsigned {
+            Some(answer) => answer,
+            None => self.recipient_request(creds, cmd).await?,
+        };
+        match answer {
             Response::Ok => Ok(true),
             Response::NoMsg => Ok(false),
             r => Err(unexpected("ACK expects OK or NO_MSG", &r)),
@@ -811,7 +842,9 @@ impl RelayClient {
     /// As [`RelayClient::secure`].
     pub async fn delete(&self, creds: &QueueCredentials) -> Result<(), ClientError> {
         self.recipient_ok(creds, Command::Del, "DEL expects OK")
-            .await
+            .await?;
+        self.inner.shared.subscribed().remove(&creds.recipient_id);
+        Ok(())
     }
 
     /// PING → PONG.
@@ -1088,9 +1121,12 @@ async fn read_frames(
                         sealed_body,
                     },
                 },
-                (Response::End, Some(entity)) => Pushed::End {
-                    recipient_id: entity.into(),
-                },
+                (Response::End, Some(entity)) => {
+                    shared.subscribed().remove(&RecipientId::from(entity));
+                    Pushed::End {
+                        recipient_id: entity.into(),
+                    }
+                }
                 _ => {
                     bump(&shared.counters.unexpected);
                     continue;

@@ -1255,12 +1255,14 @@ impl Session {
         let corr = t.corr_id;
         let rid = RecipientId::from(e);
         if let Command::Ack { msg_id } = cmd {
-            // An ACK on a subscription this session holds: the key it read at SUB decides.
-            // Only this session's own subscriptions take this path, so its timing tells the
-            // session nothing it does not know.
+            // An ACK on a subscription this session holds: the SUB's signature already bound
+            // the recipient key to this Noise session, so the ACK may come unsigned; a signed
+            // one is checked with the key read at SUB. Only this session's own subscriptions
+            // take this path, so its timing tells the session nothing it does not know.
+            // Unsigned ACKs anywhere else fall through and are refused with AUTH.
             let queue = self.shared.store.queue_ref(&rid);
             if let Some(key) = self.subs.get(&queue).map(|s| s.recipient_key) {
-                if !t.verify(&key, &self.hash) {
+                if t.signature.is_some() && !t.verify(&key, &self.hash) {
                     return self
                         .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
                         .await;

@@ -329,6 +329,84 @@ async fn a_signature_counts_only_in_its_own_session() {
     assert!(matches!(b.request(t).await, Response::Msg { .. }));
 }
 
+/// An ACK may go unsigned only on a subscription its own session holds (the SUB's signature
+/// bound the recipient key to that session): elsewhere, and after the subscription moved to
+/// another session, an unsigned ACK is refused with AUTH and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_ack_counts_only_on_its_own_sessions_subscription() {
+    let relay = TestRelay::start().await;
+    let (a, mut pushes, _ea) = connect(&relay.address()).await;
+    let (sender, _ps, _es) = connect(&relay.address()).await;
+    let creds = a.create_queue(None).await.unwrap();
+    for body in [b"one", b"two"] {
+        sender
+            .send(creds.sender_id, None, 0, body.to_vec())
+            .await
+            .unwrap();
+    }
+    let rid: EntityId = creds.recipient_id.into();
+    a.subscribe(&creds).await.unwrap();
+    let Pushed::Msg { msg: first, .. } = next_push(&mut pushes).await else {
+        panic!("expected MSG")
+    };
+
+    // Session B holds no subscription: its unsigned ACK of the message in flight is refused.
+    let mut b = RawSession::open(&relay).await;
+    let ack = |corr: u64, msg_id| {
+        Transmission::command(CorrId::from_u64(corr), Some(rid), &Command::Ack { msg_id })
+    };
+    assert_eq!(
+        b.request(ack(1, first.msg_id)).await,
+        Response::Err(ErrorCode::Auth)
+    );
+    assert_eq!(state(&relay, &creds).3, 2, "nothing was deleted");
+
+    // A holds the subscription: its unsigned ACK deletes the message and the next one comes.
+    let r = a
+        .request(
+            Some(rid),
+            Command::Ack {
+                msg_id: first.msg_id,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Ok);
+    let Pushed::Msg { msg: second, .. } = next_push(&mut pushes).await else {
+        panic!("expected MSG")
+    };
+    assert_eq!(second.open(&creds).unwrap().body, b"two");
+
+    // B takes the subscription over (signed SUB): A gets END and its unsigned ACK is refused.
+    let sub = Transmission::signed(
+        CorrId::from_u64(2),
+        Some(rid),
+        &Command::Sub,
+        &creds.recipient_key,
+        &b.hash(),
+    );
+    assert_eq!(b.request(sub).await, Response::Ok);
+    assert!(matches!(next_push(&mut pushes).await, Pushed::End { .. }));
+    assert_eq!(
+        code(
+            a.request(
+                Some(rid),
+                Command::Ack {
+                    msg_id: second.msg_id
+                },
+                None
+            )
+            .await
+        ),
+        ErrorCode::Auth
+    );
+    // The client library knows the subscription ended and signs: the message is not in
+    // flight on A any more, so NO_MSG, and it stays for B.
+    assert!(!a.ack(&creds, second.msg_id).await.unwrap());
+    assert_eq!(state(&relay, &creds).3, 1, "the message B was sent stays");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessed_ids_at_scale_find_nothing() {
     // A thousand random recipient and sender ids: all AUTH, like any stranger, and the
