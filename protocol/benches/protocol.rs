@@ -5,6 +5,7 @@
 //! - `handshake/full`: initiator start, responder, initiator finish.
 //! - `batch/encode` and `batch/decode`: a frame filled with small transmissions.
 //! - `send/verify`: decode a signed SEND transmission and verify its signature.
+//! - `send/sign`: build a signed SEND transmission (encode the command, sign it).
 //!
 //! Results and the machine they came from are recorded in `docs/benchmarks.md`.
 
@@ -108,23 +109,30 @@ fn batches(c: &mut Criterion) {
     g.finish();
 }
 
-fn send_verify(c: &mut Criterion) {
+fn send(c: &mut Criterion) {
     let key = AuthSecretKey::from_bytes(&[3; 32]);
     let public = key.public();
     let hash = [5u8; 32];
-    let t = Transmission::signed(
-        CorrId::from_u64(1),
-        Some(EntityId([1; 24])),
-        &Command::Send {
-            flags: 0,
-            body: vec![0xaa; MAX_BODY],
-        },
-        &key,
-        &hash,
-    );
+    let entity = Some(EntityId([1; 24]));
+    let cmd = Command::Send {
+        flags: 0,
+        body: vec![0xaa; MAX_BODY],
+    };
+    let t = Transmission::signed(CorrId::from_u64(1), entity, &cmd, &key, &hash);
     let mut bytes = Vec::new();
     t.encode(&mut bytes);
     let mut g = c.benchmark_group("send");
+    g.bench_function("sign", |b| {
+        b.iter(|| {
+            black_box(Transmission::signed(
+                CorrId::from_u64(1),
+                entity,
+                black_box(&cmd),
+                &key,
+                &hash,
+            ))
+        });
+    });
     g.bench_function("verify", |b| {
         b.iter(|| {
             let t = Transmission::decode(black_box(&bytes)).expect("decodes");
@@ -135,5 +143,5 @@ fn send_verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, handshakes, batches, send_verify);
+criterion_group!(benches, frames, handshakes, batches, send);
 criterion_main!(benches);

@@ -19,7 +19,7 @@ use sotto_protocol::command::{FLAG_NOTIFY, SEALED_LEN};
 use sotto_protocol::forward;
 use sotto_protocol::noise::{FixedInitiatorKeys, FixedResponderKeys, NOISE_PARAMS, prologue};
 use sotto_protocol::seal::BodySealKey;
-use sotto_protocol::transmission::signing_input;
+use sotto_protocol::transmission::{SIGNATURE_CONTEXT, signing_digest};
 use sotto_protocol::{
     AuthSecretKey, Command, CorrId, DhSecretKey, EntityId, ErrorCode, FRAME_PLAINTEXT_LEN, Frame,
     FrameBuilder, Initiator, MessageId, QueueAddress, RecipientId, RelayAddress, RelayStaticKey,
@@ -234,7 +234,19 @@ fn signed_send_frame() -> Block {
         body: b"hello".to_vec(),
     };
     let t = Transmission::signed(corr, Some(entity), &cmd, &sender_auth(), &hash);
-    let input = signing_input(&hash, corr, Some(&entity), &cmd.to_bytes());
+    // The digest's preimage written out from § 8, and the digest computed one-shot from it.
+    let mut input = hash.to_vec();
+    input.extend_from_slice(&corr.0);
+    input.push(24);
+    input.extend_from_slice(entity.as_bytes());
+    input.extend_from_slice(&cmd.to_bytes());
+    let digest = blake3::derive_key(SIGNATURE_CONTEXT, &input);
+    assert_eq!(
+        signing_digest(&hash, corr, Some(&entity), &cmd.to_bytes()),
+        digest
+    );
+    let signature = t.signature.expect("signed");
+    assert!(sender_auth().public().verify(&digest, &signature));
     assert!(t.verify(&sender_auth().public(), &hash));
     let mut enc = Vec::new();
     t.encode(&mut enc);
@@ -253,8 +265,10 @@ fn signed_send_frame() -> Block {
         .hex("corr_id", corr.0)
         .hex("entity", entity.as_bytes())
         .hex("command", cmd.to_bytes())
-        .hex("signing_input", &input)
-        .hex("signature", t.signature.expect("signed"))
+        .text("signing_context", SIGNATURE_CONTEXT)
+        .hex("signing_digest_input", &input)
+        .hex("signing_digest", digest)
+        .hex("signature", signature)
         .hex("transmission", &enc)
         .hex("frame_head", &frame[..used])
         .blake3("frame_blake3", &frame);
@@ -393,6 +407,12 @@ fn forward() -> Block {
     assert_eq!(opened.expiry, expiry);
     assert_eq!(opened.transmission, t);
     assert!(t.verify(&sender_auth().public(), &hash));
+    let digest = signing_digest(&hash, corr, Some(&entity), &cmd.to_bytes());
+    assert!(
+        sender_auth()
+            .public()
+            .verify(&digest, &t.signature.expect("signed"))
+    );
     assert_eq!(opened.answer_key.as_bytes(), answer_key.as_bytes());
 
     let answer = Transmission::response(corr, Some(entity), &Response::Ok);
@@ -446,6 +466,7 @@ fn forward() -> Block {
         .hex("corr_id", corr.0)
         .hex("entity", entity.as_bytes())
         .hex("command", cmd.to_bytes())
+        .hex("inner_signing_digest", digest)
         .hex("inner_transmission", &enc)
         .hex("request_plaintext_head", &plain_head)
         .hex("sealed_head", &sealed[..80])
