@@ -81,6 +81,32 @@ impl RawSession {
         self.session.handshake_hash
     }
 
+    /// Sends `ts` in one frame and returns every transmission received, in order, until
+    /// `done` holds for what was received so far.
+    async fn exchange(
+        &mut self,
+        ts: &[Transmission],
+        done: impl Fn(&[Transmission]) -> bool,
+    ) -> Vec<Transmission> {
+        let mut fb = FrameBuilder::new();
+        for t in ts {
+            assert!(fb.push(t));
+        }
+        let rec = self.session.send.encrypt_frame(&fb.finish()).unwrap();
+        self.send.write_all(&rec).await.unwrap();
+        let mut got = Vec::new();
+        while !done(&got) {
+            let mut rec = vec![0u8; FRAME_LEN];
+            tokio::time::timeout(Duration::from_secs(20), self.recv.read_exact(&mut rec))
+                .await
+                .expect("no answer")
+                .unwrap();
+            let plain = self.session.recv.decrypt_frame(&rec).unwrap();
+            got.extend(Frame::decode(&plain).unwrap());
+        }
+        got
+    }
+
     /// Sends one transmission and returns the answer to its corr id.
     async fn request(&mut self, t: Transmission) -> Response {
         let corr = t.corr_id;
@@ -405,6 +431,57 @@ async fn an_unsigned_ack_counts_only_on_its_own_sessions_subscription() {
     // flight on A any more, so NO_MSG, and it stays for B.
     assert!(!a.ack(&creds, second.msg_id).await.unwrap());
     assert_eq!(state(&relay, &creds).3, 1, "the message B was sent stays");
+}
+
+/// The relay may hold an ACK's answer for a frame to ride in, but answers on one queue still
+/// come in the order of their commands: ACK then OFF in one frame are answered ACK first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_ack_answer_keeps_its_place_among_the_queues_answers() {
+    let relay = TestRelay::start().await;
+    let (a, _pa, _ea) = connect(&relay.address()).await;
+    let creds = a.create_queue(None).await.unwrap();
+    a.send(creds.sender_id, None, 0, b"only".to_vec())
+        .await
+        .unwrap();
+    let rid: EntityId = creds.recipient_id.into();
+    let mut b = RawSession::open(&relay).await;
+    let signed = |corr: u64, cmd: &Command, hash: &[u8; 32]| {
+        Transmission::signed(
+            CorrId::from_u64(corr),
+            Some(rid),
+            cmd,
+            &creds.recipient_key,
+            hash,
+        )
+    };
+    let is_msg = |t: &Transmission| matches!(t.decode_response(), Ok(Response::Msg { .. }));
+    let got = b
+        .exchange(&[signed(1, &Command::Sub, &b.hash())], |got| {
+            got.iter().any(is_msg)
+        })
+        .await;
+    let Some(Response::Msg { msg_id, .. }) = got
+        .iter()
+        .find(|t| is_msg(t))
+        .map(|t| t.decode_response().unwrap())
+    else {
+        panic!("expected MSG")
+    };
+    let ack = Transmission::command(CorrId::from_u64(2), Some(rid), &Command::Ack { msg_id });
+    let off = signed(3, &Command::Off, &b.hash());
+    let answered = |got: &[Transmission], corr: u64| {
+        got.iter().position(|t| t.corr_id == CorrId::from_u64(corr))
+    };
+    let got = b
+        .exchange(&[ack, off], |got| {
+            answered(got, 2).is_some() && answered(got, 3).is_some()
+        })
+        .await;
+    let (ack_at, off_at) = (answered(&got, 2).unwrap(), answered(&got, 3).unwrap());
+    assert_eq!(got[ack_at].decode_response().unwrap(), Response::Ok);
+    assert_eq!(got[off_at].decode_response().unwrap(), Response::Ok);
+    assert!(ack_at < off_at, "the ACK's answer came after the OFF's");
+    assert_eq!(state(&relay, &creds).3, 0, "the ACK deleted the message");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
