@@ -214,6 +214,7 @@ pub async fn start_with(
                 commit_seconds: metrics.commit_seconds.clone(),
                 batch_size: metrics.commit_batch.clone(),
             }),
+            ..StoreOptions::default()
         },
     )?;
     if config.store.unsafe_no_fsync {

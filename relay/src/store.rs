@@ -39,6 +39,13 @@
 //! (or a write failure, see below), a message whose ACK was answered in the last
 //! [`RELAXED_COMMIT_BOUND`] may be delivered again — at least once, never lost.
 //!
+//! Such a batch is not even committed at once: the writer holds it for up to
+//! [`RELAXED_HOLD`] and puts it in front of the next batch, which usually carries SENDs and
+//! is durable anyway. A loaded relay then makes one commit for its SENDs and its ACKs
+//! instead of two, and an idle one commits the held deletions (relaxed) when the hold runs
+//! out. Held writes stay in order: anything queued after them commits in the same
+//! transaction. The bound counts from when the first held write arrived.
+//!
 //! # Recovery from write failures (disk full, I/O errors)
 //! After an I/O error redb refuses every later operation on that `Database`
 //! (`StorageError::PreviousIo`), reads included, until it is closed and opened again. The
@@ -114,6 +121,11 @@ pub const WRITE_QUEUE: usize = 1024;
 /// relay made 70 % fewer `fdatasync` calls than with every commit durable (counted under
 /// strace, which slows it: 10 946 → 3 247 for 15 000 messages).
 pub const RELAXED_COMMIT_BOUND: Duration = Duration::from_millis(250);
+
+/// How long the writer holds a batch of relaxed-only writes (ACK deletions, expiry) for the
+/// next batch to carry, before committing it on its own. Their callers wait this much
+/// longer for the outcome; the relay answers ACKs on subscriptions before that anyway.
+pub const RELAXED_HOLD: Duration = Duration::from_millis(5);
 
 /// The key that encrypts and indexes the store. Kept in its own file, apart from the database.
 #[derive(Clone)]
@@ -416,6 +428,8 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Commit metrics.
     pub metrics: Option<StoreMetrics>,
+    /// How long a relaxed-only batch waits for the next one ([`RELAXED_HOLD`]).
+    pub relaxed_hold: Duration,
 }
 
 impl Default for StoreOptions {
@@ -425,6 +439,7 @@ impl Default for StoreOptions {
             unsafe_no_fsync: false,
             cache_bytes: 64 << 20,
             metrics: None,
+            relaxed_hold: RELAXED_HOLD,
         }
     }
 }
@@ -1444,14 +1459,24 @@ impl Writer {
             }
         };
         let mut healthy = true;
+        // Relaxed-only writes held for the next batch (at most `max_batch`), and when the
+        // first of them arrived.
+        let mut held: Vec<Job> = Vec::new();
+        let mut held_since: Option<Instant> = None;
         loop {
-            let first = match (self.unsynced_since, &timer) {
-                (Some(since), Some(rt)) => {
-                    let left =
-                        (since + self.relaxed_bound).saturating_duration_since(Instant::now());
+            let flush_at = self.unsynced_since.map(|since| since + self.relaxed_bound);
+            let release_at = held_since.map(|since| since + self.opts.relaxed_hold);
+            let wake_at = match (flush_at, release_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match (wake_at, &timer) {
+                (Some(at), Some(rt)) => {
+                    let left = at.saturating_duration_since(Instant::now());
                     // The timer is created inside `block_on`: it needs the runtime's context.
                     match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                         Ok(m) => m,
+                        Err(_) if !held.is_empty() => None,
                         Err(_) => {
                             // Idle, and a relaxed commit has reached the bound.
                             healthy = self.flush();
@@ -1461,17 +1486,42 @@ impl Writer {
                 }
                 _ => rx.blocking_recv(),
             };
-            let Some(first) = first else {
-                break;
-            };
-            let mut jobs = Vec::new();
+            let mut jobs = std::mem::take(&mut held);
+            let hold_started = held_since.take();
             let mut latched = Vec::new();
             let mut take = |m: Msg, jobs: &mut Vec<Job>| match m {
                 Msg::Job(j) => jobs.push(j),
                 Msg::Reopen(Some(id)) => latched.push(id),
                 Msg::Reopen(None) => {}
             };
-            take(first, &mut jobs);
+            let waited_out = first.is_none();
+            match first {
+                Some(first) => take(first, &mut jobs),
+                // Either the hold ran out (commit what is held) or every handle is gone.
+                None if !jobs.is_empty() && !rx.is_closed() => {}
+                None => {
+                    // Shutting down: commit what is held before the final flush.
+                    if !jobs.is_empty() {
+                        let started = Instant::now();
+                        let kind = Commit::Durable;
+                        match self.apply_batch(&jobs, kind) {
+                            Ok(outcomes) => {
+                                self.committed(kind, started);
+                                for (job, out) in jobs.into_iter().zip(outcomes) {
+                                    let _ = job.reply.send(Ok(out));
+                                }
+                            }
+                            Err(e) => {
+                                healthy = false;
+                                for job in jobs {
+                                    let _ = job.reply.send(Err(e.clone()));
+                                }
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
             while jobs.len() < self.opts.max_batch {
                 match rx.try_recv() {
                     Ok(m) => take(m, &mut jobs),
@@ -1497,6 +1547,19 @@ impl Writer {
                 started,
                 self.relaxed_bound,
             );
+            // A relaxed-only batch waits for the next one to carry it (see the module
+            // documentation), unless its hold has run out or it is as large as a batch gets.
+            if kind == Commit::Relaxed
+                && !self.opts.unsafe_no_fsync
+                && !waited_out
+                && jobs.len() < self.opts.max_batch
+            {
+                held = jobs;
+                held_since = Some(hold_started.unwrap_or(started));
+                continue;
+            }
+            // The relaxed bound counts from the first held write.
+            let started_for_bound = hold_started.map_or(started, |h| h.min(started));
             let seq_before = self.next_seq;
             match self.apply_batch(&jobs, kind) {
                 Ok(outcomes) => {
@@ -1507,7 +1570,7 @@ impl Writer {
                         }
                         m.batch_size.observe(jobs.len() as f64);
                     }
-                    self.committed(kind, started);
+                    self.committed(kind, started_for_bound);
                     for (job, out) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(out));
                     }
@@ -2666,6 +2729,67 @@ mod tests {
         // Durable commits (the flush included) are timed; every batch is counted.
         assert_eq!(commit_seconds.get_sample_count(), 4);
         assert_eq!(batch_size.get_sample_count(), 4);
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    /// A relaxed-only write waits (at most RELAXED_HOLD) for the next write and commits in
+    /// its transaction: one commit for the SEND and the ACK, in the order they were queued.
+    #[tokio::test]
+    async fn a_held_deletion_rides_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        // A hold no test run outlasts between two submissions, and a short one for the end.
+        let store = open_with(
+            dir.path(),
+            StoreOptions {
+                relaxed_hold: Duration::from_secs(3600),
+                ..StoreOptions::default()
+            },
+            Duration::from_secs(24 * 3600),
+        );
+        let (q, acks) = queue_with_messages(&store, 2).await;
+        let before = stats(&store);
+        let mut acks = acks.into_iter();
+        // Queued, not awaited: the writer holds it and commits nothing meanwhile.
+        let mut commits = store.commit_stats();
+        commits.mark_unchanged();
+        let ack = store.submit(acks.next().unwrap()).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), commits.changed())
+                .await
+                .is_err(),
+            "the deletion was committed on its own"
+        );
+        let append = store
+            .submit(WriteOp::Append {
+                queue: q,
+                msg: message(9, 5_000_000, 5_000_000),
+                quota: 100,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            append.await.unwrap(),
+            WriteOutcome::Appended { .. }
+        ));
+        assert_eq!(ack.await.unwrap(), WriteOutcome::Done);
+        let after = stats(&store);
+        assert_eq!(after.durable, before.durable + 1, "one commit for both");
+        assert_eq!(after.relaxed, 0);
+        assert_eq!(after_a_crash(&store).await, (1, 2), "both on disk");
+        // Held and then the store closes: the deletion is committed before the close.
+        let last = store.submit(acks.next().unwrap()).await.unwrap();
+        assert!(store.close(Duration::from_secs(10)).await);
+        assert_eq!(last.await.unwrap(), WriteOutcome::Done);
+        let store = open_with(dir.path(), StoreOptions::default(), RELAXED_COMMIT_BOUND);
+        assert_eq!(store.message_count(&q).unwrap(), 1);
+        // With the default hold, a deletion alone is committed (relaxed) when it runs out.
+        let (q2, acks) = queue_with_messages(&store, 1).await;
+        let relaxed = stats(&store).relaxed;
+        for ack in acks {
+            assert_eq!(store.write(ack).await.unwrap(), WriteOutcome::Done);
+        }
+        assert_eq!(stats(&store).relaxed, relaxed + 1);
+        assert_eq!(store.message_count(&q2).unwrap(), 0);
         assert!(store.close(Duration::from_secs(10)).await);
     }
 

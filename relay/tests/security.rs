@@ -430,6 +430,13 @@ async fn an_unsigned_ack_counts_only_on_its_own_sessions_subscription() {
     // The client library knows the subscription ended and signs: the message is not in
     // flight on A any more, so NO_MSG, and it stays for B.
     assert!(!a.ack(&creds, second.msg_id).await.unwrap());
+    // Deletions commit with the next write at the latest (writes commit in order): once a
+    // later SEND is answered, the first ACK's deletion is on disk.
+    let other = a.create_queue(None).await.unwrap();
+    sender
+        .send(other.sender_id, None, 0, b"later".to_vec())
+        .await
+        .unwrap();
     assert_eq!(state(&relay, &creds).3, 1, "the message B was sent stays");
 }
 
