@@ -12,7 +12,8 @@
 //! messages  (QueueRef, seq)                          → release_at_ms (u64) ‖ nonce ‖ encrypted message
 //! pending   (release_at_ms, QueueRef, seq)           → ()   messages not yet released at write time
 //! by_time   (received_s, QueueRef, seq)              → ()   for TTL expiry
-//! meta      "check" → encrypted constant (detects a wrong storage key); "next_seq" → u64
+//! meta      "check" → encrypted constant (detects a wrong storage key); "next_seq" → u64,
+//!           above every position handed out (raised a block of 65 536 at a time)
 //! ```
 //! Wire ids never appear on disk: tables are keyed by `BLAKE3-keyed(index key, "r"|"s" ‖ id)`.
 //! Values are XChaCha20-Poly1305 under a key derived from the storage key, with random
@@ -121,6 +122,9 @@ pub const WRITE_QUEUE: usize = 1024;
 /// relay made 70 % fewer `fdatasync` calls than with every commit durable (counted under
 /// strace, which slows it: 10 946 → 3 247 for 15 000 messages).
 pub const RELAXED_COMMIT_BOUND: Duration = Duration::from_millis(250);
+
+/// Positions reserved at a time in the stored counter (see `Writer::seq_reserved`).
+const SEQ_BLOCK: u64 = 1 << 16;
 
 /// How long the writer holds a batch of relaxed-only writes (ACK deletions, expiry) for the
 /// next batch to carry, before committing it on its own. Their callers wait this much
@@ -1040,6 +1044,7 @@ impl Store {
             slot: slot.clone(),
             keys: keys.clone(),
             next_seq,
+            seq_reserved: next_seq,
             opts,
             relaxed_bound,
             unsynced_since: None,
@@ -1397,6 +1402,10 @@ struct Writer {
     slot: Arc<DbSlot>,
     keys: Arc<Keys>,
     next_seq: u64,
+    /// The counter as stored: every position handed out is below it. It is raised by
+    /// [`SEQ_BLOCK`] at a time, so that most commits do not rewrite it (a page and a tree
+    /// path fewer per commit); a restart skips the unused rest of a block.
+    seq_reserved: u64,
     opts: StoreOptions,
     /// Longest time a relaxed commit stays non-durable ([`RELAXED_COMMIT_BOUND`]).
     relaxed_bound: Duration,
@@ -1560,7 +1569,7 @@ impl Writer {
             }
             // The relaxed bound counts from the first held write.
             let started_for_bound = hold_started.map_or(started, |h| h.min(started));
-            let seq_before = self.next_seq;
+            let seq_before = (self.next_seq, self.seq_reserved);
             match self.apply_batch(&jobs, kind) {
                 Ok(outcomes) => {
                     healthy = true;
@@ -1578,7 +1587,7 @@ impl Writer {
                 Err(e) => {
                     healthy = false;
                     // Nothing of the batch is committed: positions are reused.
-                    self.next_seq = seq_before;
+                    (self.next_seq, self.seq_reserved) = seq_before;
                     tracing::error!(error = %e, writes = jobs.len(), "store commit failed; writes refused");
                     if matches!(e, StoreError::Io(_)) {
                         // redb refuses all further use of a database after an I/O error:
@@ -1699,7 +1708,7 @@ impl Writer {
         match guarded(|| self.slot.open(true)).and_then(|r| r.map_err(|e| e.to_string())) {
             Ok(db) => {
                 match read_next_seq(&db) {
-                    Some(seq) => self.next_seq = seq,
+                    Some(seq) => (self.next_seq, self.seq_reserved) = (seq, seq),
                     None => {
                         tracing::error!(
                             "reopened database has no sequence counter; keeping the one in memory"
@@ -1728,10 +1737,12 @@ impl Writer {
         for job in jobs {
             outcomes.push(self.apply(&txn, &job.op)?);
         }
-        {
+        if self.next_seq > self.seq_reserved {
+            let reserved = self.next_seq.saturating_add(SEQ_BLOCK);
             let mut meta = txn.open_table(META).map_err(io)?;
-            meta.insert("next_seq", self.next_seq.to_be_bytes().as_slice())
+            meta.insert("next_seq", reserved.to_be_bytes().as_slice())
                 .map_err(io)?;
+            self.seq_reserved = reserved;
         }
         txn.commit().map_err(io)?;
         Ok(outcomes)
@@ -2730,6 +2741,41 @@ mod tests {
         assert_eq!(commit_seconds.get_sample_count(), 4);
         assert_eq!(batch_size.get_sample_count(), 4);
         assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    /// Positions are never handed out twice, across reopens and within a reserved block.
+    #[tokio::test]
+    async fn positions_stay_unique_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = Vec::new();
+        let mut q = None;
+        for _ in 0..3 {
+            let store = open_with(dir.path(), StoreOptions::default(), RELAXED_COMMIT_BOUND);
+            let queue = match q {
+                Some(q) => q,
+                None => queue_with_messages(&store, 0).await.0,
+            };
+            q = Some(queue);
+            for i in 0..3 {
+                let out = store
+                    .write(WriteOp::Append {
+                        queue,
+                        msg: message(i, 5_000_000, 5_000_000),
+                        quota: 100,
+                    })
+                    .await
+                    .unwrap();
+                let WriteOutcome::Appended { seq } = out else {
+                    panic!("not appended: {out:?}")
+                };
+                assert!(
+                    seen.iter().all(|&s| s < seq),
+                    "position {seq} not above {seen:?}"
+                );
+                seen.push(seq);
+            }
+            assert!(store.close(Duration::from_secs(10)).await);
+        }
     }
 
     /// A relaxed-only write waits (at most RELAXED_HOLD) for the next write and commits in
