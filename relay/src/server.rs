@@ -1211,76 +1211,19 @@ impl Session {
 
     async fn send(&mut self, t: &Transmission, e: EntityId, flags: u8, body: Vec<u8>) {
         let corr = t.corr_id;
-        let found = match self.lookup_sender(SenderId::from(e)) {
-            Ok(f) => f,
-            Err(code) => return self.reply(corr, Some(e), Response::Err(code)).await,
+        let prepared = match prepare_send(&self.shared, t, e, flags, body, &self.hash) {
+            Ok(p) => p,
+            Err(resp) => return self.reply(corr, Some(e), resp).await,
         };
-        let authorised = match &found {
-            Some((_, rec)) => match rec.sender_key {
-                Some(k) => t.verify(&k, &self.hash),
-                // Unsecured queue: unsigned SEND only.
-                None => t.signature.is_none() || t.verify(&self.shared.dummy_key, &self.hash),
-            },
-            None => {
-                let _ = t.verify(&self.shared.dummy_key, &self.hash);
-                false
-            }
-        };
-        let Some((queue, rec)) = found.filter(|_| authorised) else {
-            return self
-                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
-                .await;
-        };
-        if rec.status != QueueStatus::Active {
-            return self
-                .reply(corr, Some(e), Response::Err(ErrorCode::Prohibited))
-                .await;
-        }
-        let now = unix_ms();
-        let release_at = lock(&self.shared.sampler).release_at(now);
-        let gran = self
-            .shared
-            .config
-            .delivery
-            .timestamp_granularity
-            .as_secs()
-            .max(1);
-        let msg = NewMessage {
-            msg_id: MessageId::random(&mut rand::rngs::OsRng),
-            timestamp: (now / 1000) / gran * gran,
-            received_ms: now,
-            release_at_ms: release_at,
-            flags,
-            body,
-        };
-        let store = self.shared.store.clone();
-        let scheduler = self.shared.scheduler.clone();
-        let metrics = self.shared.metrics.clone();
-        let quota = self.shared.config.queues.quota;
+        let shared = self.shared.clone();
         self.writes.push(Box::pin(async move {
-            let resp = match store.write(WriteOp::Append { queue, msg, quota }).await {
-                Ok(WriteOutcome::Appended { .. }) => {
-                    metrics.messages_sent.inc();
-                    // The scheduler wakes the subscriber at release time; if its queue is
-                    // full the message is still stored and visible after release (the
-                    // recipient sees it on its next SUB/GET/ACK).
-                    let _ = scheduler
-                        .send(Pending {
-                            item: queue,
-                            inserted_at: now,
-                            release_at,
-                        })
-                        .await;
-                    Response::Ok
-                }
-                Ok(WriteOutcome::QuotaExceeded) => Response::Err(ErrorCode::Quota),
-                Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
-                Ok(WriteOutcome::Disabled) => Response::Err(ErrorCode::Prohibited),
-                Ok(_) => Response::Err(ErrorCode::Internal),
-                Err(e) => store_error(&e),
-            };
+            let resp = store_send(&shared, prepared).await;
             if let Response::Err(code) = &resp {
-                metrics.errors.with_label_values(&[code.name()]).inc();
+                shared
+                    .metrics
+                    .errors
+                    .with_label_values(&[code.name()])
+                    .inc();
             }
             Completion::Reply(Transmission::response(corr, Some(e), &resp))
         }));
@@ -1783,11 +1726,37 @@ async fn forwarded_send(
     body: Vec<u8>,
     hash: &[u8; 32],
 ) -> Response {
+    match prepare_send(shared, t, e, flags, body, hash) {
+        Ok(prepared) => store_send(shared, prepared).await,
+        Err(resp) => resp,
+    }
+}
+
+/// A SEND that passed its checks: the message to store and when it is released.
+struct PreparedSend {
+    queue: QueueRef,
+    msg: NewMessage,
+    received_ms: u64,
+    release_at: u64,
+}
+
+/// Checks a SEND — queue lookup by sender id, signature (over `hash`: the session's
+/// handshake hash, or a forwarded request's), queue status — doing the same work whether or
+/// not the queue exists, and builds the message to store. Shared by a session's SEND and a
+/// forwarded one; `Err` is the answer to give.
+fn prepare_send(
+    shared: &Shared,
+    t: &Transmission,
+    e: EntityId,
+    flags: u8,
+    body: Vec<u8>,
+    hash: &[u8; 32],
+) -> Result<PreparedSend, Response> {
     let found = match shared.store.queue_by_sender(&SenderId::from(e)) {
         Ok(f) => f,
         Err(err) => {
             tracing::error!(error = %err, "store read failed");
-            return Response::Err(ErrorCode::Internal);
+            return Err(Response::Err(ErrorCode::Internal));
         }
     };
     let authorised = match &found {
@@ -1802,10 +1771,10 @@ async fn forwarded_send(
         }
     };
     let Some((queue, rec)) = found.filter(|_| authorised) else {
-        return Response::Err(ErrorCode::Auth);
+        return Err(Response::Err(ErrorCode::Auth));
     };
     if rec.status != QueueStatus::Active {
-        return Response::Err(ErrorCode::Prohibited);
+        return Err(Response::Err(ErrorCode::Prohibited));
     }
     let now = unix_ms();
     let release_at = lock(&shared.sampler).release_at(now);
@@ -1823,6 +1792,23 @@ async fn forwarded_send(
         flags,
         body,
     };
+    Ok(PreparedSend {
+        queue,
+        msg,
+        received_ms: now,
+        release_at,
+    })
+}
+
+/// Stores a checked SEND (one durable write) and hands it to the scheduler; the answer
+/// for the sender.
+async fn store_send(shared: &Shared, p: PreparedSend) -> Response {
+    let PreparedSend {
+        queue,
+        msg,
+        received_ms,
+        release_at,
+    } = p;
     let op = WriteOp::Append {
         queue,
         msg,
@@ -1831,11 +1817,14 @@ async fn forwarded_send(
     match shared.store.write(op).await {
         Ok(WriteOutcome::Appended { .. }) => {
             shared.metrics.messages_sent.inc();
+            // The scheduler wakes the subscriber at release time; if its queue is full the
+            // message is still stored and visible after release (the recipient sees it on
+            // its next SUB/GET/ACK).
             let _ = shared
                 .scheduler
                 .send(Pending {
                     item: queue,
-                    inserted_at: now,
+                    inserted_at: received_ms,
                     release_at,
                 })
                 .await;
