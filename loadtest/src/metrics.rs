@@ -43,7 +43,8 @@ pub struct MessageRecord {
 /// Exactly-once accounting of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DeliveryCounts {
-    /// Messages the relay accepted (SEND answered OK).
+    /// Messages the relay accepted: SEND answered OK, or arrived (a run ends when every
+    /// message has arrived, which can be before the last OKs do).
     pub sent: u64,
     /// Distinct messages that arrived intact.
     pub delivered: u64,
@@ -66,7 +67,7 @@ pub fn delivery_counts(records: &[MessageRecord], corrupted: u64) -> DeliveryCou
     };
     for r in records {
         let arrived = r.received_at_us.is_some();
-        if r.ok_at_us.is_some() {
+        if r.ok_at_us.is_some() || arrived {
             c.sent += 1;
             if !arrived {
                 c.lost += 1;
@@ -478,12 +479,20 @@ mod tests {
             send_failed: true,
             ..MessageRecord::default()
         });
+        // Arrived before its OK was recorded (the run stopped waiting): sent all the same.
+        recs.push(MessageRecord {
+            seq: 4,
+            sent_at_us: Some(4),
+            received_at_us: Some(9),
+            deliveries: 1,
+            ..MessageRecord::default()
+        });
         let c = delivery_counts(&recs, 4);
         assert_eq!(
             c,
             DeliveryCounts {
-                sent: 3,
-                delivered: 2,
+                sent: 4,
+                delivered: 3,
                 lost: 1,
                 duplicated: 2,
                 corrupted: 4,
