@@ -224,12 +224,17 @@ async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let failed = tokio::select! {
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        () = relay.failed() => true,
+    };
     tracing::info!("shutting down: finishing in-flight writes and closing sessions");
     relay.shutdown().await;
     tracing::info!("stopped");
+    if failed {
+        // Non-zero, so that the service manager (Restart=on-failure) starts a fresh relay.
+        anyhow::bail!("a relay task stopped unexpectedly (see the log); exiting to be restarted");
+    }
     Ok(())
 }

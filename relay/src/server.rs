@@ -150,11 +150,21 @@ pub struct RunningRelay {
     /// The store (for tests).
     pub store: Store,
     shutdown: CancellationToken,
+    /// Cancelled when a task the relay cannot serve without stops (see [`spawn_critical`]).
+    failed: CancellationToken,
     tracker: TaskTracker,
     endpoint: quinn::Endpoint,
 }
 
 impl RunningRelay {
+    /// Completes when a task the relay cannot serve without (the scheduler, an accept loop,
+    /// the expiry sweep, …) has panicked or ended before shutdown. The relay then no longer
+    /// accepts or delivers, so `sotto-relay run` shuts it down and exits non-zero for the
+    /// service manager to restart it. A panic inside one session ends that session only.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await;
+    }
+
     /// Stops accepting, lets sessions finish in-flight writes, closes them, and waits.
     ///
     /// Takes at most [`SHUTDOWN_SESSIONS`] + [`SHUTDOWN_IDLE`] + [`SHUTDOWN_STORE`] (27 s),
@@ -252,7 +262,11 @@ pub async fn start_with(
     let local_tcp_addr = tcp_listener.as_ref().map(|(_, _, a)| *a);
 
     let shutdown = CancellationToken::new();
+    let failed = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let critical = |name: &'static str, fut: BoxFuture| {
+        spawn_critical(&tracker, name, fut, &shutdown, &failed);
+    };
 
     let metrics_addr = match config.metrics_addr() {
         Some(a) => Some(
@@ -279,7 +293,7 @@ pub async fn start_with(
     }
     let (sched_tx, sched_rx) = mpsc::channel(SCHEDULER_QUEUE);
     let (released_tx, mut released_rx) = mpsc::channel::<Vec<scheduler::Released<QueueRef>>>(64);
-    tracker.spawn(scheduler::run(
+    let sched = scheduler::run(
         pool,
         sched_rx,
         released_tx,
@@ -290,7 +304,13 @@ pub async fn start_with(
             delay_seconds: metrics.delay_seconds.clone(),
         }),
         RELEASE_BATCH,
-    ));
+    );
+    critical(
+        "scheduler",
+        Box::pin(async move {
+            let _ = sched.await;
+        }),
+    );
 
     // FWD dials destinations from this endpoint, so they see this relay's address.
     let forwarder = Arc::new(crate::forward::Forwarder::new(
@@ -300,7 +320,10 @@ pub async fn start_with(
         config.quic.options(),
         config.log.sensitive,
     )?);
-    tracker.spawn(forwarder.clone().run_sweeper(shutdown.clone()));
+    critical(
+        "forward sweeper",
+        Box::pin(forwarder.clone().run_sweeper(shutdown.clone())),
+    );
 
     let limits = &config.limits;
     let per_s = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
@@ -330,29 +353,41 @@ pub async fn start_with(
     // Released messages wake their subscriber.
     {
         let shared = shared.clone();
-        tracker.spawn(async move {
-            while let Some(batch) = released_rx.recv().await {
-                for r in batch {
-                    shared.router.wake(&r.item);
+        critical(
+            "release waker",
+            Box::pin(async move {
+                while let Some(batch) = released_rx.recv().await {
+                    for r in batch {
+                        shared.router.wake(&r.item);
+                    }
                 }
-            }
-        });
+            }),
+        );
     }
-    tracker.spawn(expiry_task(shared.clone()));
-    tracker.spawn(gauge_task(shared.clone()));
-    tracker.spawn(limiter_prune_task(shared.clone()));
-    tracker.spawn(accept_loop(
-        endpoint.clone(),
-        shared.clone(),
-        tracker.clone(),
-    ));
-    if let Some((listener, acceptor, _)) = tcp_listener {
-        tracker.spawn(tcp_accept_loop(
-            listener,
-            acceptor,
+    critical("expiry", Box::pin(expiry_task(shared.clone())));
+    critical("gauges", Box::pin(gauge_task(shared.clone())));
+    critical(
+        "limiter pruning",
+        Box::pin(limiter_prune_task(shared.clone())),
+    );
+    critical(
+        "QUIC accept loop",
+        Box::pin(accept_loop(
+            endpoint.clone(),
             shared.clone(),
             tracker.clone(),
-        ));
+        )),
+    );
+    if let Some((listener, acceptor, _)) = tcp_listener {
+        critical(
+            "TCP accept loop",
+            Box::pin(tcp_accept_loop(
+                listener,
+                acceptor,
+                shared.clone(),
+                tracker.clone(),
+            )),
+        );
     }
 
     if shared.config.log.sensitive {
@@ -374,9 +409,37 @@ pub async fn start_with(
         metrics,
         store,
         shutdown,
+        failed,
         tracker,
         endpoint,
     })
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Spawns a task the relay cannot serve without. If it panics or returns while `shutdown`
+/// is not cancelled, the error is logged (with the task's name only) and `failed` is
+/// cancelled: see [`RunningRelay::failed`].
+fn spawn_critical(
+    tracker: &TaskTracker,
+    name: &'static str,
+    fut: BoxFuture,
+    shutdown: &CancellationToken,
+    failed: &CancellationToken,
+) {
+    use futures_util::FutureExt as _;
+    let (shutdown, failed) = (shutdown.clone(), failed.clone());
+    tracker.spawn(async move {
+        let outcome = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match outcome {
+            Err(_) => tracing::error!(task = name, "a relay task panicked; the relay stops"),
+            Ok(()) => tracing::error!(task = name, "a relay task ended early; the relay stops"),
+        }
+        failed.cancel();
+    });
 }
 
 /// State shared by every task of one relay.
@@ -2002,5 +2065,57 @@ mod limits_tests {
         assert_eq!(source_key(a), source_key(b));
         assert_eq!(source_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
         assert_ne!(source_key(a), source_key(other));
+    }
+}
+
+#[cfg(test)]
+mod critical_tests {
+    use super::*;
+
+    /// A critical task that panics or returns before shutdown fails the relay; one that
+    /// returns after shutdown does not.
+    #[tokio::test]
+    async fn a_critical_task_that_stops_fails_the_relay_unless_shutting_down() {
+        let tracker = TaskTracker::new();
+        let (shutdown, failed) = (CancellationToken::new(), CancellationToken::new());
+        spawn_critical(
+            &tracker,
+            "panicking",
+            Box::pin(async { panic!("injected") }),
+            &shutdown,
+            &failed,
+        );
+        tokio::time::timeout(Duration::from_secs(10), failed.cancelled())
+            .await
+            .expect("a panic fails the relay");
+
+        let (shutdown, failed) = (CancellationToken::new(), CancellationToken::new());
+        spawn_critical(
+            &tracker,
+            "returning",
+            Box::pin(async {}),
+            &shutdown,
+            &failed,
+        );
+        tokio::time::timeout(Duration::from_secs(10), failed.cancelled())
+            .await
+            .expect("an early return fails the relay");
+
+        let (shutdown, failed) = (CancellationToken::new(), CancellationToken::new());
+        let waits = shutdown.clone();
+        spawn_critical(
+            &tracker,
+            "orderly",
+            Box::pin(async move { waits.cancelled().await }),
+            &shutdown,
+            &failed,
+        );
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        assert!(
+            !failed.is_cancelled(),
+            "ending at shutdown is not a failure"
+        );
     }
 }
