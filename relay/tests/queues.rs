@@ -340,3 +340,53 @@ async fn acked_messages_arrive_once_in_order_while_deletions_commit() {
     );
     assert!(recipient.get(&creds).await.unwrap().is_none());
 }
+
+/// A session remembers the sender keys of secured queues it has sent to (skipping the
+/// lookup); what changes a queue afterwards still decides: a wrong signature is AUTH, a
+/// disabled queue PROHIBITED, a deleted one AUTH, in that same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_remembered_queue_still_obeys_off_and_del() {
+    let relay = TestRelay::start().await;
+    let (recipient, _pr, _e1) = connect(&relay.address()).await;
+    let (sender, _ps, _e2) = connect(&relay.address()).await;
+    let creds = recipient.create_queue(None).await.unwrap();
+    let key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+    sender.sender_secure(creds.sender_id, &key).await.unwrap();
+    for _ in 0..2 {
+        sender
+            .send(creds.sender_id, Some(&key), 0, b"ok".to_vec())
+            .await
+            .unwrap();
+    }
+    let other = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+    assert_eq!(
+        relay_err(
+            sender
+                .send(creds.sender_id, Some(&other), 0, b"x".to_vec())
+                .await
+        ),
+        ErrorCode::Auth
+    );
+    assert_eq!(
+        relay_err(sender.send(creds.sender_id, None, 0, b"x".to_vec()).await),
+        ErrorCode::Auth
+    );
+    recipient.off(&creds).await.unwrap();
+    assert_eq!(
+        relay_err(
+            sender
+                .send(creds.sender_id, Some(&key), 0, b"x".to_vec())
+                .await
+        ),
+        ErrorCode::Prohibited
+    );
+    recipient.delete(&creds).await.unwrap();
+    assert_eq!(
+        relay_err(
+            sender
+                .send(creds.sender_id, Some(&key), 0, b"x".to_vec())
+                .await
+        ),
+        ErrorCode::Auth
+    );
+}
