@@ -46,8 +46,8 @@ use crate::datadir::{self, Identity};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, DelaySampler, Pending, Scheduler, SchedulerMetrics};
 use crate::store::{
-    NewMessage, QueueRecord, QueueRef, QueueStatus, Store, StoreError, StoreMetrics, StoreOptions,
-    WriteOp, WriteOutcome,
+    NewMessage, QueueRecord, QueueRef, QueueStatus, SealedBody, Store, StoreError, StoreMetrics,
+    StoreOptions, WriteOp, WriteOutcome,
 };
 
 /// Transmissions waiting for a session's writer. Each holds at most one MSG (~15.5 KiB), so
@@ -751,7 +751,6 @@ impl Drop for SessionGuard {
 /// A subscribed queue in one session.
 struct Sub {
     recipient_id: RecipientId,
-    seal_key: BodySealKey,
     /// The queue's recipient key as this session read it at SUB (it never changes), so that
     /// an ACK on the subscription is verified without reading and decoding the queue record
     /// again (two Ed25519 point decompressions and a store read per delivered message).
@@ -1420,7 +1419,6 @@ impl Session {
                     queue,
                     Sub {
                         recipient_id: rid,
-                        seal_key: rec.seal_key.clone(),
                         recipient_key: rec.recipient_key,
                     },
                 );
@@ -1435,7 +1433,7 @@ impl Session {
                 match self.first_visible(&queue) {
                     Ok(Some(m)) => {
                         self.in_flight.insert(queue, InFlight::of(&m));
-                        self.send_msg(corr, e, &rec.seal_key, &m.msg).await;
+                        self.send_msg(corr, e, m.msg).await;
                     }
                     Ok(None) => self.reply(corr, Some(e), Response::NoMsg).await,
                     Err(code) => self.reply(corr, Some(e), Response::Err(code)).await,
@@ -1550,14 +1548,10 @@ impl Session {
             })
     }
 
-    async fn send_msg(
-        &mut self,
-        corr: CorrId,
-        e: EntityId,
-        seal_key: &BodySealKey,
-        m: &NewMessage,
-    ) {
-        let sealed_body = seal_key.seal(&m.msg_id, &m.body);
+    /// Sends a stored message as MSG: its body was sealed for the recipient when it was
+    /// stored.
+    async fn send_msg(&mut self, corr: CorrId, e: EntityId, m: NewMessage) {
+        let sealed_body = m.body.into_bytes();
         self.shared.metrics.messages_delivered.inc();
         self.reply(
             corr,
@@ -1580,12 +1574,11 @@ impl Session {
         let Some(sub) = self.subs.get(&queue) else {
             return;
         };
-        let (rid, seal_key) = (sub.recipient_id, sub.seal_key.clone());
+        let rid = sub.recipient_id;
         match self.first_visible(&queue) {
             Ok(Some(m)) => {
                 self.in_flight.insert(queue, InFlight::of(&m));
-                self.send_msg(CorrId::NONE, rid.into(), &seal_key, &m.msg)
-                    .await;
+                self.send_msg(CorrId::NONE, rid.into(), m.msg).await;
             }
             Ok(None) => {}
             Err(_) => {}
@@ -1827,11 +1820,11 @@ fn prepare_send(
     known: Option<&mut SecuredSenders>,
 ) -> Result<PreparedSend, Response> {
     let sid = SenderId::from(e);
-    if let Some(&(queue, key)) = known.as_deref().and_then(|k| k.get(&sid)) {
+    if let Some((queue, key, seal_key)) = known.as_deref().and_then(|k| k.get(&sid)) {
         // A secured queue this session has sent to: its sender key never changes, and the
         // store write checks that the queue still exists and is active.
-        return if t.verify(&key, hash) {
-            Ok(new_send(shared, queue, flags, body))
+        return if t.verify(key, hash) {
+            Ok(new_send(shared, *queue, seal_key, flags, &body))
         } else {
             Err(Response::Err(ErrorCode::Auth))
         };
@@ -1860,14 +1853,23 @@ fn prepare_send(
     if rec.status != QueueStatus::Active {
         return Err(Response::Err(ErrorCode::Prohibited));
     }
+    let prepared = new_send(shared, queue, &rec.seal_key, flags, &body);
     if let (Some(known), Some(key)) = (known, rec.sender_key) {
-        known.insert(sid, queue, key);
+        known.insert(sid, queue, key, rec.seal_key);
     }
-    Ok(new_send(shared, queue, flags, body))
+    Ok(prepared)
 }
 
-/// The message a checked SEND stores, with its receipt time and drawn release time.
-fn new_send(shared: &Shared, queue: QueueRef, flags: u8, body: Vec<u8>) -> PreparedSend {
+/// The message a checked SEND stores — its body sealed for the recipient now, so that
+/// delivery sends the stored bytes as they are — with its receipt time and drawn release
+/// time.
+fn new_send(
+    shared: &Shared,
+    queue: QueueRef,
+    seal_key: &BodySealKey,
+    flags: u8,
+    body: &[u8],
+) -> PreparedSend {
     let now = unix_ms();
     let release_at = lock(&shared.sampler).release_at(now);
     let gran = shared
@@ -1876,13 +1878,14 @@ fn new_send(shared: &Shared, queue: QueueRef, flags: u8, body: Vec<u8>) -> Prepa
         .timestamp_granularity
         .as_secs()
         .max(1);
+    let msg_id = MessageId::random(&mut rand::rngs::OsRng);
     let msg = NewMessage {
-        msg_id: MessageId::random(&mut rand::rngs::OsRng),
+        msg_id,
         timestamp: (now / 1000) / gran * gran,
         received_ms: now,
         release_at_ms: release_at,
         flags,
-        body,
+        body: SealedBody::seal(seal_key, &msg_id, body),
     };
     PreparedSend {
         queue,
@@ -1899,21 +1902,21 @@ fn new_send(shared: &Shared, queue: QueueRef, flags: u8, body: Vec<u8>) -> Prepa
 /// since. At most [`SECURED_SENDERS`] entries (≈ 250 bytes each, ≈ 16 KiB), allocated on a
 /// session's first SEND; when full it starts again empty.
 #[derive(Default)]
-struct SecuredSenders(HashMap<SenderId, (QueueRef, AuthPublicKey)>);
+struct SecuredSenders(HashMap<SenderId, (QueueRef, AuthPublicKey, BodySealKey)>);
 
 /// Bound of [`SecuredSenders`].
 const SECURED_SENDERS: usize = 64;
 
 impl SecuredSenders {
-    fn get(&self, id: &SenderId) -> Option<&(QueueRef, AuthPublicKey)> {
+    fn get(&self, id: &SenderId) -> Option<&(QueueRef, AuthPublicKey, BodySealKey)> {
         self.0.get(id)
     }
 
-    fn insert(&mut self, id: SenderId, queue: QueueRef, key: AuthPublicKey) {
+    fn insert(&mut self, id: SenderId, queue: QueueRef, key: AuthPublicKey, seal: BodySealKey) {
         if self.0.len() >= SECURED_SENDERS && !self.0.contains_key(&id) {
             self.0 = HashMap::new();
         }
-        self.0.insert(id, (queue, key));
+        self.0.insert(id, (queue, key, seal));
     }
 }
 

@@ -9,7 +9,7 @@
 //! ```text
 //! queues    QueueRef (keyed BLAKE3 of recipient id) → encrypted QueueRecord
 //! senders   keyed BLAKE3 of sender id               → QueueRef
-//! messages  (QueueRef, seq)                          → release_at_ms (u64) ‖ nonce ‖ encrypted message
+//! messages  (QueueRef, seq)                          → release_at_ms (u64) ‖ nonce ‖ encrypted header ‖ body sealed for the recipient
 //! pending   (release_at_ms, QueueRef, seq)           → ()   messages not yet released at write time
 //! by_time   (received_s, QueueRef, seq)              → ()   for TTL expiry
 //! meta      "check" → encrypted constant (detects a wrong storage key); "next_seq" → u64,
@@ -18,7 +18,12 @@
 //! Wire ids never appear on disk: tables are keyed by `BLAKE3-keyed(index key, "r"|"s" ‖ id)`.
 //! Values are XChaCha20-Poly1305 under a key derived from the storage key, with random
 //! nonces and the table name and record key as associated data (a record cannot be moved to
-//! another key). Release and receipt times of *undelivered* messages are visible in keys to
+//! another key). The one exception is a message's body: it is stored as it will be
+//! delivered, already sealed for the recipient ([`SealedBody`]) under the queue's seal key,
+//! which is itself stored only inside the encrypted queue record — so without the storage
+//! key it is as unreadable as the rest, and delivery needs no second 16 KiB pass. (Version 1
+//! message records, written before this, hold the whole message under the storage key; they
+//! are still read, and sealed when delivered.) Release and receipt times of *undelivered* messages are visible in keys to
 //! someone holding the file without the storage key (documented in the threat model).
 //!
 //! # Durability
@@ -256,13 +261,54 @@ pub struct NewMessage {
     pub release_at_ms: u64,
     /// SEND flags.
     pub flags: u8,
-    /// Body as sent (the sender's end-to-end ciphertext).
-    pub body: Vec<u8>,
+    /// Body as it will be delivered: sealed for the recipient.
+    pub body: SealedBody,
 }
 
 impl std::fmt::Debug for NewMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "NewMessage({} bytes)", self.body.len())
+    }
+}
+
+/// A message body sealed for its recipient (`sotto_protocol::seal`, nonce = the message
+/// id), as the relay stores and delivers it. Only [`SealedBody::seal`] makes one, so no body
+/// reaches the store in the clear. The store keeps these bytes as they are — ciphertext
+/// under the queue's seal key, which is itself stored only under the storage key — and
+/// encrypts the rest of the record; delivery sends them without another pass over 16 KiB.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedBody(Vec<u8>);
+
+impl SealedBody {
+    /// Seals `body` for the recipient of the queue whose seal key is `key`, as message `id`.
+    pub fn seal(key: &BodySealKey, id: &MessageId, body: &[u8]) -> Self {
+        Self(key.seal(id, body))
+    }
+
+    /// The sealed bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The sealed bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// Length of the sealed bytes (body + 16).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no bytes (never, for a sealed body).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SealedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedBody({} bytes)", self.0.len())
     }
 }
 
@@ -660,45 +706,209 @@ fn queue_record_times(b: &[u8]) -> Result<(u64, u64), StoreError> {
     }
 }
 
-/// Encoding of a message (before encryption; the release time is stored beside it).
-pub fn encode_message(m: &NewMessage) -> Vec<u8> {
-    let mut v = Vec::with_capacity(48 + m.body.len());
-    v.push(RECORD_VERSION);
-    v.extend_from_slice(m.msg_id.as_bytes());
-    v.extend_from_slice(&m.timestamp.to_be_bytes());
-    v.extend_from_slice(&m.received_ms.to_be_bytes());
-    v.push(m.flags);
-    v.extend_from_slice(&m.body);
-    v
+/// Version byte of a message record's header (version 1 encrypted the whole message,
+/// body included, under the storage key; see [`open_message`]).
+const MESSAGE_VERSION: u8 = 2;
+
+/// Length of a message header: version, message id, timestamp, receipt time, flags.
+const MESSAGE_HEADER_LEN: usize = 1 + ID_LEN + 8 + 8 + 1;
+
+/// Length of a message header as stored: nonce, encrypted header, tag.
+const SEALED_HEADER_LEN: usize = NONCE_LEN + MESSAGE_HEADER_LEN + TAG_LEN;
+
+/// The header of a message record: everything but the release time (stored beside it) and
+/// the body (after it, sealed for the recipient). Encrypted under the storage key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// Message id.
+    pub msg_id: MessageId,
+    /// Rounded timestamp shown to the recipient, Unix seconds.
+    pub timestamp: u64,
+    /// Exact receipt time, Unix milliseconds.
+    pub received_ms: u64,
+    /// SEND flags.
+    pub flags: u8,
 }
 
-/// Decodes a message encoded by [`encode_message`].
+impl MessageHeader {
+    /// The header of `m`.
+    pub fn of(m: &NewMessage) -> Self {
+        Self {
+            msg_id: m.msg_id,
+            timestamp: m.timestamp,
+            received_ms: m.received_ms,
+            flags: m.flags,
+        }
+    }
+
+    /// Version byte ‖ message id ‖ timestamp ‖ receipt time ‖ flags.
+    pub fn encode(&self) -> [u8; MESSAGE_HEADER_LEN] {
+        let mut v = [0u8; MESSAGE_HEADER_LEN];
+        v[0] = MESSAGE_VERSION;
+        v[1..1 + ID_LEN].copy_from_slice(self.msg_id.as_bytes());
+        v[1 + ID_LEN..9 + ID_LEN].copy_from_slice(&self.timestamp.to_be_bytes());
+        v[9 + ID_LEN..17 + ID_LEN].copy_from_slice(&self.received_ms.to_be_bytes());
+        v[17 + ID_LEN] = self.flags;
+        v
+    }
+
+    /// Decodes exactly what [`MessageHeader::encode`] writes.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for another length or version.
+    pub fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        if b.len() != MESSAGE_HEADER_LEN || b.first() != Some(&MESSAGE_VERSION) {
+            return Err(StoreError::Corrupt("message: bad header".into()));
+        }
+        let (msg_id, timestamp, received_ms, flags) = decode_header_fields(&b[1..])?;
+        Ok(Self {
+            msg_id,
+            timestamp,
+            received_ms,
+            flags,
+        })
+    }
+}
+
+impl std::fmt::Debug for MessageHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The message id links a delivery to a stored record: not for logs.
+        f.debug_struct("MessageHeader")
+            .field("timestamp", &self.timestamp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes the plaintext of a version 1 message record (as earlier relays wrote it: version
+/// 1 ‖ message id ‖ timestamp ‖ receipt time ‖ flags ‖ body, all under the storage key).
 ///
 /// # Errors
-/// [`StoreError::Corrupt`] on any malformed input.
-pub fn decode_message(b: &[u8], release_at_ms: u64) -> Result<NewMessage, StoreError> {
-    use sotto_protocol::codec::Reader;
-    let bad = |e: sotto_protocol::DecodeError| StoreError::Corrupt(format!("message: {e}"));
-    let mut r = Reader::new(b);
-    if r.u8().map_err(bad)? != RECORD_VERSION {
+/// [`StoreError::Corrupt`] on another version, truncation, or a body over `MAX_BODY`.
+pub fn decode_legacy_message(b: &[u8]) -> Result<(MessageHeader, &[u8]), StoreError> {
+    if b.first() != Some(&1) {
         return Err(StoreError::Corrupt("message: unknown version".into()));
     }
-    let msg_id = MessageId(r.array().map_err(bad)?);
-    let timestamp = r.u64().map_err(bad)?;
-    let received_ms = r.u64().map_err(bad)?;
-    let flags = r.u8().map_err(bad)?;
-    let body = r.rest().to_vec();
+    let (msg_id, timestamp, received_ms, flags) = decode_header_fields(&b[1..])?;
+    let body = b.get(MESSAGE_HEADER_LEN..).unwrap_or_default();
     if body.len() > sotto_protocol::MAX_BODY {
         return Err(StoreError::Corrupt("message: body too large".into()));
     }
-    Ok(NewMessage {
+    Ok((
+        MessageHeader {
+            msg_id,
+            timestamp,
+            received_ms,
+            flags,
+        },
+        body,
+    ))
+}
+
+/// A message record's value: release time ‖ header sealed under the storage key (with the
+/// record's position as associated data) ‖ sealed body.
+fn encode_message_value(keys: &Keys, queue: &QueueRef, seq: u64, m: &NewMessage) -> Vec<u8> {
+    let header = keys.seal(
+        &message_ad(queue, seq, m.release_at_ms),
+        &MessageHeader::of(m).encode(),
+    );
+    let mut value = Vec::with_capacity(8 + header.len() + m.body.len());
+    value.extend_from_slice(&m.release_at_ms.to_be_bytes());
+    value.extend_from_slice(&header);
+    value.extend_from_slice(m.body.as_bytes());
+    value
+}
+
+/// What a stored message record holds.
+enum OpenedMessage {
+    /// Version 2: the message, its body sealed for the recipient.
+    Current(NewMessage),
+    /// Version 1 (written by earlier relays): the body in the clear, to be sealed with the
+    /// queue's seal key; the other fields as in `Current`.
+    Legacy {
+        msg_id: MessageId,
+        timestamp: u64,
+        received_ms: u64,
+        release_at_ms: u64,
+        flags: u8,
+        body: Zeroizing<Vec<u8>>,
+    },
+}
+
+impl OpenedMessage {
+    fn received_ms(&self) -> u64 {
+        match self {
+            Self::Current(m) => m.received_ms,
+            Self::Legacy { received_ms, .. } => *received_ms,
+        }
+    }
+}
+
+/// Opens a message record's value at `(queue, seq)`: a version 2 header (and the sealed body
+/// after it), or else a version 1 record.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] if neither authenticates or decodes.
+fn open_message(
+    keys: &Keys,
+    queue: &QueueRef,
+    seq: u64,
+    value: &[u8],
+) -> Result<OpenedMessage, StoreError> {
+    let (release_at_ms, rest) = split_release(value)?;
+    let ad = message_ad(queue, seq, release_at_ms);
+    if let Some((head, body)) = rest.split_at_checked(SEALED_HEADER_LEN)
+        && let Ok(h) = keys.open(&ad, head)
+        && h.first() == Some(&MESSAGE_VERSION)
+    {
+        let MessageHeader {
+            msg_id,
+            timestamp,
+            received_ms,
+            flags,
+        } = MessageHeader::decode(&h)?;
+        if body.len() > sotto_protocol::MAX_BODY + TAG_LEN {
+            return Err(StoreError::Corrupt("message: body too large".into()));
+        }
+        return Ok(OpenedMessage::Current(NewMessage {
+            msg_id,
+            timestamp,
+            received_ms,
+            release_at_ms,
+            flags,
+            body: SealedBody(body.to_vec()),
+        }));
+    }
+    let plain = keys.open(&ad, rest)?;
+    let (
+        MessageHeader {
+            msg_id,
+            timestamp,
+            received_ms,
+            flags,
+        },
+        body,
+    ) = decode_legacy_message(&plain)?;
+    Ok(OpenedMessage::Legacy {
         msg_id,
         timestamp,
         received_ms,
         release_at_ms,
         flags,
-        body,
+        body: Zeroizing::new(body.to_vec()),
     })
+}
+
+/// Message id, timestamp, receipt time and flags, from the bytes after the version byte
+/// (anything after them is left to the caller).
+fn decode_header_fields(b: &[u8]) -> Result<(MessageId, u64, u64, u8), StoreError> {
+    use sotto_protocol::codec::Reader;
+    let bad = |e: sotto_protocol::DecodeError| StoreError::Corrupt(format!("message: {e}"));
+    let mut r = Reader::new(b);
+    let msg_id = MessageId(r.array().map_err(bad)?);
+    let timestamp = r.u64().map_err(bad)?;
+    let received_ms = r.u64().map_err(bad)?;
+    let flags = r.u8().map_err(bad)?;
+    Ok((msg_id, timestamp, received_ms, flags))
 }
 
 struct Job {
@@ -1295,18 +1505,39 @@ impl Store {
             let (k, v) = entry.map_err(|e| self.rd(&txn, e))?;
             let (_, seq) = k.value();
             let value = v.value();
-            let (release, sealed) = split_release(value)?;
+            let (release, _) = split_release(value)?;
             if release > now_ms {
                 continue;
             }
-            let plain = self
-                .inner
-                .keys
-                .open(&message_ad(queue, seq, release), sealed)?;
-            return Ok(Some(StoredMessage {
-                seq,
-                msg: decode_message(&plain, release)?,
-            }));
+            let msg = match open_message(&self.inner.keys, queue, seq, value)? {
+                OpenedMessage::Current(m) => m,
+                OpenedMessage::Legacy {
+                    msg_id,
+                    timestamp,
+                    received_ms,
+                    release_at_ms,
+                    flags,
+                    body,
+                } => {
+                    // Written by an earlier relay: seal it now with the queue's key.
+                    let queues = txn.open_table(QUEUES).map_err(|e| self.rd(&txn, e))?;
+                    let rec = match queues.get(queue).map_err(|e| self.rd(&txn, e))? {
+                        Some(r) => decode_queue_record(
+                            &self.inner.keys.open(&queue_ad(queue), r.value())?,
+                        )?,
+                        None => return Err(StoreError::Corrupt("message without queue".into())),
+                    };
+                    NewMessage {
+                        msg_id,
+                        timestamp,
+                        received_ms,
+                        release_at_ms,
+                        flags,
+                        body: SealedBody::seal(&rec.seal_key, &msg_id, &body),
+                    }
+                }
+            };
+            return Ok(Some(StoredMessage { seq, msg }));
         }
         Ok(None)
     }
@@ -1857,13 +2088,7 @@ impl Writer {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let sealed = self.keys.seal(
-                    &message_ad(queue, seq, msg.release_at_ms),
-                    &encode_message(msg),
-                );
-                let mut value = Vec::with_capacity(8 + sealed.len());
-                value.extend_from_slice(&msg.release_at_ms.to_be_bytes());
-                value.extend_from_slice(&sealed);
+                let value = encode_message_value(&self.keys, queue, seq, msg);
                 messages
                     .insert((*queue, seq), value.as_slice())
                     .map_err(io)?;
@@ -2003,12 +2228,9 @@ impl Writer {
         {
             let (k, v) = e.map_err(io)?;
             let (_, seq) = k.value();
-            let (release, sealed) = split_release(v.value())?;
-            let received = self
-                .keys
-                .open(&message_ad(queue, seq, release), sealed)
-                .and_then(|p| decode_message(&p, release))
-                .map(|m| m.received_ms / 1000)
+            let (release, _) = split_release(v.value())?;
+            let received = open_message(&self.keys, queue, seq, v.value())
+                .map(|m| m.received_ms() / 1000)
                 .ok();
             doomed.push((seq, release, received));
         }
@@ -2134,8 +2356,17 @@ mod tests {
             received_ms,
             release_at_ms,
             flags: 0,
-            body: vec![id; 100],
+            body: sealed(id, &[id; 100]),
         }
+    }
+
+    /// `body` sealed as message `[id; 24]` with the seal key of [`record`].
+    fn sealed(id: u8, body: &[u8]) -> SealedBody {
+        SealedBody::seal(
+            &BodySealKey::from_bytes([3; 32]),
+            &MessageId([id; 24]),
+            body,
+        )
     }
 
     fn open(dir: &Path) -> Store {
@@ -2242,7 +2473,7 @@ mod tests {
                 .unwrap()
                 .msg
                 .body,
-            vec![1; 100]
+            sealed(1, &[1; 100])
         );
         assert_eq!(store.message_count(&q).unwrap(), 2);
         store
@@ -2266,7 +2497,9 @@ mod tests {
             .unwrap();
         let q = store.queue_ref(&rec.recipient_id);
         let mut m = message(1, 1, 1);
-        m.body = b"attack at dawn, attack at dawn".to_vec();
+        // What the store keeps in the clear is the body sealed for the recipient; the rest of
+        // the record is encrypted under the storage key.
+        m.body = sealed(1, b"attack at dawn, attack at dawn");
         store
             .write(WriteOp::Append {
                 queue: q,
@@ -2534,14 +2767,98 @@ mod tests {
             decode_queue_record(&encode_queue_record(&rec)).unwrap(),
             rec
         );
-        let m = message(4, 1, 2);
-        assert_eq!(decode_message(&encode_message(&m), 2).unwrap(), m);
         let enc = encode_queue_record(&rec);
         for n in 0..enc.len() {
             assert!(decode_queue_record(&enc[..n]).is_err());
         }
-        assert!(decode_message(&[], 0).is_err());
-        assert!(decode_message(&[9; 100], 0).is_err());
+        let keys = Keys::new(&StorageKey::from_bytes([7; 32]));
+        let q = [9u8; 32];
+        let m = message(4, 1, 2);
+        let value = encode_message_value(&keys, &q, 5, &m);
+        assert_eq!(value.len(), 8 + SEALED_HEADER_LEN + m.body.len());
+        match open_message(&keys, &q, 5, &value).unwrap() {
+            OpenedMessage::Current(got) => assert_eq!(got, m),
+            OpenedMessage::Legacy { .. } => panic!("read as version 1"),
+        }
+        // Bound to its position, and every truncation or flipped header byte is refused.
+        assert!(open_message(&keys, &q, 6, &value).is_err());
+        assert!(open_message(&keys, &[8; 32], 5, &value).is_err());
+        for n in 0..8 + SEALED_HEADER_LEN {
+            assert!(open_message(&keys, &q, 5, &value[..n]).is_err());
+            let mut bad = value.clone();
+            bad[n] ^= 1;
+            assert!(open_message(&keys, &q, 5, &bad).is_err(), "byte {n}");
+        }
+        assert!(open_message(&keys, &q, 5, &[]).is_err());
+        assert!(open_message(&keys, &q, 5, &[9; 100]).is_err());
+    }
+
+    /// A version 1 message record (the whole message under the storage key, as earlier
+    /// relays wrote it).
+    fn legacy_value(
+        keys: &Keys,
+        queue: &QueueRef,
+        seq: u64,
+        m: &NewMessage,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut plain = vec![1u8];
+        plain.extend_from_slice(m.msg_id.as_bytes());
+        plain.extend_from_slice(&m.timestamp.to_be_bytes());
+        plain.extend_from_slice(&m.received_ms.to_be_bytes());
+        plain.push(m.flags);
+        plain.extend_from_slice(body);
+        let mut value = m.release_at_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(&keys.seal(&message_ad(queue, seq, m.release_at_ms), &plain));
+        value
+    }
+
+    /// Messages stored by an earlier relay (version 1 records) are still delivered: sealed
+    /// with the queue's key when read, byte for byte what a version 2 record would give.
+    #[tokio::test]
+    async fn version_1_message_records_are_still_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rec = record();
+        let (q, _) = {
+            store
+                .write(WriteOp::CreateQueue(Box::new(rec.clone())))
+                .await
+                .unwrap();
+            (store.queue_ref(&rec.recipient_id), ())
+        };
+        assert!(store.close(Duration::from_secs(10)).await);
+        let keys = Keys::new(&StorageKey::from_bytes([7; 32]));
+        let m = message(6, 1_000, 1_000);
+        {
+            let db = Database::create(dir.path().join("q.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(MESSAGES)
+                .unwrap()
+                .insert(
+                    (q, 3u64),
+                    legacy_value(&keys, &q, 3, &m, &[6; 100]).as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        match open_message(&keys, &q, 3, &legacy_value(&keys, &q, 3, &m, &[6; 100])).unwrap() {
+            OpenedMessage::Legacy {
+                body, received_ms, ..
+            } => {
+                assert_eq!(body.as_slice(), &[6; 100]);
+                assert_eq!(received_ms, 1_000);
+            }
+            OpenedMessage::Current(_) => panic!("read as version 2"),
+        }
+        let store = open(dir.path());
+        let got = store.first_visible(&q, 2_000).unwrap().unwrap();
+        assert_eq!(got.seq, 3);
+        assert_eq!(
+            got.msg, m,
+            "sealed at read with the queue's key, as version 2 would"
+        );
+        assert!(store.close(Duration::from_secs(10)).await);
     }
 
     // -----------------------------------------------------------------------------------

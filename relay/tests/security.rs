@@ -604,17 +604,21 @@ fn debug_output_of_secret_bearing_types_shows_no_secret() {
     assert_hides("QueueRecord", &text, rec.recipient_id.as_bytes());
     assert_hides("QueueRecord", &text, rec.sender_id.as_bytes());
     assert_hides("QueueRecord", &text, seal.as_bytes());
+    let msg_id = MessageId(random_id());
     let msg = sotto_relay::store::NewMessage {
-        msg_id: MessageId(random_id()),
+        msg_id,
         timestamp: 0,
         received_ms: 0,
         release_at_ms: 0,
         flags: 0,
-        body: b"MARKER secret body".to_vec(),
+        body: sotto_relay::store::SealedBody::seal(&seal, &msg_id, b"MARKER secret body"),
     };
     let text = format!("{msg:?}");
     assert_hides("NewMessage", &text, msg.msg_id.as_bytes());
+    assert_hides("NewMessage", &text, msg.body.as_bytes());
     assert!(!text.contains("MARKER"), "{text}");
+    let text = format!("{:?}", msg.body);
+    assert_hides("SealedBody", &text, msg.body.as_bytes());
 }
 
 /// The relay's configuration holds a secret (the create password of a private relay).
