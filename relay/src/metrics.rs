@@ -78,6 +78,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Writes per commit.
     pub commit_batch: Histogram,
+    /// Commits made without fsync (ACK deletions, expiry).
+    pub relaxed_commits: IntCounter,
     /// Refusals by limit name ([`LIMITS`]).
     pub rate_limited: IntCounterVec,
     /// Sessions closed for a protocol violation (malformed or undecryptable record).
@@ -161,6 +163,10 @@ impl Metrics {
                 "store_commit_batch_size",
                 "Writes grouped into one commit",
                 prometheus::exponential_buckets(1.0, 2.0, 12)?,
+            )?,
+            relaxed_commits: counter(
+                "store_relaxed_commits_total",
+                "Commits without fsync (ACK deletions, expiry), durable with the next durable commit or within 250 ms",
             )?,
             rate_limited: counter_vec("rate_limited_total", "Refusals by limit", "limit")?,
             protocol_errors: counter(

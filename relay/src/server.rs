@@ -223,6 +223,7 @@ pub async fn start_with(
             metrics: Some(StoreMetrics {
                 commit_seconds: metrics.commit_seconds.clone(),
                 batch_size: metrics.commit_batch.clone(),
+                relaxed_commits: metrics.relaxed_commits.clone(),
             }),
             ..StoreOptions::default()
         },

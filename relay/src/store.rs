@@ -502,6 +502,8 @@ pub struct StoreMetrics {
     pub commit_seconds: prometheus::Histogram,
     /// Writes per commit, relaxed or durable (the empty durable ones are not observed).
     pub batch_size: prometheus::Histogram,
+    /// Relaxed (non-fsynced) commits.
+    pub relaxed_commits: prometheus::IntCounter,
 }
 
 /// Commits the writer has made since the store was opened (see [`Store::commit_stats`]).
@@ -1853,6 +1855,11 @@ impl Writer {
                 self.unsynced_since.get_or_insert(started);
             }
         }
+        if kind == Commit::Relaxed
+            && let Some(m) = &self.opts.metrics
+        {
+            m.relaxed_commits.inc();
+        }
         let pending = self.unsynced_since.is_some();
         self.commits.send_modify(|c| {
             match kind {
@@ -3006,10 +3013,12 @@ mod tests {
     async fn an_ack_skips_the_fsync_and_is_durable_within_the_bound_when_idle() {
         let dir = tempfile::tempdir().unwrap();
         let (commit_seconds, batch_size) = (histogram(), histogram());
+        let relaxed_commits = prometheus::IntCounter::new("r", "r").unwrap();
         let opts = StoreOptions {
             metrics: Some(StoreMetrics {
                 commit_seconds: commit_seconds.clone(),
                 batch_size: batch_size.clone(),
+                relaxed_commits: relaxed_commits.clone(),
             }),
             ..StoreOptions::default()
         };
@@ -3057,6 +3066,11 @@ mod tests {
         // Durable commits (the flush included) are timed; every batch is counted.
         assert_eq!(commit_seconds.get_sample_count(), 4);
         assert_eq!(batch_size.get_sample_count(), 4);
+        assert_eq!(
+            relaxed_commits.get(),
+            1,
+            "the ACK's commit is counted as relaxed"
+        );
         assert!(store.close(Duration::from_secs(10)).await);
     }
 
