@@ -149,6 +149,10 @@ enum RelayCommand {
     Add {
         /// sotto://KEY@HOST[:PORT]
         addr: String,
+        /// The relay is private: save the create password its operator gave you (read from
+        /// SOTTO_CREATE_PASSWORD or asked for); new queues there carry it.
+        #[arg(long)]
+        create_password: bool,
     },
     /// List relays.
     List,
@@ -280,10 +284,27 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
     match command {
         Command::Init => {}
         Command::Relay { command } => match command {
-            RelayCommand::Add { addr } => {
-                let a = agent.add_relay(&addr)?;
+            RelayCommand::Add {
+                addr,
+                create_password,
+            } => {
+                let password = if create_password {
+                    Some(create_password_input()?)
+                } else {
+                    None
+                };
+                let a = agent
+                    .add_relay_with_password(&addr, password.as_deref().map(|p| p.as_str()))?;
                 let first = agent.relays()?.first() == Some(&a);
-                println!("{a}{}", if first { " (default)" } else { "" });
+                println!(
+                    "{a}{}{}",
+                    if first { " (default)" } else { "" },
+                    if create_password {
+                        " (private: create password saved)"
+                    } else {
+                        ""
+                    }
+                );
             }
             RelayCommand::List => {
                 for (i, r) in agent.relays()?.iter().enumerate() {
@@ -460,6 +481,26 @@ fn escape(text: &str) -> String {
             escaped
         })
         .collect()
+}
+
+/// A private relay's create password: `SOTTO_CREATE_PASSWORD`, or asked for.
+fn create_password_input() -> Result<Zeroizing<String>, CliError> {
+    let p = match std::env::var_os("SOTTO_CREATE_PASSWORD") {
+        Some(p) => Zeroizing::new(
+            p.into_string()
+                .map_err(|_| CliError::Usage("SOTTO_CREATE_PASSWORD is not valid UTF-8".into()))?,
+        ),
+        None => Zeroizing::new(
+            rpassword::prompt_password("Create password of this relay: ")
+                .map_err(CliError::Prompt)?,
+        ),
+    };
+    if p.is_empty() {
+        return Err(CliError::Usage(
+            "the create password must not be empty".into(),
+        ));
+    }
+    Ok(p)
 }
 
 fn passphrase(confirm: bool) -> Result<Zeroizing<String>, CliError> {

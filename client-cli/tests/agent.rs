@@ -385,3 +385,52 @@ async fn forged_messages_are_rejected_and_errors_are_clear() {
     carol.close().await;
     r1.stop().await;
 }
+
+/// A private relay creates queues only for NEWs that carry its create password: without
+/// one, or with a wrong one, `invite` fails with an error that says so and how to fix it;
+/// with the saved password, contacts on it work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_relay_needs_its_create_password_saved_in_the_profile() {
+    let mut private = TestRelay::start_with(|c| c.create_password = "s3cret".into()).await;
+    let homes = tempfile::tempdir().unwrap();
+    let addr = private.address().to_string();
+    let mut alice = agent(&homes.path().join("alice"), &private.address(), options());
+    match alice.invite(None, Some("bob")).await {
+        Err(
+            e @ AgentError::CreateRefused {
+                had_password: false,
+                ..
+            },
+        ) => assert!(e.to_string().contains("--create-password"), "{e}"),
+        other => panic!("expected CreateRefused, got {other:?}"),
+    }
+    alice.add_relay_with_password(&addr, Some("wrong")).unwrap();
+    assert!(matches!(
+        alice.invite(None, Some("bob")).await,
+        Err(AgentError::CreateRefused {
+            had_password: true,
+            ..
+        })
+    ));
+    alice
+        .add_relay_with_password(&addr, Some("s3cret"))
+        .unwrap();
+    // Adding it again without a password keeps the saved one.
+    alice.add_relay(&addr).unwrap();
+    let link = alice.invite(None, Some("bob")).await.unwrap();
+
+    let mut bob = Agent::create(&homes.path().join("bob"), b"test passphrase", options()).unwrap();
+    bob.add_relay_with_password(&addr, Some("s3cret")).unwrap();
+    bob.accept(&link, "alice", None).await.unwrap();
+    bob.send("alice", "hello from a private relay")
+        .await
+        .unwrap();
+    let got = receive_until(&mut alice, |ev| !texts_from(ev, "bob").is_empty()).await;
+    assert_eq!(
+        texts_from(&got, "bob"),
+        vec!["hello from a private relay".to_string()]
+    );
+    alice.close().await;
+    bob.close().await;
+    private.stop().await;
+}

@@ -242,3 +242,39 @@ async fn a_conversation_through_the_cli() {
     r1.stop().await;
     r2.stop().await;
 }
+
+/// `relay add --create-password` saves a private relay's create password (from
+/// SOTTO_CREATE_PASSWORD); without it `invite` fails with one line saying how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_relay_through_the_cli() {
+    let mut private = TestRelay::start_with(|c| c.create_password = "s3cret".into()).await;
+    let root = tempfile::tempdir().unwrap();
+    let alice = Profile::new(root.path(), "alice");
+    let addr = private.address().to_string();
+    alice.ok(&["init"]).await;
+    alice.ok(&["relay", "add", &addr]).await;
+    let err = alice.fails(&["invite", "--name", "bob"]).await;
+    assert!(
+        err.contains("private relay") && err.contains("--create-password"),
+        "{err}"
+    );
+    let out = alice
+        .run_env(
+            &["relay", "add", &addr, "--create-password"],
+            &[("SOTTO_CREATE_PASSWORD", "s3cret")],
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("create password saved"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let link = alice.ok(&["invite", "--name", "bob"]).await;
+    assert!(link.contains("sotto:"), "{link}");
+    private.stop().await;
+}

@@ -148,6 +148,18 @@ pub enum AgentError {
     /// No relay was given and none is configured.
     #[error("no relay configured: add one with `sotto relay add sotto://…`")]
     NoRelay,
+    /// A private relay refused to create a queue: no create password, or a wrong one.
+    #[error(
+        "{relay} refused to create a queue: it is a private relay and {}; set it with \
+         `sotto relay add {relay} --create-password`",
+        if *had_password { "the create password saved for it is wrong" } else { "no create password is saved for it" }
+    )]
+    CreateRefused {
+        /// The relay.
+        relay: String,
+        /// Whether a password was sent.
+        had_password: bool,
+    },
     /// `--via` names no known relay.
     #[error(
         "unknown relay `{0}`: give a full sotto:// address or one listed by `sotto relay list`"
@@ -415,11 +427,27 @@ impl Agent {
     /// # Errors
     /// [`AgentError::BadRelayAddress`], store errors.
     pub fn add_relay(&self, addr: &str) -> Result<RelayAddress, AgentError> {
+        self.add_relay_with_password(addr, None)
+    }
+
+    /// Adds a relay as [`Agent::add_relay`] does and, for a private relay, sets the create
+    /// password its queues need (`None` keeps any password set before).
+    ///
+    /// # Errors
+    /// As [`Agent::add_relay`].
+    pub fn add_relay_with_password(
+        &self,
+        addr: &str,
+        create_password: Option<&str>,
+    ) -> Result<RelayAddress, AgentError> {
         let a = parse_relay(addr)?;
         let text = a.to_string();
         self.store.update(|st| {
             if !st.relays.contains(&text) {
                 st.relays.push(text.clone());
+            }
+            if let Some(p) = create_password {
+                st.create_passwords.insert(text.clone(), p.to_owned());
             }
             Ok::<_, AgentError>(())
         })?;
@@ -1372,10 +1400,29 @@ impl Agent {
     }
 
     async fn create_queue(&mut self, relay: &RelayAddress) -> Result<QueueCredentials, AgentError> {
-        Ok(self
+        let text = relay.to_string();
+        let password = zeroize::Zeroizing::new(
+            self.store
+                .read()?
+                .create_passwords
+                .get(&text)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let pw = (!password.is_empty()).then(|| password.as_bytes());
+        match self
             .net
-            .request(relay, async |c| c.create_queue(None).await)
-            .await?)
+            .request(relay, async |c| c.create_queue(pw).await)
+            .await
+        {
+            Ok(creds) => Ok(creds),
+            // NEW is refused with AUTH only for a missing or wrong create password.
+            Err(e) if e.relay_code() == Some(ErrorCode::Auth) => Err(AgentError::CreateRefused {
+                relay: text,
+                had_password: pw.is_some(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn delete_queue(&mut self, q: &RecvQueue) -> Result<(), NetError> {

@@ -67,6 +67,11 @@ pub struct State {
     /// profiles written before it existed.
     #[serde(default)]
     pub socks5: Option<String>,
+    /// Create passwords of private relays (what NEW must carry there), by canonical address
+    /// text. Secret, like everything in the (encrypted) profile. Absent in profiles written
+    /// before it existed.
+    #[serde(default)]
+    pub create_passwords: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for State {
@@ -80,6 +85,7 @@ impl Default for State {
             next_id: 1,
             send_through: None,
             socks5: None,
+            create_passwords: std::collections::BTreeMap::new(),
         }
     }
 }
