@@ -6,47 +6,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{self, RelayProcess};
 use common::*;
-use sotto_protocol::RelayAddress;
-
-struct RelayProcess {
-    child: Child,
-    address: RelayAddress,
-}
-
-impl Drop for RelayProcess {
-    // A failing test must not leave relay processes behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn spawn_relay(dir: &std::path::Path, listen: &str) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
-        .args(["run", "--data"])
-        .arg(dir)
-        .args(["--listen", listen, "--metrics", "off"])
-        .env("SOTTO_RELAY_DELIVERY_MODE", "off")
+    let mut cmd = process::relay_command(dir, &["--listen", listen, "--metrics", "off"]);
+    cmd.env("SOTTO_RELAY_DELIVERY_MODE", "off")
         .env("SOTTO_RELAY_QUEUES_QUOTA", "100000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let address: RelayAddress = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
-    RelayProcess { child, address }
+        .env("RUST_LOG", "warn");
+    process::spawn(cmd, dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +59,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
         })
         .await;
         // SIGKILL in the middle of the stream.
-        relay.child.kill().unwrap();
-        relay.child.wait().unwrap();
+        relay.sigkill();
         eprintln!(
             "round {round}: killed with {} acknowledged",
             acked.lock().unwrap().len()

@@ -12,17 +12,18 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{self, RelayProcess};
 use common::*;
 use rand::{Rng as _, SeedableRng as _};
 use sotto_client::{ClientError, Pushed, QueueCredentials};
-use sotto_protocol::{ErrorCode, MAX_BODY, RelayAddress};
+use sotto_protocol::{ErrorCode, MAX_BODY};
 use sotto_relay::datadir;
 use tokio::sync::Notify;
 
@@ -203,76 +204,18 @@ async fn disk_full_refuses_sends_keeps_serving_reads_and_recovers_by_itself() {
 // The relay binary
 // ---------------------------------------------------------------------------------------
 
-/// `sotto-relay run` as a child process (what systemd runs).
-struct RelayProcess {
-    child: Option<Child>,
-    address: RelayAddress,
-    _stdout: BufReader<ChildStdout>,
-    // Drained by its own thread so the relay never blocks on a full pipe.
-    _stderr: std::thread::JoinHandle<String>,
-}
-
-impl Drop for RelayProcess {
-    // A failing test must not leave relay processes behind.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl RelayProcess {
-    /// SIGKILL (no chance to flush or close anything), then reap it.
-    fn sigkill(mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-}
-
+/// `sotto-relay run` on `data` and `listen`, logging warnings only.
 fn relay_command(data: &Path, listen: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
-    cmd.arg("run")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", listen, "--metrics", "off"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
-        cmd.env_remove(k);
-    }
+    let mut cmd = process::relay_command(data, &["--listen", listen, "--metrics", "off"]);
+    cmd.env("RUST_LOG", "warn");
     cmd
 }
 
 /// Starts the relay; `Err(stderr)` if it exits instead of printing its address.
 fn spawn_relay(data: &Path, listen: &str, env: &[(&str, &str)]) -> Result<RelayProcess, String> {
-    let mut child = relay_command(data, listen)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let _ = stdout.read_line(&mut line);
-    if line.trim().is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(stderr.join().unwrap());
-    }
-    Ok(RelayProcess {
-        child: Some(child),
-        address: line.trim().parse().unwrap(),
-        _stdout: stdout,
-        _stderr: stderr,
-    })
+    let mut cmd = relay_command(data, listen);
+    cmd.envs(env.iter().copied());
+    process::spawn(cmd, data)
 }
 
 // ---------------------------------------------------------------------------------------

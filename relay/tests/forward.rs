@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::process::{self, RelayProcess};
 use common::*;
 use sotto_client::transport::{self, QuicOptions};
 use sotto_client::{ClientError, Pushed, QueueCredentials, RelayClient};
@@ -471,24 +470,6 @@ async fn forwarding_follows_the_configured_policy() {
 // What each relay logs and stores (the real binary)
 // ---------------------------------------------------------------------------------------
 
-/// The `sotto-relay` binary running `run`.
-struct RelayProcess {
-    child: Option<Child>,
-    address: RelayAddress,
-    _stdout: BufReader<ChildStdout>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Drop for RelayProcess {
-    // A failing test must not leave relay processes behind.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Starts `sotto-relay run` on `listen` with `host` in its address, sensitive logging on,
 /// immediate delivery and `env`, and reads the address it prints.
 fn spawn_relay(
@@ -497,63 +478,14 @@ fn spawn_relay(
     host: &str,
     env: &[(&str, &str)],
 ) -> RelayProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
-    cmd.arg("run")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", listen, "--host", host, "--metrics", "off"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
-        cmd.env_remove(k);
-    }
+    let mut cmd = process::relay_command(
+        data,
+        &["--listen", listen, "--host", host, "--metrics", "off"],
+    );
     cmd.env("SOTTO_RELAY_LOG_SENSITIVE", "true")
         .env("SOTTO_RELAY_DELIVERY_MODE", "off")
         .envs(env.iter().copied());
-    let mut child = cmd.spawn().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    if line.trim().is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("relay did not start:\n{}", stderr.join().unwrap());
-    }
-    RelayProcess {
-        child: Some(child),
-        address: line.trim().parse().unwrap(),
-        _stdout: stdout,
-        stderr: Some(stderr),
-    }
-}
-
-impl RelayProcess {
-    /// SIGTERM, then waits (bounded) for the exit; returns its status and all of stderr.
-    fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        // The workspace forbids `unsafe`, so no libc::kill: kill(1) does the same.
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the relay did not stop within 60 s of SIGTERM")
-            .unwrap();
-        (status, self.stderr.take().unwrap().join().unwrap())
-    }
+    process::spawn(cmd, data).unwrap_or_else(|e| panic!("relay did not start:\n{e}"))
 }
 
 /// The ways a value could show up in a log or a file.

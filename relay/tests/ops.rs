@@ -9,15 +9,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::process::{self, RelayProcess};
 use common::*;
 use sotto_client::transport::{self, QuicOptions};
 use sotto_client::{ClientError, Pushed, QueueCredentials, RelayClient};
@@ -397,101 +397,28 @@ async fn forwards_and_subscriptions_are_limited_per_session() {
 // ---------------------------------------------------------------------------------------
 
 /// The `sotto-relay` binary running `run`.
-struct RelayProcess {
-    child: Option<Child>,
-    address: RelayAddress,
-    data: std::path::PathBuf,
-    _stdout: BufReader<ChildStdout>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Drop for RelayProcess {
-    // A failing test must not leave relay processes behind.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Starts `sotto-relay run --data <data> --listen 127.0.0.1:0 --metrics off` with
 /// `RUST_LOG=trace` (everything, dependencies included) and `env`, and reads the address
 /// it prints.
 fn spawn_relay_in(data: &std::path::Path, env: &[(&str, &str)]) -> RelayProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
-    cmd.arg("run")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    if line.trim().is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("relay did not start:\n{}", stderr.join().unwrap());
-    }
-    let address: RelayAddress = line.trim().parse().unwrap();
-    RelayProcess {
-        child: Some(child),
-        address,
-        data: data.to_owned(),
-        _stdout: stdout,
-        stderr: Some(stderr),
-    }
+    let mut cmd = process::relay_command(data, &["--listen", "127.0.0.1:0", "--metrics", "off"]);
+    cmd.env("RUST_LOG", "trace").envs(env.iter().copied());
+    process::spawn(cmd, data).unwrap_or_else(|e| panic!("relay did not start:\n{e}"))
 }
 
-impl RelayProcess {
-    /// SIGTERM, then waits (bounded) for the exit; returns its status and all of stderr.
-    fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        // The workspace forbids `unsafe`, so no libc::kill: kill(1) does the same.
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        // Longer than the relay's own shutdown budget (27 s) and the unit's TimeoutStopSec.
-        let status = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the relay did not stop within 60 s of SIGTERM")
-            .unwrap();
-        (status, self.stderr.take().unwrap().join().unwrap())
+/// Every form the relay's secrets (its key files) could take in a log.
+fn secret_forms(relay: &RelayProcess) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in [
+        sotto_relay::datadir::RELAY_KEY_FILE,
+        sotto_relay::datadir::STORAGE_KEY_FILE,
+    ] {
+        let text = std::fs::read_to_string(relay.data.join(f)).unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).unwrap();
+        out.push(text.trim().to_owned());
+        out.extend(forms(&bytes));
     }
-
-    fn secret_forms(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for f in [
-            sotto_relay::datadir::RELAY_KEY_FILE,
-            sotto_relay::datadir::STORAGE_KEY_FILE,
-        ] {
-            let text = std::fs::read_to_string(self.data.join(f)).unwrap();
-            let bytes = URL_SAFE_NO_PAD.decode(text.trim()).unwrap();
-            out.push(text.trim().to_owned());
-            out.extend(forms(&bytes));
-        }
-        out
-    }
+    out
 }
 
 /// What a client from 127.0.0.2 does against the relay process: a full round trip, a wrong
@@ -532,7 +459,7 @@ async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanl
     assert_ne!(relay.address.port, 0, "run prints the bound port");
     let body = b"MARKER-5d1f-plaintext-message-body".to_vec();
     let (client_addr, creds) = drive_session(&relay.address, &body).await;
-    let secrets = relay.secret_forms();
+    let secrets = secret_forms(&relay);
     let (status, log) = relay.terminate();
     assert!(
         status.success(),

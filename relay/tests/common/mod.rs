@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+pub mod process;
+
 use sotto_client::transport::{self, QuicOptions};
 use sotto_client::{ClientOptions, Pushed, RelayClient, TransportChoice};
 use sotto_protocol::RelayAddress;
