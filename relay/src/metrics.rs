@@ -80,6 +80,8 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Commits made without fsync (ACK deletions, expiry).
     pub relaxed_commits: IntCounter,
+    /// Open sessions over TLS/TCP (counted in `sessions` too).
+    pub sessions_tcp: IntGauge,
     /// Refusals by limit name ([`LIMITS`]).
     pub rate_limited: IntCounterVec,
     /// Sessions closed for a protocol violation (malformed or undecryptable record).
@@ -167,6 +169,10 @@ impl Metrics {
             relaxed_commits: counter(
                 "store_relaxed_commits_total",
                 "Commits without fsync (ACK deletions, expiry), durable with the next durable commit or within 250 ms",
+            )?,
+            sessions_tcp: gauge(
+                "sessions_tcp",
+                "Open sessions over TLS/TCP, the fallback for networks that block UDP (included in sotto_sessions)",
             )?,
             rate_limited: counter_vec("rate_limited_total", "Refusals by limit", "limit")?,
             protocol_errors: counter(

@@ -707,6 +707,10 @@ async fn serve(
     };
     shared.metrics.handshakes.with_label_values(&["ok"]).inc();
     shared.metrics.sessions.inc();
+    let tcp = framed.connection.kind() == transport::LinkKind::Tcp;
+    if tcp {
+        shared.metrics.sessions_tcp.inc();
+    }
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(
         session = id,
@@ -716,6 +720,9 @@ async fn serve(
     );
     run_session(shared.clone(), framed, id).await;
     shared.metrics.sessions.dec();
+    if tcp {
+        shared.metrics.sessions_tcp.dec();
+    }
     tracing::debug!(session = id, "session closed");
 }
 

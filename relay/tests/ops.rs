@@ -196,6 +196,11 @@ async fn metrics_endpoint_counts_a_real_session_and_names_nobody() {
     assert!(value(&s, "sotto_store_commit_seconds_count") > 0.0);
     assert!(value(&s, "sotto_store_commit_batch_size_count") > 0.0);
     assert!(value(&s, "sotto_store_relaxed_commits_total") >= 0.0);
+    assert_eq!(
+        value(&s, "sotto_sessions_tcp"),
+        0.0,
+        "the client came over QUIC"
+    );
     for limit in sotto_relay::metrics::LIMITS {
         value(
             &s,

@@ -79,6 +79,14 @@ async fn the_address_announces_the_tcp_listener() {
     let stats = c.connection().stats();
     assert!(stats.bytes_sent >= 3 * FRAME_LEN as u64, "{stats:?}");
     assert!(stats.bytes_received >= 3 * FRAME_LEN as u64, "{stats:?}");
+    // The relay counts it among its sessions, and among those over TCP.
+    let m = &relay.running().metrics;
+    assert_eq!(
+        m.sessions_tcp.get(),
+        m.sessions.get(),
+        "every session here is TCP"
+    );
+    assert!(m.sessions_tcp.get() >= 1);
 }
 
 // ---------------------------------------------------------------------------------------
