@@ -7,92 +7,8 @@
 
 mod agent_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-
 use agent_support::TestRelay;
-
-/// How many `recv` runs a test allows for something to arrive (each returns after a quiet
-/// second, `--idle 1`); a bound so a failure ends the test, not a timing assumption.
-const RECV_ATTEMPTS: usize = 20;
-
-struct Profile {
-    home: PathBuf,
-}
-
-impl Profile {
-    fn new(root: &Path, name: &str) -> Self {
-        Self {
-            home: root.join(name),
-        }
-    }
-
-    /// Runs `sotto --home HOME args…` with the passphrase and extra environment.
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sotto"));
-        cmd.arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env("SOTTO_PASSPHRASE", "correct horse battery staple")
-            .env("SOTTO_AUTO_DELAY", "0")
-            .env("SOTTO_TIMEOUT", "3")
-            .env_remove("SOTTO_TEST_STOP_BEFORE_ACK")
-            .stdin(std::process::Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        self.run_env(args, &[]).await
-    }
-
-    /// Runs and expects success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "sotto {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and expects failure with one line on stderr; returns that line.
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(!out.status.success(), "sotto {args:?} should fail");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-        err
-    }
-
-    /// Runs `recv` until `want` appears in its output (collected over runs).
-    async fn recv_until(&self, args: &[&str], want: &str) -> String {
-        let mut all = String::new();
-        for _ in 0..RECV_ATTEMPTS {
-            let mut a = vec!["recv", "--wait", "10", "--idle", "1"];
-            a.extend_from_slice(args);
-            all.push_str(&self.ok(&a).await);
-            if all.contains(want) {
-                return all;
-            }
-        }
-        panic!("{want:?} never arrived; got {all:?}");
-    }
-
-    async fn contact_status(&self, name: &str) -> String {
-        let out = self.ok(&["contacts", "--json"]).await;
-        out.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|v| v["name"] == name)
-            .map(|v| v["status"].as_str().unwrap().to_owned())
-            .unwrap_or_default()
-    }
-}
+use agent_support::cli::{Profile, RECV_ATTEMPTS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_through_the_cli() {
@@ -103,7 +19,12 @@ async fn a_conversation_through_the_cli() {
     let bob = Profile::new(root.path(), "bob");
     alice.ok(&["init"]).await;
     bob.ok(&["init"]).await;
-    assert!(alice.fails(&["init"]).await.contains("already exists"));
+    assert!(
+        alice
+            .fails_in_one_line(&["init"])
+            .await
+            .contains("already exists")
+    );
     let r1a = r1.address().to_string();
     let r2a = r2.address().to_string();
     assert!(
@@ -180,17 +101,17 @@ async fn a_conversation_through_the_cli() {
     // Errors: one line, non-zero exit.
     assert!(
         alice
-            .fails(&["send", "carol", "hi"])
+            .fails_in_one_line(&["send", "carol", "hi"])
             .await
             .contains("unknown contact `carol`")
     );
     assert!(
-        bob.fails(&["accept", "sotto:AAAA", "--name", "x"])
+        bob.fails_in_one_line(&["accept", "sotto:AAAA", "--name", "x"])
             .await
             .contains("malformed invitation")
     );
     assert!(
-        bob.fails(&["accept", "https://example.org", "--name", "x"])
+        bob.fails_in_one_line(&["accept", "https://example.org", "--name", "x"])
             .await
             .contains("malformed invitation")
     );
@@ -200,7 +121,12 @@ async fn a_conversation_through_the_cli() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
     let nobody = Profile::new(root.path(), "nobody");
-    assert!(nobody.fails(&["contacts"]).await.contains("sotto init"));
+    assert!(
+        nobody
+            .fails_in_one_line(&["contacts"])
+            .await
+            .contains("sotto init")
+    );
 
     // A relay address whose key is not the relay's.
     let other_key = TestRelay::start().await;
@@ -209,7 +135,7 @@ async fn a_conversation_through_the_cli() {
     let forged = forged.to_string();
     assert!(
         alice
-            .fails(&["invite", "--via", &forged])
+            .fails_in_one_line(&["invite", "--via", &forged])
             .await
             .contains("wrong relay key")
     );
@@ -219,13 +145,13 @@ async fn a_conversation_through_the_cli() {
     gone.stop().await;
     assert!(
         alice
-            .fails(&["invite", "--via", &gone_addr])
+            .fails_in_one_line(&["invite", "--via", &gone_addr])
             .await
             .contains("unreachable")
     );
     assert!(
         alice
-            .fails(&["relay", "add", "sotto://short@host"])
+            .fails_in_one_line(&["relay", "add", "sotto://short@host"])
             .await
             .contains("invalid relay address")
     );
@@ -233,7 +159,9 @@ async fn a_conversation_through_the_cli() {
     // Delete: the contact is gone; Bob's sends now fail with a clear line.
     alice.ok(&["delete", "bob"]).await;
     assert!(alice.ok(&["contacts"]).await.trim().is_empty());
-    let err = bob.fails(&["send", "alice", "are you there?"]).await;
+    let err = bob
+        .fails_in_one_line(&["send", "alice", "are you there?"])
+        .await;
     assert!(
         err.contains("`alice`'s queue refuses our messages"),
         "{err}"
@@ -253,7 +181,7 @@ async fn a_private_relay_through_the_cli() {
     let addr = private.address().to_string();
     alice.ok(&["init"]).await;
     alice.ok(&["relay", "add", &addr]).await;
-    let err = alice.fails(&["invite", "--name", "bob"]).await;
+    let err = alice.fails_in_one_line(&["invite", "--name", "bob"]).await;
     assert!(
         err.contains("private relay") && err.contains("--create-password"),
         "{err}"

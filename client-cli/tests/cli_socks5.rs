@@ -8,50 +8,13 @@
 
 mod agent_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use agent_support::TestRelay;
+use agent_support::cli::Profile;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-
-struct Profile {
-    home: PathBuf,
-}
-
-impl Profile {
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sotto"));
-        cmd.arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env("SOTTO_PASSPHRASE", "correct horse battery staple")
-            .env("SOTTO_AUTO_DELAY", "0")
-            .env("SOTTO_TIMEOUT", "3")
-            .env_remove("SOTTO_SOCKS5")
-            .stdin(std::process::Stdio::null());
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "sotto {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(!out.status.success(), "sotto {args:?} should fail");
-        String::from_utf8(out.stderr).unwrap()
-    }
-}
 
 /// A SOCKS5 proxy that connects every CONNECT to 127.0.0.1 at the requested port and
 /// records the requested host names (only DOMAINNAME requests are accepted).

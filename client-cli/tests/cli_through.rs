@@ -7,73 +7,8 @@
 
 mod agent_support;
 
-use std::path::{Path, PathBuf};
-
 use agent_support::TestRelay;
-
-/// Bound on `recv` runs waiting for something (each returns after a quiet second).
-const RECV_ATTEMPTS: usize = 20;
-
-struct Profile {
-    home: PathBuf,
-}
-
-impl Profile {
-    fn new(root: &Path, name: &str) -> Self {
-        Self {
-            home: root.join(name),
-        }
-    }
-
-    /// Runs `sotto --home HOME args…`; expects success and returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sotto"));
-        cmd.arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env("SOTTO_PASSPHRASE", "correct horse battery staple")
-            .env("SOTTO_AUTO_DELAY", "0")
-            .env("SOTTO_TIMEOUT", "3")
-            .stdin(std::process::Stdio::null());
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "sotto {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs `recv` until `want` appears in its output (collected over runs).
-    async fn recv_until(&self, want: &str) -> String {
-        let mut all = String::new();
-        for _ in 0..RECV_ATTEMPTS {
-            all.push_str(&self.ok(&["recv", "--wait", "10", "--idle", "1"]).await);
-            if all.contains(want) {
-                return all;
-            }
-        }
-        panic!("{want:?} never arrived; got {all:?}");
-    }
-
-    /// Runs `recv` until the contact `name` is connected.
-    async fn recv_until_connected(&self, name: &str) {
-        for _ in 0..RECV_ATTEMPTS {
-            self.ok(&["recv", "--wait", "10", "--idle", "1"]).await;
-            let out = self.ok(&["contacts", "--json"]).await;
-            let connected = out
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .any(|v| v["name"] == name && v["status"] == "connected");
-            if connected {
-                return;
-            }
-        }
-        panic!("{name} never connected");
-    }
-}
+use agent_support::cli::Profile;
 
 fn rfwd_count(relay: &TestRelay) -> u64 {
     relay
@@ -130,7 +65,7 @@ async fn set_up_and_messages_go_through_the_chosen_relay() {
         .await;
     assert!(
         alice
-            .recv_until("bob: through the relay of my choosing")
+            .recv_until(&[], "bob: through the relay of my choosing")
             .await
             .contains("bob: through the relay of my choosing")
     );
@@ -143,7 +78,7 @@ async fn set_up_and_messages_go_through_the_chosen_relay() {
     bob.ok(&["send", "alice", "once more through", "--through", &t])
         .await;
     assert_eq!(rfwd_count(&alice_relay), before + 2);
-    let got = alice.recv_until("bob: once more through").await;
+    let got = alice.recv_until(&[], "bob: once more through").await;
     assert!(got.contains("bob: direct"), "{got}");
     // The forwarding relay executed nothing itself.
     assert_eq!(rfwd_count(&through), 0);

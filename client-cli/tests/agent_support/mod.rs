@@ -2,6 +2,8 @@
 //! data directory, and agents with cheap key derivation and no automatic-send delay.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cli;
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
