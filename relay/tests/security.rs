@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use common::process;
 use common::*;
 use sotto_client::{ClientError, Pushed, QueueCredentials, RelayClient};
 use sotto_protocol::{
@@ -762,40 +761,18 @@ async fn a_full_run_logs_and_exports_no_key_id_or_body() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut cmd = Process::new(env!("CARGO_BIN_EXE_sotto-relay"));
-    cmd.arg("run")
-        .arg("--data")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
-        .env("RUST_LOG", "trace")
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut cmd =
+        process::relay_command(&data, &["--listen", "127.0.0.1:0", "--metrics", &metrics]);
+    cmd.env("RUST_LOG", "trace")
         .env("SOTTO_RELAY_DELIVERY_MEAN", "20ms")
-        .env("SOTTO_RELAY_DELIVERY_CAP", "100ms")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
-        if !k.starts_with("SOTTO_RELAY_DELIVERY") {
-            cmd.env_remove(k);
-        }
+        .env("SOTTO_RELAY_DELIVERY_CAP", "100ms");
+    // The suite may run with a delivery mode set (the over-TCP and CI variants): keep it.
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_DELIVERY_MODE")) {
+        cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr: sotto_protocol::RelayAddress = match line.trim().parse() {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            panic!("relay did not start: {}", stderr.join().unwrap());
-        }
-    };
+    let relay = process::spawn(cmd, &data).unwrap_or_else(|e| panic!("relay did not start: {e}"));
+    let addr = relay.address.clone();
 
     let mut secrets = full_session(&addr).await;
     // The relay's own secrets, from its data directory.
@@ -823,16 +800,8 @@ async fn a_full_run_logs_and_exports_no_key_id_or_body() {
     };
     assert!(scrape.contains("sotto_commands_total"), "{scrape}");
 
-    // SIGTERM (kill(1): the workspace forbids unsafe, so no libc::kill), then the logs.
-    assert!(
-        Process::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    let log = stderr.join().unwrap();
+    // SIGTERM, then the logs.
+    let (status, log) = relay.terminate();
     assert!(status.success(), "{log}");
     assert!(
         log.contains("session open"),
