@@ -819,10 +819,11 @@ struct Session {
     inbox: Arc<Inbox>,
     subs: HashMap<QueueRef, Sub>,
     in_flight: HashMap<QueueRef, InFlight>,
-    /// Per queue, the position of a message this session saw acknowledged whose deletion
-    /// has not committed yet: deliveries start after it. At most one entry per ACK write
-    /// in flight ([`MAX_IN_FLIGHT`]).
-    acked_floor: HashMap<QueueRef, u64>,
+    /// Per queue, the positions of messages this session saw acknowledged whose deletions
+    /// have not committed yet: deliveries pass over exactly these (messages released later
+    /// at lower positions are still found). At most one position per ACK write in flight
+    /// ([`MAX_IN_FLIGHT`]).
+    acked_pending: HashMap<QueueRef, Vec<u64>>,
     secured_senders: SecuredSenders,
     writes: FuturesUnordered<WriteFuture>,
     /// Commands per second (`limits.commands_per_session_per_s`, burst 2×); DROP is exempt.
@@ -861,7 +862,7 @@ async fn run_session(shared: Arc<Shared>, framed: FramedConnection, id: u64) {
         inbox: Arc::new(Inbox::new(id)),
         subs: HashMap::new(),
         in_flight: HashMap::new(),
-        acked_floor: HashMap::new(),
+        acked_pending: HashMap::new(),
         secured_senders: SecuredSenders::default(),
         writes: FuturesUnordered::new(),
         commands: RateLimiter::direct(
@@ -1475,8 +1476,7 @@ impl Session {
         let early = self.subs.contains_key(&queue);
         if early {
             self.in_flight.remove(&queue);
-            let floor = self.acked_floor.entry(queue).or_insert(f.seq);
-            *floor = (*floor).max(f.seq);
+            self.acked_pending.entry(queue).or_default().push(f.seq);
         }
         // Queued before the answer leaves, so that any write the client causes after seeing
         // the answer commits with this deletion or after it.
@@ -1492,7 +1492,7 @@ impl Session {
             .await;
         if early && pending.is_err() {
             // The store is shutting down: nothing was deleted, nothing is promised.
-            self.acked_floor.remove(&queue);
+            self.forget_pending_delete(queue, f.seq);
         }
         let early = early && pending.is_ok();
         self.writes.push(Box::pin(async move {
@@ -1538,18 +1538,26 @@ impl Session {
         }
     }
 
-    /// The first visible message of `queue` after any this session saw acknowledged.
+    /// `seq` of `queue` no longer waits for its deletion to commit.
+    fn forget_pending_delete(&mut self, queue: QueueRef, seq: u64) {
+        if let Some(v) = self.acked_pending.get_mut(&queue) {
+            v.retain(|&s| s != seq);
+            if v.is_empty() {
+                self.acked_pending.remove(&queue);
+            }
+        }
+    }
+
+    /// The first visible message of `queue`, other than those this session saw
+    /// acknowledged and whose deletions are still committing.
     fn first_visible(
         &self,
         queue: &QueueRef,
     ) -> Result<Option<crate::store::StoredMessage>, ErrorCode> {
-        let from = self
-            .acked_floor
-            .get(queue)
-            .map_or(0, |seq| seq.saturating_add(1));
+        let skip = self.acked_pending.get(queue).map_or(&[][..], Vec::as_slice);
         self.shared
             .store
-            .first_visible_from(queue, from, unix_ms())
+            .first_visible_except(queue, skip, unix_ms())
             .map_err(|e| {
                 tracing::error!(error = %e, "store read failed");
                 ErrorCode::Internal
@@ -1611,12 +1619,8 @@ impl Session {
                     self.in_flight.remove(&queue);
                 }
                 // The deletion is decided either way: committed (the store no longer has the
-                // message) or failed (the message stays and may be delivered again). Only
-                // the latest ACK's floor is dropped, so an older answer never uncovers a
-                // message a newer ACK still waits to delete.
-                if self.acked_floor.get(&queue) == Some(&seq) {
-                    self.acked_floor.remove(&queue);
-                }
+                // message) or failed (the message stays and may be delivered again).
+                self.forget_pending_delete(queue, seq);
                 match reply.decode_response() {
                     Ok(Response::Ok) => self.shared.metrics.messages_acked.inc(),
                     Ok(Response::Err(code)) => {
@@ -1642,7 +1646,7 @@ impl Session {
                         self.subs.remove(&queue);
                         self.subscribed.store(self.subs.len(), Ordering::Relaxed);
                         self.in_flight.remove(&queue);
-                        self.acked_floor.remove(&queue);
+                        self.acked_pending.remove(&queue);
                     }
                     Ok(Response::Err(code)) => self.shared.count_error(code),
                     _ => {}

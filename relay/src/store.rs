@@ -1323,8 +1323,10 @@ impl Store {
     }
 
     /// The writer's commit counts, published after every commit and before the writes in it
-    /// are answered: `wait_for(|c| !c.flush_pending)` on it waits until everything answered
-    /// so far is durable (the value stays readable after the writer has stopped).
+    /// are answered: `wait_for(|c| !c.flush_pending)` on it waits until every write
+    /// *committed* so far is durable. (Writes still queued, or held for the next batch, are
+    /// not counted: the relay answers an ACK on a subscription before its deletion reaches
+    /// the writer.) The value stays readable after the writer has stopped.
     pub fn commit_stats(&self) -> watch::Receiver<CommitStats> {
         self.inner.commits.clone()
     }
@@ -1484,28 +1486,31 @@ impl Store {
         queue: &QueueRef,
         now_ms: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
-        self.first_visible_from(queue, 0, now_ms)
+        self.first_visible_except(queue, &[], now_ms)
     }
 
-    /// As [`Store::first_visible`], among the messages at position `min_seq` or later (a
-    /// session skips a message it has seen acknowledged while its deletion commits).
+    /// As [`Store::first_visible`], passing over the positions in `skip` (a session skips
+    /// the messages it has seen acknowledged while their deletions commit).
     ///
     /// # Errors
     /// As [`Store::first_visible`].
-    pub fn first_visible_from(
+    pub fn first_visible_except(
         &self,
         queue: &QueueRef,
-        min_seq: u64,
+        skip: &[u64],
         now_ms: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
         let txn = self.read()?;
         let t = txn.open_table(MESSAGES).map_err(|e| self.rd(&txn, e))?;
         for entry in t
-            .range((*queue, min_seq)..=(*queue, u64::MAX))
+            .range((*queue, 0u64)..=(*queue, u64::MAX))
             .map_err(|e| self.rd(&txn, e))?
         {
             let (k, v) = entry.map_err(|e| self.rd(&txn, e))?;
             let (_, seq) = k.value();
+            if skip.contains(&seq) {
+                continue;
+            }
             let value = v.value();
             let (release, _) = split_release(value)?;
             if release > now_ms {
@@ -1712,13 +1717,16 @@ impl Writer {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let first = match (wake_at, &timer) {
+            // `None` with `closed` false: the hold ran out (commit what is held, and whatever
+            // is queued). `closed`: every handle is gone and nothing is queued any more.
+            let (first, closed) = match (wake_at, &timer) {
                 (Some(at), Some(rt)) => {
                     let left = at.saturating_duration_since(Instant::now());
                     // The timer is created inside `block_on`: it needs the runtime's context.
                     match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                        Ok(m) => m,
-                        Err(_) if !held.is_empty() => None,
+                        Ok(Some(m)) => (Some(m), false),
+                        Ok(None) => (None, true),
+                        Err(_) if !held.is_empty() => (None, false),
                         Err(_) => {
                             // Idle, and a relaxed commit has reached the bound.
                             healthy = self.flush();
@@ -1726,7 +1734,11 @@ impl Writer {
                         }
                     }
                 }
-                _ => rx.blocking_recv(),
+                _ => {
+                    let m = rx.blocking_recv();
+                    let closed = m.is_none();
+                    (m, closed)
+                }
             };
             let mut jobs = std::mem::take(&mut held);
             let hold_started = held_since.take();
@@ -1736,11 +1748,12 @@ impl Writer {
                 Msg::Reopen(Some(id)) => latched.push(id),
                 Msg::Reopen(None) => {}
             };
-            let waited_out = first.is_none();
+            // The hold has run out when its deadline has passed, whatever woke the writer.
+            let waited_out =
+                hold_started.is_some_and(|h| Instant::now() >= h + self.opts.relaxed_hold);
             match first {
                 Some(first) => take(first, &mut jobs),
-                // Either the hold ran out (commit what is held) or every handle is gone.
-                None if !jobs.is_empty() && !rx.is_closed() => {}
+                None if !closed => {}
                 None => {
                     // Shutting down: commit what is held before the final flush.
                     if !jobs.is_empty() {
@@ -3071,6 +3084,44 @@ mod tests {
             1,
             "the ACK's commit is counted as relaxed"
         );
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    /// A session skips exactly the positions whose deletions are pending: a message at a
+    /// lower position released later is still found.
+    #[tokio::test]
+    async fn first_visible_passes_over_exactly_the_skipped_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (q, _) = queue_with_messages(&store, 0).await;
+        let mut seqs = Vec::new();
+        // Position order: late (released at 9 000), early (1 000), early (2 000).
+        for (id, release) in [(1u8, 9_000u64), (2, 1_000), (3, 2_000)] {
+            let WriteOutcome::Appended { seq } = store
+                .write(WriteOp::Append {
+                    queue: q,
+                    msg: message(id, 500, release),
+                    quota: 100,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("not appended")
+            };
+            seqs.push(seq);
+        }
+        let first = |skip: &[u64], now| {
+            store
+                .first_visible_except(&q, skip, now)
+                .unwrap()
+                .map(|m| m.seq)
+        };
+        assert_eq!(first(&[], 3_000), Some(seqs[1]));
+        assert_eq!(first(&[seqs[1]], 3_000), Some(seqs[2]));
+        assert_eq!(first(&[seqs[1], seqs[2]], 3_000), None);
+        // The late one, below the skipped positions, once released.
+        assert_eq!(first(&[seqs[1], seqs[2]], 9_000), Some(seqs[0]));
+        assert_eq!(first(&[seqs[2]], 9_000), Some(seqs[0]));
         assert!(store.close(Duration::from_secs(10)).await);
     }
 
