@@ -109,23 +109,11 @@ impl RawSession {
     /// Sends one transmission and returns the answer to its corr id.
     async fn request(&mut self, t: Transmission) -> Response {
         let corr = t.corr_id;
-        let mut fb = FrameBuilder::new();
-        assert!(fb.push(&t));
-        let rec = self.session.send.encrypt_frame(&fb.finish()).unwrap();
-        self.send.write_all(&rec).await.unwrap();
-        loop {
-            let mut rec = vec![0u8; FRAME_LEN];
-            tokio::time::timeout(Duration::from_secs(20), self.recv.read_exact(&mut rec))
-                .await
-                .expect("no answer")
-                .unwrap();
-            let plain = self.session.recv.decrypt_frame(&rec).unwrap();
-            for t in Frame::decode(&plain).unwrap() {
-                if t.corr_id == corr {
-                    return t.decode_response().unwrap();
-                }
-            }
-        }
+        let got = self
+            .exchange(&[t], |got| got.iter().any(|t| t.corr_id == corr))
+            .await;
+        let answer = got.into_iter().find(|t| t.corr_id == corr).unwrap();
+        answer.decode_response().unwrap()
     }
 }
 
