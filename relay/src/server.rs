@@ -1110,24 +1110,16 @@ fn needs(cmd: &Command) -> Needs {
 impl Session {
     async fn reply(&mut self, corr: CorrId, entity: Option<EntityId>, resp: Response) {
         if let Response::Err(code) = &resp {
-            self.shared
-                .metrics
-                .errors
-                .with_label_values(&[code.name()])
-                .inc();
+            self.shared.count_error(*code);
         }
-        let _ = self
-            .out
-            .send(Box::new(Outgoing {
-                t: Transmission::response(corr, entity, &resp),
-                lazy: false,
-            }))
+        self.send_out(Transmission::response(corr, entity, &resp), false)
             .await;
     }
 
-    /// Sends `t` (never lazy).
-    async fn send_out(&mut self, t: Transmission) {
-        let _ = self.out.send(Box::new(Outgoing { t, lazy: false })).await;
+    /// Queues `t` for the writer; a `lazy` one may wait for a frame that goes out anyway
+    /// ([`LAZY_ANSWER_DELAY`]).
+    async fn send_out(&mut self, t: Transmission, lazy: bool) {
+        let _ = self.out.send(Box::new(Outgoing { t, lazy })).await;
     }
 
     async fn handle(&mut self, t: Transmission) {
@@ -1300,11 +1292,7 @@ impl Session {
         self.writes.push(Box::pin(async move {
             let resp = store_send(&shared, prepared).await;
             if let Response::Err(code) = &resp {
-                shared
-                    .metrics
-                    .errors
-                    .with_label_values(&[code.name()])
-                    .inc();
+                shared.count_error(*code);
             }
             Completion::Reply(Transmission::response(corr, Some(e), &resp))
         }));
@@ -1515,12 +1503,7 @@ impl Session {
         if early {
             // Nobody waits on this answer to act: it rides with the next MSG or any other
             // frame within LAZY_ANSWER_DELAY.
-            let _ = self
-                .out
-                .send(Box::new(Outgoing {
-                    t: Transmission::response(corr, Some(e), &Response::Ok),
-                    lazy: true,
-                }))
+            self.send_out(Transmission::response(corr, Some(e), &Response::Ok), true)
                 .await;
             self.deliver(queue, None).await;
         }
@@ -1607,7 +1590,7 @@ impl Session {
                 if t.corr_id == CorrId::NONE && t.entity.is_none() {
                     return; // internal write (touch)
                 }
-                self.send_out(t).await;
+                self.send_out(t, false).await;
             }
             Completion::Acked {
                 queue,
@@ -1635,7 +1618,7 @@ impl Session {
                 }
                 if !early {
                     // Early ACKs were answered when accepted.
-                    self.send_out(reply).await;
+                    self.send_out(reply, false).await;
                 }
                 self.deliver(queue, None).await;
             }
@@ -1651,7 +1634,7 @@ impl Session {
                     Ok(Response::Err(code)) => self.shared.count_error(code),
                     _ => {}
                 }
-                self.send_out(reply).await;
+                self.send_out(reply, false).await;
             }
         }
     }
