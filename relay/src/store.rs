@@ -762,13 +762,19 @@ impl MessageHeader {
         if b.len() != MESSAGE_HEADER_LEN || b.first() != Some(&MESSAGE_VERSION) {
             return Err(StoreError::Corrupt("message: bad header".into()));
         }
-        let (msg_id, timestamp, received_ms, flags) = decode_header_fields(&b[1..])?;
-        Ok(Self {
-            msg_id,
-            timestamp,
-            received_ms,
-            flags,
-        })
+        decode_header_fields(&b[1..])
+    }
+
+    /// The message with this header, released at `release_at_ms`, carrying `body`.
+    fn into_message(self, release_at_ms: u64, body: SealedBody) -> NewMessage {
+        NewMessage {
+            msg_id: self.msg_id,
+            timestamp: self.timestamp,
+            received_ms: self.received_ms,
+            release_at_ms,
+            flags: self.flags,
+            body,
+        }
     }
 }
 
@@ -790,20 +796,12 @@ pub fn decode_legacy_message(b: &[u8]) -> Result<(MessageHeader, &[u8]), StoreEr
     if b.first() != Some(&1) {
         return Err(StoreError::Corrupt("message: unknown version".into()));
     }
-    let (msg_id, timestamp, received_ms, flags) = decode_header_fields(&b[1..])?;
+    let header = decode_header_fields(&b[1..])?;
     let body = b.get(MESSAGE_HEADER_LEN..).unwrap_or_default();
     if body.len() > sotto_protocol::MAX_BODY {
         return Err(StoreError::Corrupt("message: body too large".into()));
     }
-    Ok((
-        MessageHeader {
-            msg_id,
-            timestamp,
-            received_ms,
-            flags,
-        },
-        body,
-    ))
+    Ok((header, body))
 }
 
 /// A message record's value: release time ‖ header sealed under the storage key (with the
@@ -825,13 +823,10 @@ enum OpenedMessage {
     /// Version 2: the message, its body sealed for the recipient.
     Current(NewMessage),
     /// Version 1 (written by earlier relays): the body in the clear, to be sealed with the
-    /// queue's seal key; the other fields as in `Current`.
+    /// queue's seal key.
     Legacy {
-        msg_id: MessageId,
-        timestamp: u64,
-        received_ms: u64,
+        header: MessageHeader,
         release_at_ms: u64,
-        flags: u8,
         body: Zeroizing<Vec<u8>>,
     },
 }
@@ -840,7 +835,7 @@ impl OpenedMessage {
     fn received_ms(&self) -> u64 {
         match self {
             Self::Current(m) => m.received_ms,
-            Self::Legacy { received_ms, .. } => *received_ms,
+            Self::Legacy { header, .. } => header.received_ms,
         }
     }
 }
@@ -862,55 +857,35 @@ fn open_message(
         && let Ok(h) = keys.open(&ad, head)
         && h.first() == Some(&MESSAGE_VERSION)
     {
-        let MessageHeader {
-            msg_id,
-            timestamp,
-            received_ms,
-            flags,
-        } = MessageHeader::decode(&h)?;
+        let header = MessageHeader::decode(&h)?;
         if body.len() > sotto_protocol::MAX_BODY + TAG_LEN {
             return Err(StoreError::Corrupt("message: body too large".into()));
         }
-        return Ok(OpenedMessage::Current(NewMessage {
-            msg_id,
-            timestamp,
-            received_ms,
-            release_at_ms,
-            flags,
-            body: SealedBody(body.to_vec()),
-        }));
+        return Ok(OpenedMessage::Current(
+            header.into_message(release_at_ms, SealedBody(body.to_vec())),
+        ));
     }
     let plain = keys.open(&ad, rest)?;
-    let (
-        MessageHeader {
-            msg_id,
-            timestamp,
-            received_ms,
-            flags,
-        },
-        body,
-    ) = decode_legacy_message(&plain)?;
+    let (header, body) = decode_legacy_message(&plain)?;
     Ok(OpenedMessage::Legacy {
-        msg_id,
-        timestamp,
-        received_ms,
+        header,
         release_at_ms,
-        flags,
         body: Zeroizing::new(body.to_vec()),
     })
 }
 
 /// Message id, timestamp, receipt time and flags, from the bytes after the version byte
 /// (anything after them is left to the caller).
-fn decode_header_fields(b: &[u8]) -> Result<(MessageId, u64, u64, u8), StoreError> {
+fn decode_header_fields(b: &[u8]) -> Result<MessageHeader, StoreError> {
     use sotto_protocol::codec::Reader;
     let bad = |e: sotto_protocol::DecodeError| StoreError::Corrupt(format!("message: {e}"));
     let mut r = Reader::new(b);
-    let msg_id = MessageId(r.array().map_err(bad)?);
-    let timestamp = r.u64().map_err(bad)?;
-    let received_ms = r.u64().map_err(bad)?;
-    let flags = r.u8().map_err(bad)?;
-    Ok((msg_id, timestamp, received_ms, flags))
+    Ok(MessageHeader {
+        msg_id: MessageId(r.array().map_err(bad)?),
+        timestamp: r.u64().map_err(bad)?,
+        received_ms: r.u64().map_err(bad)?,
+        flags: r.u8().map_err(bad)?,
+    })
 }
 
 struct Job {
@@ -1519,11 +1494,8 @@ impl Store {
             let msg = match open_message(&self.inner.keys, queue, seq, value)? {
                 OpenedMessage::Current(m) => m,
                 OpenedMessage::Legacy {
-                    msg_id,
-                    timestamp,
-                    received_ms,
+                    header,
                     release_at_ms,
-                    flags,
                     body,
                 } => {
                     // Written by an earlier relay: seal it now with the queue's key.
@@ -1534,14 +1506,8 @@ impl Store {
                         )?,
                         None => return Err(StoreError::Corrupt("message without queue".into())),
                     };
-                    NewMessage {
-                        msg_id,
-                        timestamp,
-                        received_ms,
-                        release_at_ms,
-                        flags,
-                        body: SealedBody::seal(&rec.seal_key, &msg_id, &body),
-                    }
+                    let sealed = SealedBody::seal(&rec.seal_key, &header.msg_id, &body);
+                    header.into_message(release_at_ms, sealed)
                 }
             };
             return Ok(Some(StoredMessage { seq, msg }));
@@ -1753,29 +1719,12 @@ impl Writer {
                 hold_started.is_some_and(|h| Instant::now() >= h + self.opts.relaxed_hold);
             match first {
                 Some(first) => take(first, &mut jobs),
-                None if !closed => {}
-                None => {
-                    // Shutting down: commit what is held before the final flush.
-                    if !jobs.is_empty() {
-                        let started = Instant::now();
-                        let kind = Commit::Durable;
-                        match self.apply_batch(&jobs, kind) {
-                            Ok(outcomes) => {
-                                self.committed(kind, started);
-                                for (job, out) in jobs.into_iter().zip(outcomes) {
-                                    let _ = job.reply.send(Ok(out));
-                                }
-                            }
-                            Err(e) => {
-                                healthy = false;
-                                for job in jobs {
-                                    let _ = job.reply.send(Err(e.clone()));
-                                }
-                            }
-                        }
-                    }
-                    break;
-                }
+                // Every handle is gone: stop once nothing is held (what is held is committed
+                // below like any batch, never held again, and the final flush after the loop
+                // makes it durable before the clean-close stamp).
+                None if closed && jobs.is_empty() => break,
+                // The hold ran out, or shutting down with writes held.
+                None => {}
             }
             while jobs.len() < self.opts.max_batch {
                 match rx.try_recv() {
@@ -1807,6 +1756,7 @@ impl Writer {
             if kind == Commit::Relaxed
                 && !self.opts.unsafe_no_fsync
                 && !waited_out
+                && !closed
                 && jobs.len() < self.opts.max_batch
             {
                 held = jobs;
@@ -2863,11 +2813,9 @@ mod tests {
             txn.commit().unwrap();
         }
         match open_message(&keys, &q, 3, &legacy_value(&keys, &q, 3, &m, &[6; 100])).unwrap() {
-            OpenedMessage::Legacy {
-                body, received_ms, ..
-            } => {
+            OpenedMessage::Legacy { header, body, .. } => {
                 assert_eq!(body.as_slice(), &[6; 100]);
-                assert_eq!(received_ms, 1_000);
+                assert_eq!(header.received_ms, 1_000);
             }
             OpenedMessage::Current(_) => panic!("read as version 2"),
         }
