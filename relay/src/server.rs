@@ -1265,15 +1265,6 @@ impl Session {
         }));
     }
 
-    /// Looks up a queue by sender id and checks `t`'s signature against `key_of(record)`,
-    /// doing the same work (one read, one verification) whether or not the queue exists.
-    fn lookup_sender(&self, id: SenderId) -> Result<Option<(QueueRef, QueueRecord)>, ErrorCode> {
-        self.shared.store.queue_by_sender(&id).map_err(|e| {
-            tracing::error!(error = %e, "store read failed");
-            ErrorCode::Internal
-        })
-    }
-
     async fn send(&mut self, t: &Transmission, e: EntityId, flags: u8, body: Vec<u8>) {
         let corr = t.corr_id;
         let prepared = match prepare_send(
@@ -1299,41 +1290,19 @@ impl Session {
     }
 
     async fn sender_key(&mut self, t: &Transmission, e: EntityId, key: AuthPublicKey) {
-        let corr = t.corr_id;
-        let found = match self.lookup_sender(SenderId::from(e)) {
-            Ok(f) => f,
-            Err(code) => return self.reply(corr, Some(e), Response::Err(code)).await,
-        };
-        // SKEY is signed by the key it installs (proof of possession).
-        let valid = t.verify(&key, &self.hash);
-        let Some((queue, rec)) = found.filter(|_| valid) else {
-            return self
-                .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
-                .await;
-        };
-        if rec.sender_key.is_some_and(|k| k != key) || rec.status != QueueStatus::Active {
-            return self
-                .reply(corr, Some(e), Response::Err(ErrorCode::Prohibited))
-                .await;
+        match prepare_sender_key(&self.shared, t, e, key, &self.hash) {
+            Ok(queue) => self.push_simple_write(t.corr_id, e, WriteOp::SetSenderKey { queue, key }),
+            Err(resp) => self.reply(t.corr_id, Some(e), resp).await,
         }
-        self.push_simple_write(corr, e, WriteOp::SetSenderKey { queue, key });
     }
 
+    /// Runs `op` (KEY, SKEY, OFF) as a write future answered with [`simple_write`]'s answer.
     fn push_simple_write(&mut self, corr: CorrId, e: EntityId, op: WriteOp) {
-        let store = self.shared.store.clone();
-        let metrics = self.shared.metrics.clone();
+        let shared = self.shared.clone();
         self.writes.push(Box::pin(async move {
-            let resp = match store.write(op).await {
-                Ok(WriteOutcome::Done) => Response::Ok,
-                Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
-                Ok(WriteOutcome::KeyConflict | WriteOutcome::Disabled) => {
-                    Response::Err(ErrorCode::Prohibited)
-                }
-                Ok(_) => Response::Err(ErrorCode::Internal),
-                Err(e) => store_error(&e),
-            };
+            let resp = simple_write(&shared.store, op).await;
             if let Response::Err(code) = &resp {
-                metrics.errors.with_label_values(&[code.name()]).inc();
+                shared.count_error(*code);
             }
             Completion::Reply(Transmission::response(corr, Some(e), &resp))
         }));
@@ -1961,25 +1930,43 @@ async fn forwarded_sender_key(
     key: AuthPublicKey,
     hash: &[u8; 32],
 ) -> Response {
+    match prepare_sender_key(shared, t, e, key, hash) {
+        Ok(queue) => simple_write(&shared.store, WriteOp::SetSenderKey { queue, key }).await,
+        Err(resp) => resp,
+    }
+}
+
+/// Checks an SKEY — queue lookup by sender id, a signature by the key it installs (proof of
+/// possession, over `hash`: the session's handshake hash or a forwarded request's), no other
+/// sender key already set, queue active — and returns the queue; `Err` is the answer to
+/// give. Shared by a session's SKEY and a forwarded one.
+fn prepare_sender_key(
+    shared: &Shared,
+    t: &Transmission,
+    e: EntityId,
+    key: AuthPublicKey,
+    hash: &[u8; 32],
+) -> Result<QueueRef, Response> {
     let found = match shared.store.queue_by_sender(&SenderId::from(e)) {
         Ok(f) => f,
         Err(err) => {
             tracing::error!(error = %err, "store read failed");
-            return Response::Err(ErrorCode::Internal);
+            return Err(Response::Err(ErrorCode::Internal));
         }
     };
     let valid = t.verify(&key, hash);
     let Some((queue, rec)) = found.filter(|_| valid) else {
-        return Response::Err(ErrorCode::Auth);
+        return Err(Response::Err(ErrorCode::Auth));
     };
     if rec.sender_key.is_some_and(|k| k != key) || rec.status != QueueStatus::Active {
-        return Response::Err(ErrorCode::Prohibited);
+        return Err(Response::Err(ErrorCode::Prohibited));
     }
-    match shared
-        .store
-        .write(WriteOp::SetSenderKey { queue, key })
-        .await
-    {
+    Ok(queue)
+}
+
+/// One store write whose answer is OK or an error code (KEY, SKEY, OFF).
+async fn simple_write(store: &Store, op: WriteOp) -> Response {
+    match store.write(op).await {
         Ok(WriteOutcome::Done) => Response::Ok,
         Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
         Ok(WriteOutcome::KeyConflict | WriteOutcome::Disabled) => {
