@@ -1,20 +1,16 @@
-//! Sotto client library.
+//! Sotto client library: the contact agent ([`agent`]) behind the `sotto` CLI.
 //!
-//! - [`transport`]: the Noise framed connection over QUIC or TLS + TCP (optionally through
-//!   a SOCKS5 proxy such as Tor), shared with the relay and the load tester (they depend on
-//!   this crate with `default-features = false`).
-//! - [`client`]: [`client::RelayClient`], request/response and pushed messages over one
-//!   session with a relay.
-//!
-//! The contact agent and the `sotto` CLI live behind the default `agent` feature; nothing in
-//! the modules above depends on it.
+//! A contact is two queues, each on a relay chosen by its recipient; messages are
+//! Olm-encrypted (vodozemac), padded to the maximum body, and the profile is encrypted at
+//! rest. The session with one relay ([`RelayClient`]) and the transport under it come from
+//! [`sotto_transport`], re-exported here as [`transport`] and [`client`] so that an
+//! embedding application needs one dependency.
 
-#[cfg(feature = "agent")]
 pub mod agent;
-pub mod client;
-pub mod transport;
 
-pub use client::{ClientError, ClientOptions, Pushed, QueueCredentials, RelayClient};
-pub use transport::{
-    FramedConnection, Link, LinkKind, QuicOptions, Socks5Proxy, TransportChoice, TransportError,
+pub use sotto_transport as transport;
+pub use sotto_transport::client;
+pub use sotto_transport::{
+    ClientError, ClientOptions, FramedConnection, Link, LinkKind, Pushed, QueueCredentials,
+    QuicOptions, RelayClient, Socks5Proxy, TransportChoice, TransportError,
 };

@@ -229,7 +229,7 @@ fn init_notices() {
         .with_target(false)
         .with_level(false)
         .with_ansi(false);
-    let only = Targets::new().with_target("sotto_client::transport", LevelFilter::INFO);
+    let only = Targets::new().with_target("sotto_transport", LevelFilter::INFO);
     let _ = tracing_subscriber::registry()
         .with(fmt)
         .with(only)

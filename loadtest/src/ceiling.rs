@@ -3,7 +3,7 @@
 //! scheduling.
 //!
 //! This module owns the forwarder and the ceiling's client halves. It uses the relay's QUIC
-//! settings ([`sotto_client::transport::server_config`] / `client_config`, padding and MTU
+//! settings ([`sotto_transport::server_config`] / `client_config`, padding and MTU
 //! included), so the only differences from a relay run are the work a relay does per
 //! record: Noise, parsing, signatures, the durable store, the delay, ACKs.
 //!
@@ -21,7 +21,7 @@
 //! discards: relay receivers send an ACK per message too, and it keeps every connection's
 //! traffic ack-eliciting in both directions. (A receiver that only ever sends QUIC ACKs,
 //! padded to the MTU, stalls for ~10 s at a time under bulk load — the padding stall
-//! described in `sotto_client::transport`; measured here before this was added.)
+//! described in `sotto_transport::transport`; measured here before this was added.)
 //!
 //! # Bounds
 //!
@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use sotto_client::transport::{self, QuicOptions};
 use sotto_protocol::FRAME_LEN;
+use sotto_transport::{self as transport, QuicOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use sotto_client::TransportChoice;
-use sotto_client::transport::QuicOptions;
 use sotto_loadtest::plot::{self, PlotData};
 use sotto_loadtest::report::{write_csv, write_json};
 use sotto_loadtest::sessions::IdleSessionsOptions;
 use sotto_loadtest::{DelayKind, Options, Outcome};
 use sotto_protocol::{MAX_BODY, RelayAddress};
+use sotto_transport::QuicOptions;
+use sotto_transport::TransportChoice;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DelayArg {

@@ -32,11 +32,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use rand::{Rng as _, SeedableRng as _};
-use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientOptions, Link, Pushed, QueueCredentials, RelayClient, TransportChoice};
 use sotto_protocol::{AuthSecretKey, MAX_BODY, RecipientId, RelayAddress};
 use sotto_relay::config::Config;
 use sotto_relay::{RunningRelay, datadir};
+use sotto_transport::{self as transport, QuicOptions};
+use sotto_transport::{
+    ClientOptions, Link, Pushed, QueueCredentials, RelayClient, TransportChoice,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

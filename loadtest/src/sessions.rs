@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use serde::Serialize;
-use sotto_client::transport::{self, FramedConnection, QuicOptions};
 use sotto_protocol::RelayAddress;
+use sotto_transport::{self as transport, FramedConnection, QuicOptions};
 
 /// Sessions sharing one client UDP socket (quinn multiplexes connections by id).
 pub const SESSIONS_PER_ENDPOINT: usize = 1000;

@@ -84,7 +84,7 @@ async fn embedded_relay_delivers_everything_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_run_over_tls_over_tcp_delivers_everything_exactly_once() {
     let opts = Options {
-        transport: sotto_client::TransportChoice::Tcp,
+        transport: sotto_transport::TransportChoice::Tcp,
         ..small(DelayKind::Poisson)
     };
     let o = run_relay(&opts).await.unwrap();

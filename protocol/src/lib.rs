@@ -4,7 +4,7 @@
 //! relay and queue addresses, commands and responses, signed transmissions, the fixed-size
 //! frames that carry them, the Noise NK + ML-KEM-768 handshake, the relay→recipient
 //! sealing of message bodies, and the sealing of forwarded transmissions (`forward`). It performs no I/O and never reads the clock: sockets live in
-//! `sotto-client::transport`, time is passed in by callers.
+//! `sotto-transport`, time is passed in by callers.
 //!
 //! The normative description is `docs/protocol.md`; its test vectors are checked by this
 //! crate's tests.

@@ -19,9 +19,9 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientError, ClientOptions, RelayClient};
 use sotto_protocol::{AuthSecretKey, ErrorCode, MAX_BODY, SenderId};
+use sotto_transport::{self as transport, QuicOptions};
+use sotto_transport::{ClientError, ClientOptions, RelayClient};
 
 struct Bench {
     rt: tokio::runtime::Runtime,

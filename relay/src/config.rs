@@ -252,7 +252,7 @@ pub struct QuicConfig {
 
 impl Default for QuicConfig {
     fn default() -> Self {
-        let d = sotto_client::transport::QuicOptions::default();
+        let d = sotto_transport::QuicOptions::default();
         Self {
             idle_timeout: d.idle_timeout,
             keep_alive: d.keep_alive,
@@ -266,15 +266,15 @@ impl Default for QuicConfig {
 
 impl QuicConfig {
     /// The transport options these settings describe.
-    pub fn options(&self) -> sotto_client::transport::QuicOptions {
-        sotto_client::transport::QuicOptions {
+    pub fn options(&self) -> sotto_transport::QuicOptions {
+        sotto_transport::QuicOptions {
             idle_timeout: self.idle_timeout,
             keep_alive: self.keep_alive,
             pad_to_mtu: self.pad_to_mtu,
             initial_mtu: self.initial_mtu,
             min_mtu: self.min_mtu,
             mtu_discovery: self.mtu_discovery,
-            ..sotto_client::transport::QuicOptions::default()
+            ..sotto_transport::QuicOptions::default()
         }
     }
 }

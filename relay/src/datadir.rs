@@ -119,7 +119,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
         })?;
     }
     config.validate()?;
-    let (cert, tls_key) = sotto_client::transport::self_signed_cert(&config.host)?;
+    let (cert, tls_key) = sotto_transport::self_signed_cert(&config.host)?;
 
     if opts.force {
         // A new identity means a new storage key, so the old database could never be read

@@ -10,7 +10,7 @@
 //! # Bounds
 //!
 //! - At most `forwarding.max_destinations` sessions (the least recently used is closed to
-//!   make room); each costs at most ≈ 7 MiB ([`sotto_client::client`]'s queues and the QUIC
+//!   make room); each costs at most ≈ 7 MiB ([`sotto_transport::client`]'s queues and the QUIC
 //!   windows), so the pool costs at most `max_destinations` × 7 MiB (224 MiB with the
 //!   default 32), and far less in practice.
 //! - Dialling is bounded by `forwarding.connect_timeout`, waiting for an answer by
@@ -22,10 +22,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sotto_client::transport::{QuicOptions, TransportChoice, TransportError};
-use sotto_client::{ClientError, ClientOptions, RelayClient};
 use sotto_protocol::address::Host;
 use sotto_protocol::{Command, ErrorCode, RelayAddress, RelayPublicKey, Response};
+use sotto_transport::{ClientError, ClientOptions, RelayClient};
+use sotto_transport::{QuicOptions, TransportChoice, TransportError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

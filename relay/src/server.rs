@@ -29,13 +29,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::{Rng as _, SeedableRng as _};
-use sotto_client::transport::{self, FrameReceiver, FrameSender, FramedConnection};
 use sotto_protocol::seal::BodySealKey;
 use sotto_protocol::{
     AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhSecretKey, EntityId, ErrorCode,
     Frame, FrameBuilder, MessageId, RecipientId, RelayAddress, RelayStaticKey, Response, SenderId,
     Transmission,
 };
+use sotto_transport::{self as transport, FrameReceiver, FrameSender, FramedConnection};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;

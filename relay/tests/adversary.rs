@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng as _, RngCore as _};
-use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientError, Pushed, RelayClient};
 use sotto_protocol::{
     Command, CorrId, EntityId, ErrorCode, FRAME_LEN, Frame, FrameBuilder, Initiator, RelayAddress,
     Response, Session, Transmission,
 };
+use sotto_transport::{self as transport, QuicOptions};
+use sotto_transport::{ClientError, Pushed, RelayClient};
 use tokio_util::sync::CancellationToken;
 
 /// How much the process's resident memory may grow during one attack. Generous on purpose

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sotto_client::Pushed;
+use sotto_transport::Pushed;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_invisible_until_released_and_survives_restart_pooled() {

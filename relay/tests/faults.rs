@@ -22,9 +22,9 @@ use std::time::Duration;
 use common::process::{self, RelayProcess};
 use common::*;
 use rand::{Rng as _, SeedableRng as _};
-use sotto_client::{ClientError, Pushed, QueueCredentials};
 use sotto_protocol::{ErrorCode, MAX_BODY};
 use sotto_relay::datadir;
+use sotto_transport::{ClientError, Pushed, QueueCredentials};
 use tokio::sync::Notify;
 
 // ---------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ fn tag_of(body: &[u8]) -> u64 {
 }
 
 /// Receives and acknowledges every message of `creds` with GET; returns their tags.
-async fn drain(c: &sotto_client::RelayClient, creds: &QueueCredentials) -> Vec<u64> {
+async fn drain(c: &sotto_transport::RelayClient, creds: &QueueCredentials) -> Vec<u64> {
     let mut tags = Vec::new();
     while let Some(m) = c.get(creds).await.unwrap() {
         tags.push(tag_of(&m.body));

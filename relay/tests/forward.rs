@@ -15,8 +15,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::process::{self, RelayProcess};
 use common::*;
-use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientError, Pushed, QueueCredentials, RelayClient};
 use sotto_protocol::command::SEALED_LEN;
 use sotto_protocol::forward::{AnswerKey, MAX_EXPIRY_AHEAD_S, Sealer};
 use sotto_protocol::{
@@ -24,6 +22,8 @@ use sotto_protocol::{
     Response, SenderId, Transmission,
 };
 use sotto_relay::config::Config;
+use sotto_transport::{self as transport, QuicOptions};
+use sotto_transport::{ClientError, Pushed, QueueCredentials, RelayClient};
 use tokio::sync::mpsc;
 
 /// Relay A: on 127.0.0.3, forwarding to loopback destinations (the test's relays).

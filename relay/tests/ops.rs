@@ -19,9 +19,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::process::{self, RelayProcess};
 use common::*;
-use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientError, Pushed, QueueCredentials, RelayClient};
 use sotto_protocol::{AuthSecretKey, Command as Cmd, ErrorCode, RelayAddress, RelayStaticKey};
+use sotto_transport::{self as transport, QuicOptions};
+use sotto_transport::{ClientError, Pushed, QueueCredentials, RelayClient};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -152,7 +152,7 @@ async fn metrics_endpoint_counts_a_real_session_and_names_nobody() {
     assert!(matches!(
         bad,
         Err(ClientError::Transport(
-            sotto_client::TransportError::IdentityMismatch
+            sotto_transport::TransportError::IdentityMismatch
         ))
     ));
 

@@ -30,11 +30,11 @@ use common::*;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use sotto_client::transport::Socks5Proxy;
-use sotto_client::{ClientError, ClientOptions, LinkKind, TransportChoice, TransportError};
 use sotto_protocol::{
     ALPN, Command, CorrId, FRAME_LEN, FrameBuilder, Initiator, RelayAddress, Session, Transmission,
 };
+use sotto_transport::Socks5Proxy;
+use sotto_transport::{ClientError, ClientOptions, LinkKind, TransportChoice, TransportError};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -58,7 +58,7 @@ fn tcp_options() -> ClientOptions {
 }
 
 /// Create, send, get and acknowledge through `c`.
-async fn round_trip(c: &sotto_client::RelayClient, body: &[u8]) {
+async fn round_trip(c: &sotto_transport::RelayClient, body: &[u8]) {
     let q = c.create_queue(None).await.unwrap();
     c.send(q.sender_id, None, 0, body.to_vec()).await.unwrap();
     let m = c.get(&q).await.unwrap().unwrap();
@@ -210,12 +210,12 @@ async fn socks5_proxy_resolves_the_relay_name_never_the_client() {
             ..client_options()
         };
         let ep = endpoint();
-        let (c1, _p1) = sotto_client::RelayClient::connect(&ep, &addr, &opts)
+        let (c1, _p1) = sotto_transport::RelayClient::connect(&ep, &addr, &opts)
             .await
             .unwrap();
         assert_eq!(c1.transport(), LinkKind::Tcp);
         round_trip(&c1, b"through the proxy").await;
-        let (c2, _p2) = sotto_client::RelayClient::connect(&ep, &addr, &opts)
+        let (c2, _p2) = sotto_transport::RelayClient::connect(&ep, &addr, &opts)
             .await
             .unwrap();
         c2.ping().await.unwrap();
@@ -250,7 +250,7 @@ async fn socks5_proxy_resolves_the_relay_name_never_the_client() {
             ..tcp_options()
         };
         assert!(
-            sotto_client::RelayClient::connect(&ep, &addr, &direct)
+            sotto_transport::RelayClient::connect(&ep, &addr, &direct)
                 .await
                 .is_err()
         );
@@ -275,7 +275,7 @@ async fn onion_relays_only_through_the_proxy() {
                 transport,
                 ..client_options()
             };
-            let err = sotto_client::RelayClient::connect(&ep, &addr, &opts)
+            let err = sotto_transport::RelayClient::connect(&ep, &addr, &opts)
                 .await
                 .unwrap_err();
             assert!(
@@ -289,7 +289,7 @@ async fn onion_relays_only_through_the_proxy() {
             socks5: Some(proxy.clone()),
             ..client_options()
         };
-        let (c, _p) = sotto_client::RelayClient::connect(&ep, &addr, &opts)
+        let (c, _p) = sotto_transport::RelayClient::connect(&ep, &addr, &opts)
             .await
             .unwrap();
         round_trip(&c, b"onion").await;
@@ -301,7 +301,7 @@ async fn onion_relays_only_through_the_proxy() {
             ..client_options()
         };
         assert!(matches!(
-            sotto_client::RelayClient::connect(&ep, &addr, &quic).await,
+            sotto_transport::RelayClient::connect(&ep, &addr, &quic).await,
             Err(ClientError::Transport(TransportError::Config(_)))
         ));
     })
@@ -327,7 +327,7 @@ async fn quic_falls_back_to_tcp_when_udp_is_black_holed() {
             ..client_options()
         };
         let ep = endpoint();
-        let (c, _p) = sotto_client::RelayClient::connect(&ep, &addr, &opts)
+        let (c, _p) = sotto_transport::RelayClient::connect(&ep, &addr, &opts)
             .await
             .unwrap();
         assert_eq!(c.transport(), LinkKind::Tcp);
@@ -345,7 +345,7 @@ async fn quic_falls_back_to_tcp_when_udp_is_black_holed() {
             connect_timeout: Duration::from_secs(2),
             ..opts
         };
-        let err = sotto_client::RelayClient::connect(&ep, &nowhere, &opts)
+        let err = sotto_transport::RelayClient::connect(&ep, &nowhere, &opts)
             .await
             .unwrap_err();
         assert!(
@@ -364,7 +364,7 @@ async fn quic_falls_back_to_tcp_when_udp_is_black_holed() {
             connect_timeout: Duration::from_secs(30),
             ..opts
         };
-        let (c, _p) = sotto_client::RelayClient::connect(&ep, &relay.address(), &opts)
+        let (c, _p) = sotto_transport::RelayClient::connect(&ep, &relay.address(), &opts)
             .await
             .unwrap();
         assert_eq!(c.transport(), LinkKind::Quic);
@@ -553,7 +553,7 @@ async fn a_client_pinning_another_key_sees_a_wrong_key_over_tcp() {
             ..relay.address()
         };
         let ep = endpoint();
-        let err = sotto_client::RelayClient::connect(&ep, &impostor, &tcp_options())
+        let err = sotto_transport::RelayClient::connect(&ep, &impostor, &tcp_options())
             .await
             .unwrap_err();
         assert!(
@@ -679,7 +679,7 @@ async fn every_record_after_the_tls_handshake_has_the_same_length() {
             ..relay.address()
         };
         let ep = endpoint();
-        let (c, mut pushes) = sotto_client::RelayClient::connect(&ep, &addr, &tcp_options())
+        let (c, mut pushes) = sotto_transport::RelayClient::connect(&ep, &addr, &tcp_options())
             .await
             .unwrap();
         let q = c.create_queue(None).await.unwrap();
@@ -689,7 +689,7 @@ async fn every_record_after_the_tls_handshake_has_the_same_length() {
             c.send(q.sender_id, None, 0, b.clone()).await.unwrap();
         }
         for _ in &bodies {
-            let sotto_client::Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+            let sotto_transport::Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
                 panic!("expected MSG");
             };
             let m = msg.open(&q).unwrap();
@@ -727,7 +727,7 @@ async fn tcp_and_quic_listen_side_by_side() {
             transport: TransportChoice::Quic,
             ..client_options()
         };
-        let (c, p) = sotto_client::RelayClient::connect(&ep, &relay.address(), &opts)
+        let (c, p) = sotto_transport::RelayClient::connect(&ep, &relay.address(), &opts)
             .await
             .unwrap();
         (c, p, ep)

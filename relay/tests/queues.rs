@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use sotto_client::{ClientError, Pushed};
 use sotto_protocol::{AuthSecretKey, Command, ErrorCode, MAX_BODY};
+use sotto_transport::{ClientError, Pushed};
 
 fn relay_err(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
     match r {

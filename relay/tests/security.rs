@@ -13,12 +13,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use common::process;
 use common::*;
-use sotto_client::{ClientError, Pushed, QueueCredentials, RelayClient};
 use sotto_protocol::{
     AuthSecretKey, Command, CorrId, DhSecretKey, EntityId, ErrorCode, FRAME_LEN, Frame,
     FrameBuilder, Initiator, MessageId, RecipientId, RelayStaticKey, Response, SenderId, Session,
     Transmission,
 };
+use sotto_transport::{ClientError, Pushed, QueueCredentials, RelayClient};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -652,7 +652,7 @@ async fn client_side_debug_output_shows_no_secret() {
 /// Drives every command against the relay process from 127.0.0.2 and returns every
 /// secret and identifier the run created.
 async fn full_session(addr: &sotto_protocol::RelayAddress) -> Vec<(String, Vec<u8>)> {
-    use sotto_client::transport::{self, QuicOptions};
+    use sotto_transport::{self as transport, QuicOptions};
     let ep = transport::client_endpoint("127.0.0.2:0".parse().unwrap(), &QuicOptions::default())
         .unwrap();
     let (c, mut pushes) = RelayClient::connect(&ep, addr, &client_options())

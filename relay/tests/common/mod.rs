@@ -7,11 +7,11 @@ use std::time::Duration;
 
 pub mod process;
 
-use sotto_client::transport::{self, QuicOptions};
-use sotto_client::{ClientOptions, Pushed, RelayClient, TransportChoice};
 use sotto_protocol::RelayAddress;
 use sotto_relay::config::Config;
 use sotto_relay::{RunningRelay, datadir};
+use sotto_transport::{self as transport, QuicOptions};
+use sotto_transport::{ClientOptions, Pushed, RelayClient, TransportChoice};
 use tokio::sync::mpsc;
 
 /// A relay in a temporary data directory.

@@ -8,10 +8,10 @@
 //!
 //! # Tasks and state
 //!
-//! - A **writer task** owns the [`FrameSender`]. It takes outgoing transmissions from a
+//! - A **writer task** owns the [`FrameSender`](crate::FrameSender). It takes outgoing transmissions from a
 //!   bounded channel and batches as many as are queued into each frame
 //!   ([`FrameBuilder`]), greedily; a cover request becomes a frame of its own.
-//! - A **reader task** owns the [`FrameReceiver`]. It decodes each frame, hands answers to
+//! - A **reader task** owns the [`FrameReceiver`](crate::FrameReceiver). It decodes each frame, hands answers to
 //!   the waiting request by correlation id, pushes unsolicited MSG/END (correlation id
 //!   [`CorrId::NONE`]) to the [`Pushed`] channel returned by [`RelayClient::connect`], and
 //!   discards (and counts) the relay's cover frames.
@@ -30,35 +30,45 @@
 //!   64 × 16 KiB = 1 MiB. When it is full the reader stops reading, so flow control (QUIC's
 //!   or TCP's) pushes back on the relay — and answers to requests wait too: **drain the
 //!   [`Pushed`] receiver** (or drop it, which discards pushes, counted).
-//! - QUIC buffers about twice [`QuicOptions::stream_window`] (see [`crate::transport`]);
+//! - QUIC buffers about twice [`QuicOptions::stream_window`](crate::QuicOptions::stream_window) (see [`crate`]);
 //!   over TCP rustls holds at most one record, the kernel's socket buffers the rest.
 //! - The set of queues subscribed on this session (so their ACKs go unsigned): one
 //!   recipient id per successful SUB, removed on END or DEL; the relay caps subscriptions per
 //!   session (`limits.subscriptions_per_session`).
+//!
+//! # Files
+//!
+//! - this file: [`RelayClient`], one method per command, request bookkeeping;
+//! - `types.rs`: what callers pass in and get back ([`ClientOptions`], [`ClientError`],
+//!   [`Pushed`], [`SealedMessage`], [`QueueCredentials`], [`ClientStats`]);
+//! - `tasks.rs`: the writer and reader tasks and the state they share with the handles.
 
-use std::collections::{HashMap, HashSet};
+mod tasks;
+mod types;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use quinn::VarInt;
 use rand::Rng as _;
 use rand::rngs::OsRng;
-use sotto_protocol::forward::{DEFAULT_EXPIRY_S, ForwardError, Sealer};
-use sotto_protocol::seal::{BodySealKey, OpenError};
+use sotto_protocol::forward::{DEFAULT_EXPIRY_S, Sealer};
+use sotto_protocol::seal::BodySealKey;
 use sotto_protocol::{
-    AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhPublicKey, DhSecretKey, EntityId,
-    ErrorCode, FRAME_PLAINTEXT_LEN, Frame, FrameBuilder, MessageId, QueueAddress, RecipientId,
-    RelayAddress, Response, SenderId, Transmission,
+    AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhSecretKey, EntityId, ErrorCode,
+    FRAME_PLAINTEXT_LEN, FrameBuilder, MessageId, RelayAddress, Response, SenderId, Transmission,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::{
-    self, CLOSE_NORMAL, CLOSE_PROTOCOL, DialOptions, FrameReceiver, FrameSender, FramedConnection,
-    Link, LinkKind, QuicOptions, Socks5Proxy, TransportChoice, TransportError,
+use crate::{CLOSE_NORMAL, FramedConnection, Link, LinkKind};
+use tasks::{Outgoing, Shared, WaiterGuard, bump, exponential_gap, read_loop, write_loop};
+pub use types::{
+    ClientError, ClientOptions, ClientStats, Pushed, QueueCredentials, ReceivedMessage,
+    SealedMessage,
 };
 
 /// Capacity of the writer's queue, in transmissions (each at most one frame, 16 KiB).
@@ -69,277 +79,6 @@ pub const MAX_OUTSTANDING_REQUESTS: usize = 256;
 
 /// Capacity of the [`Pushed`] channel, in events (each at most one frame, 16 KiB).
 pub const PUSH_QUEUE: usize = 64;
-
-/// Longest gap between two cover frames, whatever the rate (keeps sleeps finite).
-const MAX_COVER_GAP: Duration = Duration::from_secs(3600);
-
-/// Connection and request settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientOptions {
-    /// Bound on resolving, connecting and the Noise handshake together.
-    pub connect_timeout: Duration,
-    /// Bound on one request, from the call until its answer (including waiting for a free
-    /// request slot and for room in the writer's queue).
-    pub request_timeout: Duration,
-    /// QUIC settings of the connection.
-    pub quic: QuicOptions,
-    /// QUIC, TLS over TCP, or QUIC with automatic fallback to TCP (the default).
-    pub transport: TransportChoice,
-    /// Route every relay connection through this SOCKS5 proxy (Tor's, e.g.
-    /// `127.0.0.1:9050`), over TCP; the proxy resolves relay host names. Required for
-    /// `.onion` relays.
-    pub socks5: Option<Socks5Proxy>,
-    /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried
-    /// (at most half of `connect_timeout`).
-    pub quic_fallback_after: Duration,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(15),
-            quic: QuicOptions::default(),
-            transport: TransportChoice::Auto,
-            socks5: None,
-            quic_fallback_after: DialOptions::default().quic_fallback_after,
-        }
-    }
-}
-
-impl ClientOptions {
-    /// The transport part of these options, for [`transport::dial`].
-    pub fn dial_options(&self) -> DialOptions {
-        DialOptions {
-            transport: self.transport,
-            socks5: self.socks5.clone(),
-            quic_fallback_after: self.quic_fallback_after,
-            timeout: self.connect_timeout,
-        }
-    }
-}
-
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// Connecting failed, or the session broke.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// The relay answered ERR.
-    #[error("the relay refused the request: {0}")]
-    Relay(ErrorCode),
-    /// No answer within [`ClientOptions::request_timeout`].
-    #[error("the relay did not answer in time")]
-    Timeout,
-    /// The session is closed (locally, or because the connection ended).
-    #[error("the connection to the relay is closed")]
-    Closed,
-    /// The relay answered with something that does not answer this request.
-    #[error("unexpected answer from the relay: {0}")]
-    UnexpectedResponse(&'static str),
-    /// Malformed data: a command that breaks a field limit, or an undecodable frame from
-    /// the relay.
-    #[error("malformed protocol data: {0}")]
-    Protocol(#[from] DecodeError),
-    /// A message body did not open with the queue's sealing key.
-    #[error("a message from the relay failed to open (corrupted, or not for this queue)")]
-    Open(#[from] OpenError),
-    /// A forwarded command could not be sealed, or the destination's sealed answer did not
-    /// open (a broken relay on the way: the outcome is unknown).
-    #[error("forwarding failed: {0}")]
-    Forward(#[from] ForwardError),
-}
-
-/// Something the relay sent without being asked, or the end of the session.
-#[derive(Debug)]
-pub enum Pushed {
-    /// A message on a subscribed queue. The client does not know which credentials it
-    /// belongs to; open it with [`SealedMessage::open`] and the queue's credentials.
-    Msg {
-        /// The queue the message is on.
-        recipient_id: RecipientId,
-        /// The message as the relay sent it.
-        msg: SealedMessage,
-    },
-    /// The subscription to this queue ended (another session subscribed, or it was deleted).
-    End {
-        /// The queue.
-        recipient_id: RecipientId,
-    },
-    /// The session ended; nothing more will be pushed. [`ClientError::Closed`] after
-    /// [`RelayClient::close`] or an orderly end, otherwise the error that ended it.
-    Closed(ClientError),
-}
-
-/// A message as delivered by the relay: the body is still sealed to the queue's DH key.
-#[derive(Clone)]
-pub struct SealedMessage {
-    /// Id to acknowledge.
-    pub msg_id: MessageId,
-    /// Receipt time at the relay (seconds since the Unix epoch, rounded by the relay).
-    pub timestamp: u64,
-    /// Flags the sender set.
-    pub flags: u8,
-    /// The body sealed by the relay.
-    pub sealed_body: Vec<u8>,
-}
-
-impl SealedMessage {
-    /// Opens the body with the queue's sealing key.
-    ///
-    /// # Errors
-    /// [`ClientError::Open`] if the body does not authenticate under `creds.seal_key`.
-    pub fn open(&self, creds: &QueueCredentials) -> Result<ReceivedMessage, ClientError> {
-        let body = creds.seal_key.open(&self.msg_id, &self.sealed_body)?;
-        Ok(ReceivedMessage {
-            msg_id: self.msg_id,
-            timestamp: self.timestamp,
-            flags: self.flags,
-            body,
-        })
-    }
-}
-
-/// A message with its body opened (the sender's end-to-end ciphertext, padded).
-#[derive(Clone)]
-pub struct ReceivedMessage {
-    /// Id to acknowledge.
-    pub msg_id: MessageId,
-    /// Receipt time at the relay (seconds since the Unix epoch, rounded by the relay).
-    pub timestamp: u64,
-    /// Flags the sender set.
-    pub flags: u8,
-    /// The body as the sender sent it.
-    pub body: Vec<u8>,
-}
-
-/// Everything a recipient needs to use a queue it created. `Debug` shows no ids or keys.
-#[derive(Clone)]
-pub struct QueueCredentials {
-    /// The relay holding the queue.
-    pub relay: RelayAddress,
-    /// Id for the recipient's commands.
-    pub recipient_id: RecipientId,
-    /// Id the sender uses (goes into the invitation).
-    pub sender_id: SenderId,
-    /// Key that signs the recipient's commands.
-    pub recipient_key: AuthSecretKey,
-    /// Recipient's X25519 key for body sealing.
-    pub dh_key: DhSecretKey,
-    /// Relay's per-queue X25519 key for body sealing.
-    pub relay_dh_key: DhPublicKey,
-    /// Key that opens sealed bodies, derived from `dh_key` and `relay_dh_key`.
-    pub seal_key: BodySealKey,
-}
-
-impl QueueCredentials {
-    /// The address a sender uses: relay address and sender id.
-    pub fn queue_address(&self) -> QueueAddress {
-        QueueAddress {
-            relay: self.relay.clone(),
-            sender_id: self.sender_id,
-        }
-    }
-}
-
-/// Counters of one client (every discard path is counted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Requests sent.
-    pub requests: u64,
-    /// Cover (DROP) frames queued by [`RelayClient::send_cover`] or the cover task.
-    pub cover_sent: u64,
-    /// Cover ticks skipped because the writer's queue was full of real traffic.
-    pub cover_skipped: u64,
-    /// Cover (DROP) transmissions received from the relay and discarded.
-    pub cover_received: u64,
-    /// Answers whose request had already timed out or been cancelled.
-    pub late_answers: u64,
-    /// Pushed events discarded because the [`Pushed`] receiver was dropped.
-    pub pushes_discarded: u64,
-    /// Unsolicited transmissions that were neither MSG, END nor DROP (ignored).
-    pub unexpected: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    requests: AtomicU64,
-    cover_sent: AtomicU64,
-    cover_skipped: AtomicU64,
-    cover_received: AtomicU64,
-    late_answers: AtomicU64,
-    pushes_discarded: AtomicU64,
-    unexpected: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Requests waiting for their answer, by correlation id.
-#[derive(Debug, Default)]
-struct Waiters {
-    by_corr: HashMap<u64, oneshot::Sender<Response>>,
-    /// Set once the session ended; no waiter is registered after that.
-    closed: bool,
-}
-
-/// State shared by the handles and the reader task.
-#[derive(Debug, Default)]
-struct Shared {
-    waiters: Mutex<Waiters>,
-    counters: Counters,
-    /// Queues this session holds the subscription of (SUB answered OK, no END or DEL
-    /// since): their ACKs need no signature (`docs/protocol.md` § ACK).
-    subscribed: Mutex<HashSet<RecipientId>>,
-}
-
-impl Shared {
-    fn waiters(&self) -> MutexGuard<'_, Waiters> {
-        // A panic while holding this lock cannot leave the map inconsistent (single
-        // insert/remove operations), so a poisoned lock is still usable.
-        self.waiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn subscribed(&self) -> MutexGuard<'_, HashSet<RecipientId>> {
-        // Single insert/remove/contains operations: a poisoned lock is still consistent.
-        self.subscribed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Ends the session for requests: every waiter sees its sender dropped (→ `Closed`).
-    fn close(&self) {
-        let mut w = self.waiters();
-        w.closed = true;
-        w.by_corr.clear();
-    }
-}
-
-/// Removes a request's waiter when the request finishes in any way (answer, timeout,
-/// cancellation).
-struct WaiterGuard<'a> {
-    shared: &'a Shared,
-    corr: u64,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.waiters().by_corr.remove(&self.corr);
-    }
-}
-
-/// What the writer task sends.
-#[derive(Debug)]
-enum Outgoing {
-    /// A transmission to batch into the next frame.
-    Transmission(Transmission),
-    /// A cover frame (one DROP), sent as a frame of its own.
-    Cover,
-}
 
 struct Inner {
     relay: RelayAddress,
@@ -382,7 +121,7 @@ pub struct RelayClient {
 
 impl RelayClient {
     /// Connects to `relay` (Noise against the pinned key, over the transport `opts` choose:
-    /// see [`transport::dial`]) and starts the session's tasks. Returns the client and the
+    /// see [`crate::dial`]) and starts the session's tasks. Returns the client and the
     /// receiver of pushed events, which must be drained (see the module documentation) or
     /// dropped.
     ///
@@ -393,16 +132,16 @@ impl RelayClient {
     /// Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// [`ClientError::Transport`] as [`transport::dial`] (including
-    /// [`TransportError::IdentityMismatch`] for a relay that does not hold the pinned key,
-    /// and [`TransportError::OnionNeedsProxy`] for a `.onion` relay without `opts.socks5`).
+    /// [`ClientError::Transport`] as [`crate::dial`] (including
+    /// [`TransportError::IdentityMismatch`](crate::TransportError::IdentityMismatch) for a relay that does not hold the pinned key,
+    /// and [`TransportError::OnionNeedsProxy`](crate::TransportError::OnionNeedsProxy) for a `.onion` relay without `opts.socks5`).
     pub async fn connect(
         endpoint: &quinn::Endpoint,
         relay: &RelayAddress,
         opts: &ClientOptions,
     ) -> Result<(RelayClient, mpsc::Receiver<Pushed>), ClientError> {
-        let config = transport::client_config(&opts.quic)?;
-        let framed = transport::dial(endpoint, Some(config), relay, &opts.dial_options()).await?;
+        let config = crate::client_config(&opts.quic)?;
+        let framed = crate::dial(endpoint, Some(config), relay, &opts.dial_options()).await?;
         Ok(Self::from_framed(framed, relay.clone(), opts))
     }
 
@@ -951,277 +690,4 @@ fn expect_ok(expected: &'static str, r: &Response) -> Result<(), ClientError> {
 fn unexpected(expected: &'static str, r: &Response) -> ClientError {
     tracing::debug!(expected, answer = r.name(), "unexpected answer");
     ClientError::UnexpectedResponse(expected)
-}
-
-/// A gap of an exponential distribution with the given rate, from a uniform sample
-/// `u ∈ [0, 1)`, capped at [`MAX_COVER_GAP`].
-fn exponential_gap(rate_per_s: f64, u: f64) -> Duration {
-    // 1 − u ∈ (0, 1], so the logarithm is finite and ≤ 0.
-    let secs = -(1.0 - u).ln() / rate_per_s;
-    if secs.is_finite() && secs >= 0.0 {
-        Duration::from_secs_f64(secs.min(MAX_COVER_GAP.as_secs_f64()))
-    } else {
-        MAX_COVER_GAP
-    }
-}
-
-/// Owns the sending half: batches queued transmissions into frames.
-async fn write_loop(
-    mut sender: FrameSender,
-    mut queue: mpsc::Receiver<Outgoing>,
-    connection: Link,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
-    let mut carried: Option<Outgoing> = None;
-    loop {
-        let first = match carried.take() {
-            Some(o) => o,
-            None => tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                o = queue.recv() => match o {
-                    Some(o) => o,
-                    // Every handle is gone: end the stream in an orderly way.
-                    None => {
-                        let _ = sender.shutdown().await;
-                        break;
-                    }
-                },
-            },
-        };
-        let frame = match first {
-            Outgoing::Cover => FrameBuilder::cover_command(),
-            Outgoing::Transmission(t) => {
-                // Yield once before closing the frame, so that requests other tasks are
-                // queueing right now (an ACK per pushed MSG, SENDs of a burst) share this
-                // frame: with one MSG per record arriving, ACKs otherwise took a 16 KiB record
-                // each (a load run sent 39 % fewer datagrams with this; see
-                // docs/benchmarks.md). Costs one scheduler round trip per frame.
-                tokio::task::yield_now().await;
-                let mut b = FrameBuilder::new();
-                // `request` only queues transmissions that fit an empty frame.
-                b.push(&t);
-                while let Ok(next) = queue.try_recv() {
-                    match next {
-                        Outgoing::Transmission(t) if b.push(&t) => {}
-                        other => {
-                            carried = Some(other);
-                            break;
-                        }
-                    }
-                }
-                b.finish()
-            }
-        };
-        let sent = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            r = sender.send_frame(frame) => r,
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "session writer stopped");
-            break;
-        }
-    }
-    shared.close();
-    cancel.cancel();
-    // Nothing more will be written; if the reader is still running it ends too.
-    drop(connection);
-}
-
-/// Why the reader stopped.
-enum ReadEnd {
-    /// `close()`, or the last handle dropped.
-    Cancelled,
-    /// The session failed or ended.
-    Failed(ClientError),
-}
-
-/// Owns the receiving half: routes answers and pushes events.
-async fn read_loop(
-    mut receiver: FrameReceiver,
-    pushed: mpsc::Sender<Pushed>,
-    connection: Link,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
-    let end = read_frames(&mut receiver, &pushed, &connection, &shared, &cancel).await;
-    shared.close();
-    cancel.cancel();
-    let reason = match end {
-        ReadEnd::Cancelled => ClientError::Closed,
-        ReadEnd::Failed(e) => {
-            tracing::debug!(error = %e, "session reader stopped");
-            e
-        }
-    };
-    // Best effort: a full channel means the caller is not reading; it still sees the
-    // channel end once this task drops its sender.
-    if pushed.try_send(Pushed::Closed(reason)).is_err() {
-        bump(&shared.counters.pushes_discarded);
-    }
-}
-
-async fn read_frames(
-    receiver: &mut FrameReceiver,
-    pushed: &mpsc::Sender<Pushed>,
-    connection: &Link,
-    shared: &Shared,
-    cancel: &CancellationToken,
-) -> ReadEnd {
-    loop {
-        let frame = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return ReadEnd::Cancelled,
-            f = receiver.recv_frame() => f,
-        };
-        let plaintext = match frame {
-            Ok(Some(p)) => p,
-            Ok(None) => return ReadEnd::Failed(ClientError::Closed),
-            Err(TransportError::Closed) => return ReadEnd::Failed(ClientError::Closed),
-            Err(e) => return ReadEnd::Failed(ClientError::Transport(e)),
-        };
-        let transmissions = match Frame::decode(&plaintext) {
-            Ok(ts) => ts,
-            Err(e) => return protocol_failure(connection, e),
-        };
-        for t in transmissions {
-            let answer = match t.decode_response() {
-                Ok(r) => r,
-                Err(e) => return protocol_failure(connection, e),
-            };
-            if let Response::Drop = answer {
-                bump(&shared.counters.cover_received);
-                continue;
-            }
-            if t.corr_id != CorrId::NONE {
-                let waiter = shared.waiters().by_corr.remove(&t.corr_id.as_u64());
-                let delivered = waiter.is_some_and(|w| w.send(answer).is_ok());
-                if !delivered {
-                    bump(&shared.counters.late_answers);
-                }
-                continue;
-            }
-            let event = match (answer, t.entity) {
-                (
-                    Response::Msg {
-                        msg_id,
-                        timestamp,
-                        flags,
-                        sealed_body,
-                    },
-                    Some(entity),
-                ) => Pushed::Msg {
-                    recipient_id: entity.into(),
-                    msg: SealedMessage {
-                        msg_id,
-                        timestamp,
-                        flags,
-                        sealed_body,
-                    },
-                },
-                (Response::End, Some(entity)) => {
-                    shared.subscribed().remove(&RecipientId::from(entity));
-                    Pushed::End {
-                        recipient_id: entity.into(),
-                    }
-                }
-                _ => {
-                    bump(&shared.counters.unexpected);
-                    continue;
-                }
-            };
-            // Waiting here is the backpressure: flow control then slows the relay.
-            let sent = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return ReadEnd::Cancelled,
-                r = pushed.send(event) => r,
-            };
-            if sent.is_err() {
-                bump(&shared.counters.pushes_discarded);
-            }
-        }
-    }
-}
-
-fn protocol_failure(connection: &Link, e: DecodeError) -> ReadEnd {
-    connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"");
-    ReadEnd::Failed(ClientError::Protocol(e))
-}
-
-impl std::fmt::Debug for QueueCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Ids link a queue's two sides and keys are secrets: print neither.
-        f.debug_struct("QueueCredentials")
-            .field("relay", &self.relay.host)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for SealedMessage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedMessage")
-            .field("timestamp", &self.timestamp)
-            .field("flags", &self.flags)
-            .field("sealed_len", &self.sealed_body.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for ReceivedMessage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceivedMessage")
-            .field("timestamp", &self.timestamp)
-            .field("flags", &self.flags)
-            .field("body_len", &self.body.len())
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exponential_gaps_are_finite_and_have_the_right_mean() {
-        assert_eq!(exponential_gap(2.0, 0.0), Duration::ZERO);
-        assert!(exponential_gap(1e-9, 0.999_999) <= MAX_COVER_GAP);
-        // Deterministic quantiles: mean of −ln(1−u)/λ over a uniform grid ≈ 1/λ.
-        let n = 100_000;
-        let mean: f64 = (0..n)
-            .map(|i| exponential_gap(4.0, (i as f64 + 0.5) / n as f64).as_secs_f64())
-            .sum::<f64>()
-            / n as f64;
-        assert!((mean - 0.25).abs() < 0.01, "{mean}");
-    }
-
-    #[test]
-    fn credentials_debug_shows_no_ids_or_keys() {
-        let relay: RelayAddress = "sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@h:9"
-            .parse()
-            .unwrap();
-        let dh_key = DhSecretKey::generate(&mut OsRng);
-        let relay_dh = DhSecretKey::generate(&mut OsRng).public();
-        let creds = QueueCredentials {
-            relay,
-            recipient_id: RecipientId([7; 24]),
-            sender_id: SenderId([8; 24]),
-            recipient_key: AuthSecretKey::generate(&mut OsRng),
-            seal_key: BodySealKey::derive(&dh_key, &relay_dh).unwrap(),
-            dh_key,
-            relay_dh_key: relay_dh,
-        };
-        let s = format!("{creds:?}");
-        assert!(!s.contains(&creds.recipient_id.to_string()));
-        assert!(!s.contains(&creds.sender_id.to_string()));
-        assert!(!s.contains("7, 7"));
-        assert_eq!(
-            creds.queue_address().to_string(),
-            format!(
-                "sotto://AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8@h:9#{}",
-                creds.sender_id
-            )
-        );
-    }
 }

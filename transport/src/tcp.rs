@@ -3,7 +3,7 @@
 //!
 //! This module owns the TCP socket and its TLS 1.3 layer (tokio-rustls, the same provider,
 //! certificate and ALPN as QUIC), and splits the TLS stream into the two halves the
-//! session's [`super::FrameSender`] and [`super::FrameReceiver`] drive. It knows nothing
+//! session's [`crate::FrameSender`] and [`crate::FrameReceiver`] drive. It knows nothing
 //! of Noise or records: those are the same code for both transports (see the parent
 //! module).
 //!
@@ -19,8 +19,8 @@
 //!
 //! # Closing
 //!
-//! TCP has no application close codes. [`TcpWriter::shutdown`] (and
-//! [`TcpWriter::finish`]) end the sending direction in an orderly way: TLS `close_notify`,
+//! TCP has no application close codes. `TcpWriter::shutdown` (and
+//! `TcpWriter::finish`) end the sending direction in an orderly way: TLS `close_notify`,
 //! then FIN; the peer's reader sees the end at a record boundary. `Link::close` (any code)
 //! shuts the socket down at once in both directions, without `close_notify`; the peer's
 //! reader sees the connection end ([`TransportError::Closed`]), or a truncated record. The
@@ -50,8 +50,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::socks5::{self, Socks5Proxy};
-use super::{TransportError, tls_client_config, tls_server_config};
+use sotto_protocol::RelayStaticKey;
+
+use crate::TransportError;
+use crate::framed::{FramedConnection, Reader, Writer};
+use crate::handshake::{initiate, respond_until};
+use crate::link::{Link, LinkInner};
+use crate::socks5::{self, Socks5Proxy};
+use crate::tls::{tls_client_config, tls_server_config};
 
 /// Idle time before the first keep-alive probe.
 pub const KEEPALIVE_TIME: Duration = Duration::from_secs(10);
@@ -456,4 +462,65 @@ impl AsyncWrite for Counted {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
+}
+
+/// Connects to `relay` over TLS + TCP on [`RelayAddress::tcp_port`] — through `proxy` when
+/// given (the proxy resolves the host name; nothing is looked up locally), else directly —
+/// and runs the Noise handshake. `timeout` bounds the whole operation.
+///
+/// # Errors
+/// [`TransportError::OnionNeedsProxy`] for a `.onion` host without a proxy,
+/// [`TransportError::Proxy`], [`TransportError::Resolve`], [`TransportError::TcpConnect`],
+/// [`TransportError::TlsHandshake`], [`TransportError::Timeout`],
+/// [`TransportError::IdentityMismatch`], [`TransportError::Handshake`].
+pub async fn connect_tcp(
+    relay: &RelayAddress,
+    proxy: Option<&Socks5Proxy>,
+    timeout: Duration,
+) -> Result<FramedConnection, TransportError> {
+    if relay.host.is_onion() && proxy.is_none() {
+        return Err(TransportError::OnionNeedsProxy);
+    }
+    tokio::time::timeout(timeout, async {
+        let stream = open(relay, proxy).await?;
+        let (writer, reader, shared) = client_tls(stream).await?;
+        let link = Link(LinkInner::Tcp(shared));
+        let (mut writer, mut reader) = (Writer::Tcp(writer), Reader::Tcp(reader));
+        match initiate(&mut writer, &mut reader, &relay.key).await {
+            Ok(session) => Ok(FramedConnection::new(writer, reader, link, session)),
+            Err(e) => {
+                link.close_protocol();
+                Err(e)
+            }
+        }
+    })
+    .await
+    .unwrap_or(Err(TransportError::Timeout))
+}
+
+/// Relay side of a TCP session: TLS with `acceptor` (ALPN `sotto/1` required), then the same
+/// Noise handshake as [`accept`](crate::accept), decoy included. `timeout` bounds TLS and Noise together.
+/// On failure the connection is shut down.
+///
+/// # Errors
+/// [`TransportError::TlsHandshake`], and as [`accept`](crate::accept).
+pub async fn accept_tcp(
+    stream: tokio::net::TcpStream,
+    acceptor: &TcpAcceptor,
+    key: &RelayStaticKey,
+    timeout: Duration,
+) -> Result<FramedConnection, TransportError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (writer, reader, shared) = tokio::time::timeout_at(deadline, server_tls(stream, acceptor))
+        .await
+        .unwrap_or(Err(TransportError::Timeout))?;
+    let link = Link(LinkInner::Tcp(shared));
+    respond_until(
+        link,
+        Writer::Tcp(writer),
+        Reader::Tcp(reader),
+        key,
+        deadline,
+    )
+    .await
 }

@@ -8,9 +8,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use sotto_client::transport::{self, FramedConnection, ProxyError, TcpAcceptor, TransportError};
 use sotto_protocol::address::Host;
 use sotto_protocol::{FRAME_PLAINTEXT_LEN, RelayAddress, RelayStaticKey};
+use sotto_transport::{
+    self as transport, FramedConnection, ProxyError, TcpAcceptor, TransportError,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -115,7 +117,7 @@ async fn a_thousand_records_each_way_then_orderly_ends() {
         let framed = transport::connect_tcp(&server.address, None, TIMEOUT)
             .await
             .unwrap();
-        assert_eq!(framed.connection.kind(), sotto_client::LinkKind::Tcp);
+        assert_eq!(framed.connection.kind(), sotto_transport::LinkKind::Tcp);
         assert_eq!(
             Ok(framed.handshake_hash),
             server.accepted.recv().await.unwrap()
@@ -205,7 +207,7 @@ async fn a_wrong_key_is_reported_as_such_over_tcp() {
 }
 
 /// A one-shot SOCKS5 server that answers CONNECT with `reply`.
-async fn refusing_proxy(reply: u8) -> sotto_client::Socks5Proxy {
+async fn refusing_proxy(reply: u8) -> sotto_transport::Socks5Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -252,7 +254,7 @@ async fn socks5_failures_say_what_went_wrong() {
         assert!(err.to_string().contains("host unreachable"), "{err}");
         // No proxy listening.
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead: sotto_client::Socks5Proxy =
+        let dead: sotto_transport::Socks5Proxy =
             format!("127.0.0.1:{}", closed.local_addr().unwrap().port())
                 .parse()
                 .unwrap();

@@ -12,9 +12,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
-use sotto_client::ClientError;
-use sotto_client::client::{ClientOptions, Pushed, RelayClient};
-use sotto_client::transport::{self, FramedConnection, QuicOptions};
 use sotto_protocol::address::Host;
 use sotto_protocol::seal::BodySealKey;
 use sotto_protocol::{
@@ -22,6 +19,9 @@ use sotto_protocol::{
     MAX_BODY, MessageId, RecipientId, RelayAddress, RelayStaticKey, Response, SenderId,
     Transmission,
 };
+use sotto_transport::ClientError;
+use sotto_transport::client::{ClientOptions, Pushed, RelayClient};
+use sotto_transport::{self as transport, FramedConnection, QuicOptions};
 use tokio::sync::mpsc;
 
 const TEST_BOUND: Duration = Duration::from_secs(120);

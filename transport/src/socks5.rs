@@ -1,7 +1,7 @@
 //! A minimal SOCKS5 client: RFC 1928 `CONNECT` with RFC 1929 username/password, enough to
 //! reach relays through Tor.
 //!
-//! This module owns the proxy handshake and nothing else: after [`connect`] the stream is a
+//! This module owns the proxy handshake and nothing else: after `connect` the stream is a
 //! plain byte pipe to the relay, and the TLS and Noise layers run over it unchanged.
 //!
 //! Privacy rules it enforces:

@@ -10,13 +10,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
-use sotto_client::transport::{
-    self, FramedConnection, QuicOptions, TransportError, client_endpoint, server_config,
-};
 use sotto_protocol::address::Host;
 use sotto_protocol::{
     FRAME_LEN, FRAME_PLAINTEXT_LEN, HandshakeError, Initiator, RelayAddress, RelayStaticKey,
     Responder,
+};
+use sotto_transport::{
+    self as transport, FramedConnection, QuicOptions, TransportError, client_endpoint,
+    server_config,
 };
 use tokio::sync::mpsc;
 
