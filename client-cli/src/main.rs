@@ -148,6 +148,8 @@ enum RelayCommand {
     /// Add a relay (the first added is the default receive relay).
     Add {
         /// sotto://KEY@HOST[:PORT]
+        // The text is clap's help, shown as it is: not an intra-doc link.
+        #[allow(rustdoc::broken_intra_doc_links)]
         addr: String,
         /// The relay is private: save the create password its operator gave you (read from
         /// SOTTO_CREATE_PASSWORD or asked for); new queues there carry it.

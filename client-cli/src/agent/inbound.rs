@@ -11,10 +11,12 @@ use vodozemac::olm::{Account, AccountPickle, DecryptionError, OlmMessage, Sessio
 use super::outbox::{enqueue_message, push_item};
 use super::secret::Secret32;
 use super::state::{
-    self, Action, Arrival, Contact, InboxEntry, QueueOwner, RecvQueue, SendQueue, State, StateError,
+    self, Action, Arrival, Contact, InboxEntry, QueueOwner, RecvQueue, SendQueue, State,
+    StateError, unpickle_session,
 };
+use super::timing::{auto_delay, millis, now_ms};
 use super::wire::{Message, Payload};
-use super::{AgentError, Event, auto_delay, millis, now_ms, unpickle_session};
+use super::{AgentError, Event};
 
 /// What processing one received message produced.
 #[derive(Default)]
@@ -89,21 +91,13 @@ pub(super) fn process(
             };
             let inv = st.invitations.remove(idx);
             let id = st.take_id();
-            let mut c = Contact {
+            let mut c = Contact::new(
                 id,
-                name: inv.name,
-                invitation_id: Some(inv.invitation_id),
-                session: created.session.pickle().encrypt(pickle_key),
-                recv: vec![inv.queue],
-                send: None,
-                connected: false,
-                next_send_seq: 0,
-                next_recv_seq: 0,
-                reorder: Default::default(),
-                seen: Default::default(),
-                inbox: Vec::new(),
-                rotating: false,
-            };
+                inv.name,
+                created.session.pickle().encrypt(pickle_key),
+                inv.queue,
+            );
+            c.invitation_id = Some(inv.invitation_id);
             c.record_seen(digest);
             st.contacts.push(c);
             (id, zeroize::Zeroizing::new(created.plaintext))

@@ -16,6 +16,7 @@ use sotto_protocol::seal::BodySealKey;
 use sotto_protocol::{
     AuthSecretKey, DhPublicKey, DhSecretKey, RecipientId, RelayAddress, SenderId,
 };
+use vodozemac::olm::{Session, SessionPickle};
 
 use super::secret::{Secret32, b64, b64_array};
 use super::wire::Payload;
@@ -247,6 +248,26 @@ pub enum Arrival {
 }
 
 impl Contact {
+    /// A contact just made, from one side of an invitation: one receive queue and a new
+    /// Olm session (`session`, pickled), nowhere to send yet, nothing sent or received.
+    pub fn new(id: u64, name: String, session: String, recv: RecvQueue) -> Self {
+        Self {
+            id,
+            name,
+            invitation_id: None,
+            session,
+            recv: vec![recv],
+            send: None,
+            connected: false,
+            next_send_seq: 0,
+            next_recv_seq: 0,
+            reorder: BTreeMap::new(),
+            seen: VecDeque::new(),
+            inbox: Vec::new(),
+            rotating: false,
+        }
+    }
+
     /// Whether a digest was recorded.
     pub fn has_seen(&self, digest: &str) -> bool {
         self.seen.iter().any(|d| d == digest)
@@ -454,6 +475,13 @@ impl State {
 pub fn leasable(item: &OutboxItem, now_ms: u64, owner: u64) -> bool {
     item.lease
         .is_none_or(|l| l.owner == owner || l.until_ms <= now_ms)
+}
+
+/// Opens a contact's Olm session from its pickle ([`Contact::session`]).
+pub fn unpickle_session(pickle: &str, pickle_key: &[u8; 32]) -> Result<Session, StateError> {
+    SessionPickle::from_encrypted(pickle, pickle_key)
+        .map(Session::from_pickle)
+        .map_err(|_| StateError("Olm session"))
 }
 
 /// The digest by which a processed Olm message is recognised when it comes again.

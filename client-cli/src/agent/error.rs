@@ -1,0 +1,135 @@
+//! [`AgentError`]: why an agent operation failed, in words for the person using the CLI,
+//! and which lower errors (profile storage, relays, invitations, stored data) it wraps.
+//!
+//! It does not decide what a failure means for the work under way (whether a message stays
+//! queued, a contact is undone): the operations that return these errors do.
+
+use super::contacts::MAX_NAME_LEN;
+use super::invitation::InvitationError;
+use super::net::NetError;
+use super::state::StateError;
+use super::store::StoreError;
+use super::wire::{MAX_TEXT_LEN, WireError};
+
+/// Why an agent operation failed. Display texts are one line meant for the person using
+/// the CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Profile storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A relay could not be reached or refused a request.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// No contact of that name.
+    #[error("unknown contact `{0}` (see `sotto contacts`)")]
+    UnknownContact(String),
+    /// The contact's set-up is not complete on this side yet.
+    #[error(
+        "contact `{0}` is not connected yet: the invitation has not been accepted, or \
+         `sotto recv` has not run since"
+    )]
+    ContactPending(String),
+    /// The name is in use.
+    #[error("a contact or invitation named `{0}` already exists")]
+    NameTaken(String),
+    /// The name is not acceptable.
+    #[error(
+        "invalid name `{0}`: use 1 to {MAX_NAME_LEN} characters, no `:`, no control \
+         characters, no leading or trailing spaces"
+    )]
+    BadName(String),
+    /// No relay was given and none is configured.
+    #[error("no relay configured: add one with `sotto relay add sotto://…`")]
+    NoRelay,
+    /// A private relay refused to create a queue: no create password, or a wrong one.
+    #[error(
+        "{relay} refused to create a queue: it is a private relay and {}; set it with \
+         `sotto relay add {relay} --create-password`",
+        if *had_password { "the create password saved for it is wrong" } else { "no create password is saved for it" }
+    )]
+    CreateRefused {
+        /// The relay.
+        relay: String,
+        /// Whether a password was sent.
+        had_password: bool,
+    },
+    /// `--via` names no known relay.
+    #[error(
+        "unknown relay `{0}`: give a full sotto:// address or one listed by `sotto relay list`"
+    )]
+    UnknownRelay(String),
+    /// A relay address that does not parse.
+    #[error("invalid relay address `{text}`: {source}")]
+    BadRelayAddress {
+        /// What was given.
+        text: String,
+        /// Why.
+        #[source]
+        source: sotto_protocol::AddressError,
+    },
+    /// A malformed invitation.
+    #[error("malformed invitation: {0}")]
+    Invitation(#[from] InvitationError),
+    /// The invitation's queue is already secured by someone else, or does not exist (the
+    /// relay gives the same answer for both, so as not to reveal which).
+    #[error("this invitation has already been used, or is no longer valid")]
+    InvitationUsed,
+    /// The text is too long for one message.
+    #[error("message is {0} bytes; the most one message carries is {MAX_TEXT_LEN}")]
+    TooLong(usize),
+    /// Too many messages waiting to be sent to this contact.
+    #[error(
+        "too many messages to `{0}` are waiting to be sent; run `sotto recv` when the relay is reachable"
+    )]
+    OutboxFull(String),
+    /// A rotation is already under way.
+    #[error(
+        "a queue rotation for `{0}` is already under way; wait for it to finish (`sotto recv`)"
+    )]
+    Rotating(String),
+    /// A message (or set-up step) stays queued because the relay could not take it.
+    #[error(
+        "not delivered to `{contact}` yet ({source}); it stays queued and is retried by the next `sotto send` or `sotto recv`"
+    )]
+    NotDelivered {
+        /// The contact.
+        contact: String,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// The contact's queue refuses our messages (deleted, or secured by someone else).
+    #[error(
+        "`{0}`'s queue refuses our messages: the contact may have deleted the connection \
+         (the message stays queued; `sotto delete {0}` forgets the contact)"
+    )]
+    QueueRefused(String),
+    /// Another process is doing this contact's outbox and did not finish in time.
+    #[error("another sotto process is sending to `{0}`; try again")]
+    Busy(String),
+    /// Unusable stored data.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The Olm keys in an invitation are unusable.
+    #[error("malformed invitation: its keys are unusable")]
+    InvitationKeys,
+    /// Stopped by the test hook
+    /// [`ReceiveOptions::stop_before_ack`](super::ReceiveOptions::stop_before_ack).
+    #[error("stopped before acknowledging a message (test hook)")]
+    StoppedBeforeAck,
+    /// Stopped by the test hook
+    /// [`AgentOptions::stop_after_send`](super::AgentOptions::stop_after_send).
+    #[error("stopped after a SEND was accepted, before recording it (test hook)")]
+    StoppedAfterSend,
+}
+
+impl From<WireError> for AgentError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::TooLong(n) => AgentError::TooLong(n),
+            _ => AgentError::State(StateError("message encoding")),
+        }
+    }
+}

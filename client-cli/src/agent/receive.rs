@@ -1,0 +1,412 @@
+//! Receiving: the receive loop ([`Agent::receive`]) — subscribing every receive queue
+//! and keeping the subscriptions live across broken connections, taking each pushed message
+//! in (open, process, persist, show, then ACK), showing texts not shown yet, and doing the
+//! outbox items that fall due meanwhile — and the [`Event`]s it reports.
+//!
+//! It does not decide what a message means (`inbound`, sans-IO) nor how outbox items are
+//! done (`send`).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use serde::Serialize;
+use sotto_protocol::{ErrorCode, RecipientId, RelayAddress};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::process;
+use super::net::{self, NetError};
+use super::state::{QueueOwner, RecvQueue, StateError};
+use super::store::ReceiverLock;
+use super::timing::{millis, next_backoff, now_ms};
+use super::wire;
+use super::{Agent, AgentError};
+use crate::client::{Pushed, SealedMessage};
+
+/// How often the receive loop re-reads the profile (new queues to subscribe, outbox items
+/// that fell due, broken connections to restore).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Something that happened while receiving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A text from a contact, in the order the contact sent it.
+    Message {
+        /// The contact's name.
+        contact: String,
+        /// The text.
+        text: String,
+        /// The contact's sequence number for it.
+        seq: u64,
+        /// When the relay received it (Unix seconds, rounded by the relay).
+        timestamp: u64,
+    },
+    /// A contact's set-up completed.
+    Connected {
+        /// The contact's name.
+        contact: String,
+    },
+    /// A rotation of our receive queue for this contact finished (the old queue is
+    /// deleted shortly after, as an automatic action).
+    Rotated {
+        /// The contact's name.
+        contact: String,
+    },
+    /// The contact moved its receive queue (a rotation on its side): our messages go to
+    /// the new queue from now on.
+    Moved {
+        /// The contact's name.
+        contact: String,
+    },
+    /// Messages from this contact never arrived and were given up on.
+    Missed {
+        /// The contact's name.
+        contact: String,
+        /// How many.
+        count: u64,
+    },
+    /// A message failed authentication or could not be decrypted, and was dropped.
+    Rejected {
+        /// The contact's name, when the queue is known to belong to one.
+        contact: Option<String>,
+    },
+    /// Something did not work and is being retried (e.g. a relay is unreachable).
+    Warning {
+        /// What.
+        message: String,
+    },
+}
+
+/// How long [`Agent::receive`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveOptions {
+    /// Return after this long at most (`None`: until stopped).
+    pub wait: Option<Duration>,
+    /// Return once every queue is subscribed, nothing arrived for this long, and no outbox
+    /// item falls due before `wait` ends (`None`: never for that reason).
+    pub idle: Option<Duration>,
+    /// Return when cancelled.
+    pub stop: Option<CancellationToken>,
+    /// **Test hook**: return [`AgentError::StoppedBeforeAck`] right after the first text
+    /// has been persisted and shown, without acknowledging it — what a crash at that point
+    /// does. The relay then delivers it again and the agent must show it only once.
+    pub stop_before_ack: bool,
+}
+
+impl Agent {
+    /// Receives: subscribes to every receive queue, processes messages (decrypts, orders,
+    /// de-duplicates, completes contact set-ups and rotations), calls `on_event` for each
+    /// [`Event`], does outbox items as they fall due, and restores broken connections.
+    /// Each text is persisted, then shown (`on_event`), then marked shown, then
+    /// acknowledged. Returns when `opts` say so or `on_event` breaks.
+    ///
+    /// # Errors
+    /// [`StoreError::ReceiverBusy`](super::StoreError::ReceiverBusy); the first relay error
+    /// when no queue could be subscribed at all; store errors.
+    pub async fn receive<F>(
+        &mut self,
+        opts: ReceiveOptions,
+        mut on_event: F,
+    ) -> Result<(), AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let _receiver: ReceiverLock = self.store.lock_receiver()?;
+        let start = Instant::now();
+        let deadline = opts.wait.map(|w| start + w);
+        if self.show_inbox(&mut on_event)?.is_break() {
+            return Ok(());
+        }
+        let mut subs = Subscriptions::default();
+        let first = self.sync_subscriptions(&mut subs, &mut on_event).await?;
+        if let Some(e) = first
+            && subs.live.is_empty()
+        {
+            return Err(AgentError::Net(e));
+        }
+        let mut last_activity = Instant::now();
+        let stop = opts.stop.clone().unwrap_or_default();
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            if let Some(idle) = opts.idle
+                && now.duration_since(last_activity) >= idle
+                && subs.complete
+                && !self.outbox_due_before(deadline)?
+            {
+                break;
+            }
+            let tick = deadline.map_or(now + TICK, |d| d.min(now + TICK));
+            enum Step {
+                Push(Option<net::Tagged>),
+                Tick,
+                Stop,
+            }
+            let step = tokio::select! {
+                _ = stop.cancelled() => Step::Stop,
+                p = self.net.pushes().recv() => Step::Push(p),
+                _ = tokio::time::sleep_until(tick) => Step::Tick,
+            };
+            match step {
+                Step::Stop => break,
+                // The agent holds a sender, so the channel never ends.
+                Step::Push(None) => break,
+                Step::Push(Some(t)) => match t.event {
+                    Pushed::Msg { recipient_id, msg } => {
+                        last_activity = Instant::now();
+                        let flow = self
+                            .handle_msg(&t.relay, recipient_id, msg, &opts, &mut on_event)
+                            .await?;
+                        if flow.is_break() {
+                            break;
+                        }
+                    }
+                    Pushed::End { recipient_id } => {
+                        subs.live.remove(&(t.relay.to_string(), recipient_id.0));
+                    }
+                    Pushed::Closed(_) => {
+                        let current = self.net.serial(&t.relay);
+                        if current.is_none() || current == Some(t.serial) {
+                            self.net.drop_conn(&t.relay).await;
+                        }
+                    }
+                },
+                Step::Tick => {
+                    self.sync_subscriptions(&mut subs, &mut on_event).await?;
+                    self.flush_due(&mut on_event).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an outbox item falls due before `deadline` (`None`: ever).
+    fn outbox_due_before(&self, deadline: Option<Instant>) -> Result<bool, AgentError> {
+        let st = self.store.read()?;
+        let Some(due) = st.next_due_ms() else {
+            return Ok(false);
+        };
+        let Some(deadline) = deadline else {
+            return Ok(true);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok(due <= now_ms().saturating_add(millis(left)))
+    }
+
+    /// Shows texts that were persisted but not shown (after a crash, or a callback that
+    /// broke early), then marks them shown.
+    fn show_inbox<F>(&self, on_event: &mut F) -> Result<ControlFlow<()>, AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let st = self.store.read()?;
+        let mut shown: Vec<u64> = Vec::new();
+        let mut flow = ControlFlow::Continue(());
+        'outer: for c in &st.contacts {
+            for e in &c.inbox {
+                shown.push(e.id);
+                flow = on_event(&Event::Message {
+                    contact: c.name.clone(),
+                    text: e.text.clone(),
+                    seq: e.seq,
+                    timestamp: e.timestamp,
+                });
+                if flow.is_break() {
+                    break 'outer;
+                }
+            }
+        }
+        if !shown.is_empty() {
+            self.store.update(|st| {
+                for c in &mut st.contacts {
+                    c.inbox.retain(|e| !shown.contains(&e.id));
+                }
+                Ok::<_, AgentError>(())
+            })?;
+        }
+        Ok(flow)
+    }
+
+    /// Handles one pushed message: opens it, processes it (`inbound`) and persists the
+    /// result, shows what it produced, then acknowledges it.
+    async fn handle_msg<F>(
+        &mut self,
+        relay: &RelayAddress,
+        recipient_id: RecipientId,
+        msg: SealedMessage,
+        opts: &ReceiveOptions,
+        on_event: &mut F,
+    ) -> Result<ControlFlow<()>, AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let relay_text = relay.to_string();
+        let (owner, queue, contact_name) = {
+            let st = self.store.read()?;
+            let Some(owner) = st.owner_of(&relay_text, &recipient_id.0) else {
+                // A queue we no longer have (deleted after a rotation): nothing to do.
+                return Ok(ControlFlow::Continue(()));
+            };
+            let queue = st
+                .receive_queues()
+                .into_iter()
+                .find(|q| q.relay == relay_text && q.recipient_id == recipient_id.0)
+                .cloned()
+                .ok_or(StateError("receive queue"))?;
+            let name = match owner {
+                QueueOwner::Contact(id) => st.contact(id).map(|c| c.name.clone()),
+                QueueOwner::Invitation(_) => None,
+            };
+            (owner, queue, name)
+        };
+        let creds = queue.creds()?;
+        let msg_id = msg.msg_id;
+        let opened = msg.open(&creds).ok().and_then(|m| {
+            wire::open_envelope(&queue.envelope_key, &m.body)
+                .ok()
+                .map(|e| (m.timestamp, e))
+        });
+        let flow = match opened {
+            None => on_event(&Event::Rejected {
+                contact: contact_name,
+            }),
+            Some((timestamp, (olm_type, olm))) => {
+                let pickle_key = *self.store.pickle_key();
+                let mean = self.opts.auto_delay_mean;
+                let outcome = self.store.update(|st| {
+                    process(st, &pickle_key, mean, owner, olm_type, &olm, timestamp)
+                })?;
+                let mut flow = ControlFlow::Continue(());
+                for n in &outcome.notices {
+                    if on_event(n).is_break() {
+                        flow = ControlFlow::Break(());
+                    }
+                }
+                if outcome.contact.is_some() && flow.is_continue() {
+                    let had_text = self
+                        .store
+                        .read()?
+                        .contacts
+                        .iter()
+                        .any(|c| !c.inbox.is_empty());
+                    flow = self.show_inbox(on_event)?;
+                    if opts.stop_before_ack && had_text {
+                        return Err(AgentError::StoppedBeforeAck);
+                    }
+                }
+                flow
+            }
+        };
+        // Persisted (and shown, or buffered in order) before this: now the relay may
+        // delete it. A failed ACK only means the message comes again, and is recognised.
+        let ack = self
+            .net
+            .request(relay, async |c| c.ack(&creds, msg_id).await)
+            .await;
+        if let Err(e) = ack {
+            let _ = on_event(&Event::Warning {
+                message: format!("could not acknowledge a message: {e}"),
+            });
+        }
+        Ok(flow)
+    }
+
+    /// Subscribes every receive queue that has no live subscription. Returns the first
+    /// relay error of this round, if any (also reported as a warning).
+    async fn sync_subscriptions<F>(
+        &mut self,
+        subs: &mut Subscriptions,
+        on_event: &mut F,
+    ) -> Result<Option<NetError>, AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let queues: Vec<RecvQueue> = self
+            .store
+            .read()?
+            .receive_queues()
+            .into_iter()
+            .cloned()
+            .collect();
+        let wanted: HashSet<(String, [u8; 24])> = queues
+            .iter()
+            .map(|q| (q.relay.clone(), q.recipient_id))
+            .collect();
+        subs.live.retain(|k, _| wanted.contains(k));
+        let now = Instant::now();
+        let mut first_error = None;
+        let mut complete = true;
+        let mut failed: HashSet<String> = HashSet::new();
+        for q in &queues {
+            let key = (q.relay.clone(), q.recipient_id);
+            let relay = q.relay_address()?;
+            let current = self.net.serial(&relay);
+            if current.is_some() && subs.live.get(&key).copied() == current {
+                continue;
+            }
+            complete = false;
+            if failed.contains(&q.relay) || subs.retry.get(&q.relay).is_some_and(|(t, _)| now < *t)
+            {
+                continue;
+            }
+            let creds = q.creds()?;
+            match self
+                .net
+                .request(&relay, async |c| c.subscribe(&creds).await)
+                .await
+            {
+                Ok(()) => {
+                    if let Some(serial) = self.net.serial(&relay) {
+                        subs.live.insert(key, serial);
+                    }
+                    subs.retry.remove(&q.relay);
+                    subs.down.remove(&q.relay);
+                }
+                Err(e) if e.relay_code() == Some(ErrorCode::Auth) => {
+                    // The queue is gone (deleted by a rotation in another process, or
+                    // expired on the relay): nothing to subscribe.
+                    subs.live.insert(key, current.unwrap_or_default());
+                }
+                Err(e) => {
+                    failed.insert(q.relay.clone());
+                    let pause = next_backoff(subs.retry.get(&q.relay).map(|(_, p)| *p));
+                    subs.retry.insert(q.relay.clone(), (now + pause, pause));
+                    if subs.down.insert(q.relay.clone()) {
+                        let _ = on_event(&Event::Warning {
+                            message: e.to_string(),
+                        });
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        subs.complete = complete && first_error.is_none();
+        if !subs.complete {
+            // Re-check: everything may be live now.
+            subs.complete = queues.iter().all(|q| {
+                q.relay_address().ok().is_some_and(|r| {
+                    let s = self.net.serial(&r);
+                    s.is_some() && subs.live.get(&(q.relay.clone(), q.recipient_id)).copied() == s
+                })
+            });
+        }
+        Ok(first_error)
+    }
+}
+
+/// Subscriptions of one receive run: which queues are subscribed on which connection
+/// (by serial), and relays to retry later.
+#[derive(Default)]
+struct Subscriptions {
+    live: HashMap<(String, [u8; 24]), u64>,
+    retry: HashMap<String, (Instant, Duration)>,
+    /// Relays reported unreachable (warned once per outage).
+    down: HashSet<String>,
+    /// Every wanted queue has a live subscription.
+    complete: bool,
+}

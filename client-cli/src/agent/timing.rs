@@ -1,0 +1,94 @@
+//! The agent's clock and delays: wall-clock Unix milliseconds for the deadlines kept in the
+//! profile (outbox items, leases), the random delay of automatic sends, and the growing
+//! pause between retries of a relay or an outbox that failed.
+//!
+//! It does not decide when anything runs: the receive loop and the outbox read these
+//! values and wait themselves.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng as _;
+use rand::rngs::OsRng;
+
+/// Longest automatic-send delay, as a multiple of the mean (keeps the tail finite).
+const AUTO_DELAY_CAP_FACTOR: u32 = 20;
+
+/// Longest pause between attempts to reach a relay or do a contact's outbox that failed.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A random delay for an automatic send: exponential with mean `mean`, capped at
+/// `AUTO_DELAY_CAP_FACTOR` (20) × `mean`.
+pub fn auto_delay(mean: Duration) -> Duration {
+    exponential(mean, OsRng.r#gen::<f64>())
+}
+
+/// The exponential delay for a uniform sample `u ∈ [0, 1)`.
+fn exponential(mean: Duration, u: f64) -> Duration {
+    if mean.is_zero() {
+        return Duration::ZERO;
+    }
+    let cap = mean * AUTO_DELAY_CAP_FACTOR;
+    // 1 − u ∈ (0, 1], so the logarithm is finite and ≤ 0.
+    let d = -(1.0 - u).ln() * mean.as_secs_f64();
+    if d.is_finite() && d >= 0.0 {
+        Duration::from_secs_f64(d).min(cap)
+    } else {
+        cap
+    }
+}
+
+/// The pause before the next attempt after a failure: one second after the first, then
+/// twice the `previous` pause, at most [`MAX_BACKOFF`].
+pub(super) fn next_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(Duration::from_secs(1), |p| (p * 2).min(MAX_BACKOFF))
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
+/// `d` in whole milliseconds (saturating).
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_delays_are_exponential_with_the_configured_mean() {
+        let mean = Duration::from_secs(2);
+        assert_eq!(exponential(mean, 0.0), Duration::ZERO);
+        assert_eq!(exponential(Duration::ZERO, 0.7), Duration::ZERO);
+        assert!(exponential(mean, 0.999_999_999) <= mean * AUTO_DELAY_CAP_FACTOR);
+        // Deterministic quantiles: the mean of −ln(1−u)·m over a uniform grid ≈ m.
+        let n = 100_000;
+        let avg: f64 = (0..n)
+            .map(|i| exponential(mean, (i as f64 + 0.5) / n as f64).as_secs_f64())
+            .sum::<f64>()
+            / n as f64;
+        assert!((avg - 2.0).abs() < 0.05, "{avg}");
+        // Median of an exponential is m·ln 2: about 1.39 s, so half the automatic sends
+        // wait longer than that.
+        let median = exponential(mean, 0.5).as_secs_f64();
+        assert!((median - 2.0 * std::f64::consts::LN_2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn retry_pauses_double_up_to_the_cap() {
+        let mut pause = None;
+        let pauses: Vec<u64> = (0..7)
+            .map(|_| {
+                let p = next_backoff(pause);
+                pause = Some(p);
+                p.as_secs()
+            })
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+    }
+}
