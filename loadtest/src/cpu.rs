@@ -43,6 +43,33 @@ pub fn threads_cpu(prefixes: &[&str]) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// The CPU counters at one instant: this process's, and (when asked for) the embedded
+/// relay's threads' (see [`RELAY_THREAD_PREFIXES`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    process: Duration,
+    relay: Option<Duration>,
+}
+
+impl CpuMark {
+    /// The counters now; `relay`: also read the embedded relay's threads.
+    pub fn now(relay: bool) -> Self {
+        let process = process_cpu();
+        let relay = relay.then(|| threads_cpu(RELAY_THREAD_PREFIXES)).flatten();
+        Self { process, relay }
+    }
+
+    /// CPU time used since the mark: the process's, and the relay threads' (`None` if not
+    /// read at the mark, or unreadable now).
+    pub fn elapsed(&self) -> (Duration, Option<Duration>) {
+        let process = process_cpu().saturating_sub(self.process);
+        let relay = self.relay.and_then(|before| {
+            threads_cpu(RELAY_THREAD_PREFIXES).map(|after| after.saturating_sub(before))
+        });
+        (process, relay)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
