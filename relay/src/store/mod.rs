@@ -112,7 +112,7 @@ use sotto_protocol::RecipientId;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use keys::Keys;
-use records::{BY_TIME, CHECK_PLAINTEXT, MESSAGES, META, PENDING, QUEUES, SENDERS};
+use records::{BY_TIME, MESSAGES, META, PENDING, QUEUES, SENDERS, seal_check};
 use recovery::DbSlot;
 use writer::{Job, Msg};
 
@@ -234,7 +234,7 @@ impl Store {
         let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
-            let check = keys.seal(b"meta check", CHECK_PLAINTEXT);
+            let check = seal_check(&keys);
             meta.insert("check", check.as_slice()).map_err(io)?;
             meta.insert("next_seq", 1u64.to_be_bytes().as_slice())
                 .map_err(io)?;

@@ -31,7 +31,7 @@ pub(super) const BY_TIME: TableDefinition<'_, (u64, QueueRef, u64), ()> =
     TableDefinition::new("by_time");
 pub(super) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
-pub(super) const CHECK_PLAINTEXT: &[u8] = b"sotto relay store v1";
+const CHECK_PLAINTEXT: &[u8] = b"sotto relay store v1";
 const RECORD_VERSION: u8 = 1;
 
 /// Whether a queue accepts messages.
@@ -146,6 +146,17 @@ pub struct StoredMessage {
     pub seq: u64,
     /// The message.
     pub msg: NewMessage,
+}
+
+/// The `meta` table's "check" record: a constant sealed under the storage key, written when
+/// the store is created, so that a wrong key is told from damage before anything is read.
+pub(super) fn seal_check(keys: &Keys) -> Vec<u8> {
+    keys.seal(b"meta check", CHECK_PLAINTEXT)
+}
+
+/// Whether `sealed` is the check record as [`seal_check`] writes it with these keys.
+pub(super) fn check_opens(keys: &Keys, sealed: &[u8]) -> bool {
+    matches!(keys.open(b"meta check", sealed), Ok(p) if p.as_slice() == CHECK_PLAINTEXT)
 }
 
 pub(super) fn queue_ad(queue: &QueueRef) -> Vec<u8> {

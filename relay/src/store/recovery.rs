@@ -15,7 +15,7 @@ use redb::{Database, ReadableDatabase as _};
 
 use super::StoreError;
 use super::keys::{Keys, StorageKey};
-use super::records::{CHECK_PLAINTEXT, MESSAGES, META, QUEUES};
+use super::records::{MESSAGES, META, QUEUES, check_opens};
 use super::writer::Writer;
 
 /// The open database, swappable so that the writer can close and reopen it after an I/O
@@ -112,9 +112,8 @@ pub(super) fn open_database(
             .get("check")
             .map_err(|e| open_err(e.to_string()))?
             .ok_or_else(|| open_err("not a Sotto store (no check record)".into()))?;
-        match keys.open(b"meta check", check.value()) {
-            Ok(p) if p.as_slice() == CHECK_PLAINTEXT => {}
-            _ => return Err(StoreError::WrongKey(path.to_owned())),
+        if !check_opens(&keys, check.value()) {
+            return Err(StoreError::WrongKey(path.to_owned()));
         }
         let seq = meta
             .get("next_seq")
@@ -156,9 +155,7 @@ fn precheck(path: &Path, keys: &Keys) -> Precheck {
     let check = || -> Result<Option<bool>, redb::Error> {
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
-        Ok(meta
-            .get("check")?
-            .map(|v| matches!(keys.open(b"meta check", v.value()), Ok(p) if p.as_slice() == CHECK_PLAINTEXT)))
+        Ok(meta.get("check")?.map(|v| check_opens(keys, v.value())))
     };
     match check() {
         Ok(Some(true)) => Precheck::KeyMatches,
