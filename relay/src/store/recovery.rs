@@ -259,7 +259,7 @@ impl Writer {
         match old {
             Some(db) if force => {
                 // redb reopens the file at its last durable commit.
-                if self.unsynced_since.take().is_some() {
+                if self.policy.undo_relaxed() {
                     tracing::warn!(
                         "deletions committed without fsync are undone by the reopen: those messages will be delivered again"
                     );

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::commit_policy::{Commit, commit_kind};
+use super::commit_policy::{Commit, CommitPolicy};
 use super::keys::Keys;
 use super::records::META;
 use super::recovery::{DbSlot, write_clean_stamp};
@@ -90,12 +90,8 @@ pub(super) struct Writer {
     /// path fewer per commit); a restart skips the unused rest of a block.
     pub(super) seq_reserved: u64,
     opts: StoreOptions,
-    /// Longest time a relaxed commit stays non-durable
-    /// ([`RELAXED_COMMIT_BOUND`](super::RELAXED_COMMIT_BOUND)).
-    relaxed_bound: Duration,
-    /// When the oldest relaxed commit that no durable commit has followed yet started;
-    /// `None` when everything committed is durable.
-    pub(super) unsynced_since: Option<Instant>,
+    /// Which batch is committed durably or held, and what is not durable yet.
+    pub(super) policy: CommitPolicy,
     /// Published after every commit (see [`Store::commit_stats`](super::Store::commit_stats)).
     pub(super) commits: watch::Sender<CommitStats>,
 }
@@ -126,9 +122,8 @@ pub(super) fn spawn(
         keys,
         next_seq,
         seq_reserved: next_seq,
+        policy: CommitPolicy::new(&opts, relaxed_bound),
         opts,
-        relaxed_bound,
-        unsynced_since: None,
         commits: commits_tx,
     };
     let db_path = path.to_owned();
@@ -170,12 +165,7 @@ impl Writer {
         let mut held: Vec<Job> = Vec::new();
         let mut held_since: Option<Instant> = None;
         loop {
-            let flush_at = self.unsynced_since.map(|since| since + self.relaxed_bound);
-            let release_at = held_since.map(|since| since + self.opts.relaxed_hold);
-            let wake_at = match (flush_at, release_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake_at = self.policy.wake_at(held_since);
             // `None` with `closed` false: the hold ran out (commit what is held, and whatever
             // is queued). `closed`: every handle is gone and nothing is queued any more.
             let (first, closed) = match (wake_at, &timer) {
@@ -208,8 +198,7 @@ impl Writer {
                 Msg::Reopen(None) => {}
             };
             // The hold has run out when its deadline has passed, whatever woke the writer.
-            let waited_out =
-                hold_started.is_some_and(|h| Instant::now() >= h + self.opts.relaxed_hold);
+            let waited_out = self.policy.hold_ran_out(hold_started, Instant::now());
             match first {
                 Some(first) => take(first, &mut jobs),
                 // Every handle is gone: stop once nothing is held (what is held is committed
@@ -236,22 +225,12 @@ impl Writer {
                 continue;
             }
             let started = Instant::now();
-            let kind = commit_kind(
-                jobs.iter().map(|j| &j.op),
-                self.opts.unsafe_no_fsync,
-                timer.is_some(),
-                self.unsynced_since,
-                started,
-                self.relaxed_bound,
-            );
+            let kind = self
+                .policy
+                .kind(jobs.iter().map(|j| &j.op), timer.is_some(), started);
             // A relaxed-only batch waits for the next one to carry it (see the store's
             // # Durability), unless its hold has run out or it is as large as a batch gets.
-            if kind == Commit::Relaxed
-                && !self.opts.unsafe_no_fsync
-                && !waited_out
-                && !closed
-                && jobs.len() < self.opts.max_batch
-            {
+            if self.policy.holds(kind, jobs.len(), waited_out, closed) {
                 held = jobs;
                 held_since = Some(hold_started.unwrap_or(started));
                 continue;
@@ -292,7 +271,7 @@ impl Writer {
         }
         // The clean-close stamp vouches for the file as it is: nothing may be left that a
         // crash would undo.
-        if self.unsynced_since.is_some() {
+        if self.policy.flush_pending() {
             healthy = self.flush();
         }
         let open = self.slot.get().is_some();
@@ -303,20 +282,12 @@ impl Writer {
 
     /// Records a successful commit and publishes the counts.
     fn committed(&mut self, kind: Commit, started: Instant) {
-        match kind {
-            Commit::Durable => self.unsynced_since = None,
-            // Nothing is ever made durable under `unsafe_no_fsync`, so nothing is pending.
-            Commit::Relaxed if self.opts.unsafe_no_fsync => {}
-            Commit::Relaxed => {
-                self.unsynced_since.get_or_insert(started);
-            }
-        }
+        let pending = self.policy.committed(kind, started);
         if kind == Commit::Relaxed
             && let Some(m) = &self.opts.metrics
         {
             m.relaxed_commits.inc();
         }
-        let pending = self.unsynced_since.is_some();
         self.commits.send_modify(|c| {
             match kind {
                 Commit::Durable => c.durable += 1,
