@@ -246,7 +246,7 @@ impl Session {
     }
 
     /// Queues `t` for the writer; a `lazy` one may wait for a frame that goes out anyway
-    /// ([`frames::LAZY_ANSWER_DELAY`]).
+    /// (`frames::LAZY_ANSWER_DELAY`).
     async fn send_out(&mut self, t: Transmission, lazy: bool) {
         let _ = self.out.send(Box::new(Outgoing { t, lazy })).await;
     }
@@ -413,7 +413,7 @@ impl Session {
                     // Early ACKs were answered when accepted.
                     self.send_out(reply, false).await;
                 }
-                self.deliver(queue, None).await;
+                self.deliver(queue).await;
             }
             Completion::Deleted { queue, reply } => {
                 match reply.decode_response() {
@@ -444,7 +444,7 @@ impl Session {
         }
         let woken: Vec<QueueRef> = lock(&self.inbox.wake).drain().collect();
         for q in woken {
-            self.deliver(q, None).await;
+            self.deliver(q).await;
         }
     }
 }

@@ -169,7 +169,7 @@ impl Session {
                 self.in_flight.remove(&queue);
                 self.touch(queue, &rec);
                 self.reply(corr, Some(e), Response::Ok).await;
-                self.deliver(queue, None).await;
+                self.deliver(queue).await;
             }
             Command::Get => {
                 self.touch(queue, &rec);
@@ -251,7 +251,7 @@ impl Session {
             // frame within LAZY_ANSWER_DELAY.
             self.send_out(Transmission::response(corr, Some(e), &Response::Ok), true)
                 .await;
-            self.deliver(queue, None).await;
+            self.deliver(queue).await;
         }
     }
 
@@ -309,7 +309,7 @@ impl Session {
     }
 
     /// Pushes the next visible message of a subscribed queue, unless one is in flight.
-    pub(super) async fn deliver(&mut self, queue: QueueRef, _hint: Option<()>) {
+    pub(super) async fn deliver(&mut self, queue: QueueRef) {
         if self.in_flight.contains_key(&queue) {
             return;
         }
