@@ -6,11 +6,12 @@
 
 pub mod config;
 pub mod datadir;
-pub mod forward;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;
 
 pub use config::Config;
+/// The FWD pool, kept at its old path (it lives in [`server::forward`]).
+pub use server::forward;
 pub use server::{RunningRelay, start};

@@ -4,8 +4,8 @@
 //! What it owns: one [`RelayClient`] session per destination, dialled from the relay's own
 //! QUIC endpoint (so destinations see this relay's address), with the destination's key
 //! pinned from its address. What it does not: the sealed blob — it is passed on unread and
-//! never logged or stored — and the destination side of RFWD (that is the session's job in
-//! `server.rs`, with the replay memory in the store).
+//! never logged or stored — and the destination side of RFWD (`destination`, with the
+//! replay memory in the store).
 //!
 //! # Bounds
 //!
@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ForwardingConfig, ForwardingMode};
+use crate::server::lock;
 
 /// A destination as the pool knows it: key, host and port. The transport hint of an
 /// address is not part of it (it names the same relay).
@@ -56,11 +57,6 @@ impl Slot {
     fn last_used(&self) -> Option<Instant> {
         *lock(&self.last_used)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere; the map and timestamps stay consistent.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Forwards sealed requests to destination relays on behalf of this relay's clients.
