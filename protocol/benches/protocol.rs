@@ -8,6 +8,7 @@
 //! - `send/sign`: build a signed SEND transmission (encode the command, sign it).
 //!
 //! Results and the machine they came from are recorded in `docs/benchmarks.md`.
+#![allow(missing_docs)] // criterion_group! generates an undocumented `pub fn`.
 
 use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use rand::SeedableRng as _;

@@ -15,6 +15,7 @@
 //!
 //! Run: `cargo bench -p sotto-relay --bench auth_timing` (`-- --quick` for a short run).
 //! `SOTTO_AUTH_TIMING_SAMPLES` sets the size of the interleaved pass (default 20 000 each).
+#![allow(missing_docs)] // criterion_group! generates an undocumented `pub fn`.
 
 use std::time::{Duration, Instant};
 
