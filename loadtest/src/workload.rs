@@ -88,9 +88,9 @@ impl Iterator for Workload {
         let queue = self.rng.gen_range(0..self.spec.queues.max(1));
         let sender = self.rng.gen_range(0..self.spec.senders.max(1));
         let at = if self.spec.rate > 0.0 && self.spec.rate.is_finite() {
-            // Exponential gaps: 1 − u ∈ (0, 1], so the logarithm is finite.
+            // Exponential gaps (a Poisson arrival process).
             let u: f64 = self.rng.r#gen();
-            self.clock_s += -(1.0 - u).ln() / self.spec.rate;
+            self.clock_s += sotto_timing::exp::exp_quantile(1.0 / self.spec.rate, u);
             let at = Duration::try_from_secs_f64(self.clock_s).unwrap_or(Duration::MAX);
             if self.spec.duration.is_some_and(|d| at > d) {
                 return None;

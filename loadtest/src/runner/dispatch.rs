@@ -11,9 +11,9 @@
 //! [`super::drain`] do.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rand::{Rng as _, SeedableRng as _};
+use rand::SeedableRng as _;
 use sotto_protocol::AuthSecretKey;
 use sotto_transport::{QueueCredentials, RelayClient};
 use tokio_util::sync::CancellationToken;
@@ -166,8 +166,7 @@ pub(super) fn start_cover(
             );
             tokio::spawn(async move {
                 loop {
-                    let u: f64 = rng.r#gen();
-                    let gap = Duration::from_secs_f64((-(1.0 - u).ln() / rate).min(3600.0));
+                    let gap = sotto_timing::exp::poisson_gap(&mut rng, rate);
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         () = tokio::time::sleep(gap) => {}

@@ -65,7 +65,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{CLOSE_NORMAL, FramedConnection, Link, LinkKind};
-use tasks::{Outgoing, Shared, WaiterGuard, bump, exponential_gap, read_loop, write_loop};
+use tasks::{Outgoing, Shared, WaiterGuard, bump, read_loop, write_loop};
 pub use types::{
     ClientError, ClientOptions, ClientStats, Pushed, QueueCredentials, ReceivedMessage,
     SealedMessage,
@@ -626,7 +626,7 @@ impl RelayClient {
                 return;
             }
             loop {
-                let gap = exponential_gap(rate_per_s, OsRng.r#gen::<f64>());
+                let gap = sotto_timing::exp::poisson_gap(&mut OsRng, rate_per_s);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(gap) => {}

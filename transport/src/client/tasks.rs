@@ -11,7 +11,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use quinn::VarInt;
 use sotto_protocol::{
@@ -22,9 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ClientError, Pushed, SealedMessage};
 use crate::{CLOSE_PROTOCOL, FrameReceiver, FrameSender, Link, TransportError};
-
-/// Longest gap between two cover frames, whatever the rate (keeps sleeps finite).
-const MAX_COVER_GAP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -103,18 +99,6 @@ pub(super) enum Outgoing {
     Transmission(Transmission),
     /// A cover frame (one DROP), sent as a frame of its own.
     Cover,
-}
-
-/// A gap of an exponential distribution with the given rate, from a uniform sample
-/// `u ∈ [0, 1)`, capped at [`MAX_COVER_GAP`].
-pub(super) fn exponential_gap(rate_per_s: f64, u: f64) -> Duration {
-    // 1 − u ∈ (0, 1], so the logarithm is finite and ≤ 0.
-    let secs = -(1.0 - u).ln() / rate_per_s;
-    if secs.is_finite() && secs >= 0.0 {
-        Duration::from_secs_f64(secs.min(MAX_COVER_GAP.as_secs_f64()))
-    } else {
-        MAX_COVER_GAP
-    }
 }
 
 /// Owns the sending half: batches queued transmissions into frames.
@@ -300,22 +284,4 @@ async fn read_frames(
 fn protocol_failure(connection: &Link, e: DecodeError) -> ReadEnd {
     connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"");
     ReadEnd::Failed(ClientError::Protocol(e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exponential_gaps_are_finite_and_have_the_right_mean() {
-        assert_eq!(exponential_gap(2.0, 0.0), Duration::ZERO);
-        assert!(exponential_gap(1e-9, 0.999_999) <= MAX_COVER_GAP);
-        // Deterministic quantiles: mean of −ln(1−u)/λ over a uniform grid ≈ 1/λ.
-        let n = 100_000;
-        let mean: f64 = (0..n)
-            .map(|i| exponential_gap(4.0, (i as f64 + 0.5) / n as f64).as_secs_f64())
-            .sum::<f64>()
-            / n as f64;
-        assert!((mean - 0.25).abs() < 0.01, "{mean}");
-    }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rand::{Rng as _, SeedableRng as _};
+use rand::SeedableRng as _;
 use sotto_protocol::{Frame, FrameBuilder, Transmission};
 use sotto_transport::{self as transport, FrameReceiver, FrameSender};
 use tokio::sync::mpsc;
@@ -91,8 +91,7 @@ pub(super) async fn write_frames(
     let cover_rate = shared.config.delivery.cover_rate;
     let mut rng = rand::rngs::StdRng::from_entropy();
     let next_cover = |rng: &mut rand::rngs::StdRng| {
-        let u: f64 = rng.r#gen::<f64>().max(f64::MIN_POSITIVE);
-        tokio::time::Instant::now() + Duration::from_secs_f64((-u.ln() / cover_rate).min(3600.0))
+        tokio::time::Instant::now() + sotto_timing::exp::poisson_gap(rng, cover_rate)
     };
     let mut cover_at = (cover_rate > 0.0).then(|| next_cover(&mut rng));
     let mut carry: Option<Box<Outgoing>> = None;
