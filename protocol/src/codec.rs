@@ -68,6 +68,14 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
+    /// Takes a big-endian `u32`.
+    ///
+    /// # Errors
+    /// [`DecodeError::Truncated`] when fewer than 4 bytes remain.
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
     /// Takes a big-endian `u64`.
     ///
     /// # Errors

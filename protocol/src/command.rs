@@ -82,6 +82,13 @@ pub enum Command {
     Ping,
     /// Cover traffic; discarded.
     Drop,
+    /// Pace this session: the relay sends it a frame at each event of a Poisson process of
+    /// mean gap `gap_ms` (cover when it has nothing else to send) and holds every answer for
+    /// the next frame it sends; 0 turns pacing off. See `docs/protocol.md` § 9.2.
+    Pace {
+        /// Mean gap between the relay's frames to this session, milliseconds (0: off).
+        gap_ms: u32,
+    },
     /// Relay to relay: a sealed SEND/SKEY forwarded on a client's behalf. The receiving
     /// relay opens and executes it locally and never forwards it further.
     RFwd {
@@ -242,6 +249,7 @@ mod tag {
     pub const PING: u8 = 0x0b;
     pub const DROP: u8 = 0x0c;
     pub const RFWD: u8 = 0x0d;
+    pub const PACE: u8 = 0x0e;
 
     pub const IDS: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -295,6 +303,7 @@ impl Command {
             Command::Ping => "PING",
             Command::Drop => "DROP",
             Command::RFwd { .. } => "RFWD",
+            Command::Pace { .. } => "PACE",
         }
     }
 
@@ -345,6 +354,10 @@ impl Command {
             Command::RFwd { sealed } => {
                 out.push(tag::RFWD);
                 put_long_bytes(out, sealed);
+            }
+            Command::Pace { gap_ms } => {
+                out.push(tag::PACE);
+                out.extend_from_slice(&gap_ms.to_be_bytes());
             }
         }
     }
@@ -412,6 +425,7 @@ impl Command {
             tag::RFWD => Command::RFwd {
                 sealed: sealed_blob(&mut r)?,
             },
+            tag::PACE => Command::Pace { gap_ms: r.u32()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         r.finish()?;

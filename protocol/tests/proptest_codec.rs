@@ -22,7 +22,7 @@ use sotto_protocol::{
 };
 
 /// Every tag byte a command may start with.
-const COMMAND_TAGS: std::ops::RangeInclusive<u8> = 0x01..=0x0d;
+const COMMAND_TAGS: std::ops::RangeInclusive<u8> = 0x01..=0x0e;
 /// Every tag byte a response may start with.
 const RESPONSE_TAGS: [u8; 9] = [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x8c];
 
@@ -114,6 +114,7 @@ fn command() -> impl Strategy<Value = Command> {
         }),
         Just(Command::Ping),
         Just(Command::Drop),
+        any::<u32>().prop_map(|gap_ms| Command::Pace { gap_ms }),
         any::<[u8; 32]>().prop_map(|s| Command::RFwd {
             sealed: expand(s, SEALED_LEN),
         }),

@@ -150,7 +150,7 @@ fn commands() -> Block {
         recipient_dh_key: recipient_dh().public(),
         password: password.to_vec(),
     };
-    let cmds: [(&'static str, Command); 12] = [
+    let cmds: [(&'static str, Command); 13] = [
         ("cmd_new", new(b"")),
         ("cmd_new_password_hunter2", new(b"hunter2")),
         (
@@ -184,6 +184,7 @@ fn commands() -> Block {
         ("cmd_del", Command::Del),
         ("cmd_ping", Command::Ping),
         ("cmd_drop", Command::Drop),
+        ("cmd_pace_100s", Command::Pace { gap_ms: 100_000 }),
     ];
     for (k, c) in cmds {
         let bytes = c.to_bytes();
