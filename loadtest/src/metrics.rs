@@ -328,6 +328,35 @@ pub struct AdversaryResult {
     pub deliveries: u64,
 }
 
+/// The timing adversary of a run, as the load tester scores it: the observation built from
+/// the records and the sender sessions' cover frames, the adversary's model (its mean is the
+/// configured delay's `model_mean_ms`, or with no configured delay the mean added delay of
+/// the run — the path's own jitter — at least 1 µs), and the result. The simulator
+/// (`sotto-sim validate`) calls this same function on simulated records.
+pub fn score_timing_adversary(
+    records: &[MessageRecord],
+    cover_us: &[u64],
+    base_us: f64,
+    model_mean_ms: f64,
+    entropy_sample: usize,
+) -> (AdversaryResult, AdversaryParams) {
+    let mean_us = if model_mean_ms > 0.0 {
+        model_mean_ms * 1000.0
+    } else {
+        let added = added_delays_ms(records, base_us);
+        let n = added.len().max(1) as f64;
+        (added.iter().map(|d| d.max(0.0)).sum::<f64>() / n * 1000.0).max(1.0)
+    };
+    let params = AdversaryParams {
+        base_us,
+        mean_us,
+        window_us: AdversaryParams::window_for(mean_us),
+        entropy_sample,
+    };
+    let obs = Observation::from_records(records, cover_us);
+    (timing_adversary(&obs, &params), params)
+}
+
 /// Scores the timing adversary on `obs` (see `docs/loadtest.md`, "Timing adversary").
 ///
 /// For a delivery at time r the candidates are the SENDs with `base ≤ r − t ≤ base + window`;

@@ -33,6 +33,12 @@ pub struct TrafficPolicy {
     /// frames of their own. 0: the relay answers at once (an observer then sees which frames
     /// were real by the answers they get).
     pub relay_cover: f64,
+    /// Answer every frame received with one frame at once (its ACKs and the next waiting
+    /// transmission, or cover), besides the ticks. An ACK then leaves as soon as its message
+    /// arrives, so the next message of the queue follows without waiting for a tick; and
+    /// since every received frame gets exactly one answer, real or cover, the answers say
+    /// nothing the received frames did not already say.
+    pub echo: bool,
 }
 
 /// Expected bytes a day on one link, both directions.
@@ -57,11 +63,13 @@ impl TrafficPolicy {
         send: None,
         loops: LoopPolicy::OFF,
         relay_cover: 0.0,
+        echo: false,
     };
 
     /// The default for a desktop client that stays connected: a frame every 12 s on average
-    /// towards the relay, a loop every 5 minutes, a relay cover frame every 100 s — about
-    /// 140 MB a day per relay link with a median added latency of a few seconds (measured in
+    /// towards the relay, a loop and a relay cover frame every 5 minutes each, every received
+    /// frame answered — about 145 MB a day per relay link for a connected client, and a
+    /// median delivery latency to a connected recipient under 10 s (measured in
     /// `docs/threat-model.md`).
     pub fn desktop() -> Self {
         Self {
@@ -70,21 +78,23 @@ impl TrafficPolicy {
                 rate: 1.0 / 300.0,
                 overdue_after: Duration::from_secs(600),
             },
-            relay_cover: 0.01,
+            relay_cover: 1.0 / 300.0,
+            echo: true,
         }
     }
 
-    /// For metered links: a frame every 60 s, a loop every 30 minutes, a relay cover frame
-    /// every 10 minutes — about 28 MB a day, at the price of a median wait of about 40 s
-    /// before a message leaves.
+    /// For metered links: a frame every 60 s, a loop and a relay cover frame every 30
+    /// minutes each, every received frame answered — about 28 MB a day, at the price of a
+    /// median wait of about 40 s before a message leaves.
     pub fn low_bandwidth() -> Self {
         Self {
             send: Some(PacingPolicy::at_rate(1.0 / 60.0)),
             loops: LoopPolicy {
                 rate: 1.0 / 1800.0,
-                overdue_after: Duration::from_secs(1800),
+                overdue_after: Duration::from_secs(3600),
             },
-            relay_cover: 1.0 / 600.0,
+            relay_cover: 1.0 / 1800.0,
+            echo: true,
         }
     }
 
@@ -98,9 +108,10 @@ impl TrafficPolicy {
         }
     }
 
-    /// Expected cover bandwidth of one link per day: the paced frames up, the relay's cover
-    /// and the returning loops down (each loop also takes one paced frame up, and its ACK
-    /// rides in another, so loops cost nothing extra upwards).
+    /// Expected cover bandwidth of one connected link per day: the paced frames up, the
+    /// relay's cover and the returning loops down, and with `echo` one frame up for each of
+    /// those (each loop takes a paced frame up; its ACK rides in another, or in its echo).
+    /// Messages from contacts come on top (and, with `echo`, their answers).
     pub fn bandwidth_per_day(&self) -> Bandwidth {
         let up_rate = self.send.map_or(0.0, |p| p.rate);
         let loop_rate = if self.loops.is_on() {
@@ -108,10 +119,12 @@ impl TrafficPolicy {
         } else {
             0.0
         };
+        let down_rate = self.relay_cover + loop_rate;
+        let echo_rate = if self.echo { down_rate } else { 0.0 };
         let per = WIRE_BYTES_PER_RECORD as f64 * DAY_S;
         Bandwidth {
-            up_bytes: up_rate * per,
-            down_bytes: (self.relay_cover + loop_rate) * per,
+            up_bytes: (up_rate + echo_rate) * per,
+            down_bytes: down_rate * per,
         }
     }
 }

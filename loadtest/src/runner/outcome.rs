@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Options;
 use super::accounting::Tally;
-use crate::metrics::{self, AdversaryParams, MessageRecord, Observation};
+use crate::metrics::{self, MessageRecord};
 use crate::report::{AdversarySummary, DelayModel, Report, WireSummary};
 
 /// Deliveries over which the posterior entropy is averaged (evenly spaced).
@@ -73,23 +73,9 @@ pub(super) fn finish(
         .or_else(|| metrics::baseline_us(&records).map(|b| b as f64))
         .unwrap_or(0.0);
     let added = metrics::added_delays_ms(&records, base_us);
-    let adversary_mean_us = if model_mean_ms > 0.0 {
-        model_mean_ms * 1000.0
-    } else {
-        // No configured delay: the adversary models the path's own jitter.
-        let n = added.len().max(1) as f64;
-        (added.iter().map(|d| d.max(0.0)).sum::<f64>() / n * 1000.0).max(1.0)
-    };
-    let obs = Observation::from_records(&records, &cover);
-    let adv = metrics::timing_adversary(
-        &obs,
-        &AdversaryParams {
-            base_us,
-            mean_us: adversary_mean_us,
-            window_us: AdversaryParams::window_for(adversary_mean_us),
-            entropy_sample: ENTROPY_SAMPLE,
-        },
-    );
+    let (adv, params) =
+        metrics::score_timing_adversary(&records, &cover, base_us, model_mean_ms, ENTROPY_SAMPLE);
+    let adversary_mean_us = params.mean_us;
     let per_msg = |d: Duration| (delivered > 0.0).then(|| d.as_secs_f64() * 1e6 / delivered);
     let report = Report {
         mode: mode.into(),
