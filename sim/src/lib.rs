@@ -60,6 +60,12 @@ pub fn run_population(
     Ok(RunReport {
         scenario: scen.clone(),
         attacks: attack::summarise(&targets),
+        attacks_always_online: attack::summarise(
+            &targets.iter().filter(|t| t.always_online).cloned().collect::<Vec<_>>(),
+        ),
+        attacks_in_sessions: attack::summarise(
+            &targets.iter().filter(|t| !t.always_online).cloned().collect::<Vec<_>>(),
+        ),
         service: report::Service::from_stats(&stats, scen.population.users, scen.days),
         targets,
         wall_s: started.elapsed().as_secs_f64(),

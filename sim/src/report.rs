@@ -21,8 +21,12 @@ const WIRE: f64 = sotto_timing::policy::WIRE_BYTES_PER_RECORD as f64;
 pub struct RunReport {
     /// The scenario, as run.
     pub scenario: Scenario,
-    /// One summary per attack.
+    /// One summary per attack, over all targets.
     pub attacks: Vec<Summary>,
+    /// The same over the targets whose client stays connected all the time.
+    pub attacks_always_online: Vec<Summary>,
+    /// The same over the targets who connect in sessions.
+    pub attacks_in_sessions: Vec<Summary>,
     /// Costs and service the users got.
     pub service: Service,
     /// Per-target checkpoints.

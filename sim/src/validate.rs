@@ -55,6 +55,10 @@ pub struct ValidateSpec {
     pub down_us: u64,
     /// SEND arrival to durable commit, µs (a group commit on this machine's disk).
     pub store_us: u64,
+    /// Mean of an exponential jitter added twice to each message's path, before it is stored
+    /// (waiting for a group commit) and after it is released (waking its session, batching
+    /// frames), µs; fitted to the real relay without delay (docs/sim.md).
+    pub jitter_us: u64,
 }
 
 impl Default for ValidateSpec {
@@ -72,6 +76,7 @@ impl Default for ValidateSpec {
             up_us: 300,
             down_us: 300,
             store_us: 500,
+            jitter_us: 0,
         }
     }
 }
@@ -167,7 +172,7 @@ pub fn run(spec: &ValidateSpec) -> Result<Validation, String> {
                 push(&mut heap, now + spec.up_us, Ev::Arrive(i));
             }
             Ev::Arrive(i) => {
-                let stored_us = now + spec.store_us;
+                let stored_us = now + spec.store_us + jitter(&mut rng, spec.jitter_us);
                 records[i as usize].ok_at_us = Some(stored_us + spec.down_us);
                 let stored_ms = stored_us.div_ceil(1000);
                 let release_ms = sampler.release_at(stored_ms);
@@ -189,7 +194,8 @@ pub fn run(spec: &ValidateSpec) -> Result<Validation, String> {
                         && let Some(m) = queues[q].0.pop_front()
                     {
                         queues[q].1 = Some(m);
-                        push(&mut heap, now + spec.down_us, Ev::Deliver(m));
+                        let at = now + spec.down_us + jitter(&mut rng, spec.jitter_us);
+                        push(&mut heap, at, Ev::Deliver(m));
                     }
                 }
                 wake_at = pool.next_deadline();
@@ -223,6 +229,16 @@ pub fn run(spec: &ValidateSpec) -> Result<Validation, String> {
             .filter(|r| r.received_at_us.is_some())
             .count() as u64,
     })
+}
+
+/// One draw of the path jitter, µs (0 when the mean is 0).
+fn jitter(rng: &mut impl Rng, mean_us: u64) -> u64 {
+    if mean_us == 0 {
+        return 0;
+    }
+    let mean = Duration::from_micros(mean_us);
+    let d = sotto_timing::exp::exp_delay(rng, mean, mean * 50);
+    u64::try_from(d.as_micros()).unwrap_or(0)
 }
 
 #[cfg(test)]

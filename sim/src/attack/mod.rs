@@ -72,6 +72,8 @@ pub struct Target {
     /// Alice's other contacts: not candidates.
     #[serde(skip)]
     pub others: Vec<u32>,
+    /// Alice's client never disconnects (her presence gives nothing away).
+    pub always_online: bool,
     /// Messages from Alice to Bob delivered so far.
     pub delivered: u64,
     /// Ranks of Bob at each checkpoint.
@@ -131,6 +133,7 @@ impl Adversary {
                     alice: a,
                     bob,
                     others: contacts.get(1..).unwrap_or_default().to_vec(),
+                    always_online: pop.users[a as usize].always_online,
                     delivered: 0,
                     checkpoints: Vec::new(),
                 })
@@ -396,6 +399,7 @@ mod tests {
             alice: 0,
             bob: 1,
             others: Vec::new(),
+            always_online: false,
             delivered: ranks.last().map_or(0, |r| r.0),
             checkpoints: ranks
                 .iter()

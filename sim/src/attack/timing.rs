@@ -80,16 +80,22 @@ impl Timing {
             // Known to be a message; if it is stored here its origin is known exactly.
             self.tracked.insert(m, who.clone());
         }
-        self.fwd_pending[r].push(Contribution {
-            at_ms: arrives,
-            total: 1.0,
-            targets: who.clone(),
-        });
-        self.rel_pending[r].push(Contribution {
-            at_ms: arrives + self.store_ms,
-            total: 1.0,
-            targets: who,
-        });
+        self.fwd_pending[r].push(
+            0,
+            Contribution {
+                at_ms: arrives,
+                total: 1.0,
+                targets: who.clone(),
+            },
+        );
+        self.rel_pending[r].push(
+            0,
+            Contribution {
+                at_ms: arrives + self.store_ms,
+                total: 1.0,
+                targets: who,
+            },
+        );
     }
 
     /// A forwarded message leaves relay `from` for `to` at `t`. `origin`: the adversary runs
@@ -119,11 +125,14 @@ impl Timing {
         if let Some(m) = track {
             self.tracked.insert(m, posterior.clone());
         }
-        self.rel_pending[d].push(Contribution {
-            at_ms: t + self.relay_ms + self.store_ms,
-            total: 1.0,
-            targets: posterior,
-        });
+        self.rel_pending[d].push(
+            1,
+            Contribution {
+                at_ms: t + self.relay_ms + self.store_ms,
+                total: 1.0,
+                targets: posterior,
+            },
+        );
     }
 
     /// User `j` (target `own`, if it is one) received a frame from `relay` at `t`; `exact`:
