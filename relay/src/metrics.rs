@@ -26,6 +26,7 @@ pub const LIMITS: &[&str] = &[
     "new_per_session",
     "subscriptions_per_session",
     "forwards_per_session",
+    "min_pace_gap",
 ];
 
 /// Every `result` label of [`Metrics::handshakes`].
@@ -70,6 +71,13 @@ pub struct Metrics {
     pub cover_sent: IntCounter,
     /// Cover (DROP) frames received.
     pub cover_received: IntCounter,
+    /// Sessions paced right now (PACE with a gap above zero).
+    pub paced_sessions: IntGauge,
+    /// Frames sent at the ticks of paced sessions, whether they carried answers or were cover.
+    pub pace_ticks: IntCounter,
+    /// Ticks of paced sessions that carried no answer (cover frames). Not counted in
+    /// `cover_sent`, which is the relay-wide cover of unpaced sessions.
+    pub pace_cover: IntCounter,
     /// Messages waiting for release.
     pub pool_size: IntGauge,
     /// Realised delays.
@@ -146,6 +154,18 @@ impl Metrics {
             cover_received: counter(
                 "cover_frames_received_total",
                 "Cover (DROP) frames received",
+            )?,
+            paced_sessions: gauge(
+                "paced_sessions",
+                "Sessions paced by PACE (a frame at each tick, answers held for it)",
+            )?,
+            pace_ticks: counter(
+                "pace_ticks_total",
+                "Frames sent at the ticks of paced sessions (answers or cover)",
+            )?,
+            pace_cover: counter(
+                "pace_cover_frames_total",
+                "Ticks of paced sessions that carried no answer (cover)",
             )?,
             pool_size: gauge(
                 "scheduler_pool_size",

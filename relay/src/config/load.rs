@@ -27,6 +27,8 @@ pub const KEYS: &[&str] = &[
     "delivery.round",
     "delivery.timestamp_granularity",
     "delivery.cover_rate",
+    "delivery.pacing",
+    "delivery.min_pace_gap",
     "store.max_batch",
     "store.unsafe_no_fsync",
     "store.cache_mib",
@@ -194,6 +196,12 @@ impl Config {
             return invalid(
                 "delivery.cover_rate",
                 "must be between 0 and 100 frames per second",
+            );
+        }
+        if self.delivery.min_pace_gap < MIN_PACE_GAP_FLOOR {
+            return invalid(
+                "delivery.min_pace_gap",
+                "must be at least 10ms (100 frames per second per session)",
             );
         }
         if !(1..=10_000).contains(&self.store.max_batch) {
@@ -463,6 +471,23 @@ mod tests {
             let e = load(text, &[], &o).unwrap_err();
             assert!(e.to_string().contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_min_pace_gap_below_the_pacers_floor_is_refused() {
+        let o = Overrides::default();
+        let c = load("", &[], &o).unwrap();
+        assert!(c.delivery.pacing);
+        assert_eq!(c.delivery.min_pace_gap, Duration::from_secs(1));
+        let env = [
+            ("SOTTO_RELAY_DELIVERY_PACING", "false"),
+            ("SOTTO_RELAY_DELIVERY_MIN_PACE_GAP", "10ms"),
+        ];
+        let c = load("", &env, &o).unwrap();
+        assert!(!c.delivery.pacing);
+        assert_eq!(c.delivery.min_pace_gap, MIN_PACE_GAP_FLOOR);
+        let e = load("[delivery]\nmin_pace_gap = \"9ms\"\n", &[], &o).unwrap_err();
+        assert!(e.to_string().contains("delivery.min_pace_gap"), "{e}");
     }
 
     #[test]

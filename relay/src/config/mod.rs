@@ -174,9 +174,23 @@ pub struct DeliveryConfig {
     /// MSG timestamps are rounded down to a multiple of this.
     #[serde(with = "duration_text")]
     pub timestamp_granularity: Duration,
-    /// Rate of cover frames sent to each subscribed session, per second (0 = off).
+    /// Rate of cover frames sent to each subscribed session, per second (0 = off). Does not
+    /// apply to paced sessions (PACE): their ticks are their cover.
     pub cover_rate: f64,
+    /// Whether sessions may ask to be paced (PACE, `docs/protocol.md` § 9.2). Off: PACE is
+    /// answered `ERR PROHIBITED` and the session stays unpaced.
+    pub pacing: bool,
+    /// Shortest mean gap a session may ask for with PACE; a shorter non-zero gap is answered
+    /// `ERR LIMITED` (the session stays unpaced). Bounds the frames one paced session costs:
+    /// at most `1 / min_pace_gap` records of 16 KiB per second on average. At least
+    /// [`MIN_PACE_GAP_FLOOR`].
+    #[serde(with = "duration_text")]
+    pub min_pace_gap: Duration,
 }
+
+/// Smallest `delivery.min_pace_gap` accepted: 10 ms, the fastest rate a pacer allows
+/// (`sotto_timing::pacing::MAX_RATE`, 100 frames per second).
+pub const MIN_PACE_GAP_FLOOR: Duration = Duration::from_millis(10);
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
@@ -187,6 +201,8 @@ impl Default for DeliveryConfig {
             round: Duration::from_secs(2),
             timestamp_granularity: Duration::from_secs(60),
             cover_rate: 0.0,
+            pacing: true,
+            min_pace_gap: Duration::from_secs(1),
         }
     }
 }
@@ -291,11 +307,12 @@ impl QuicConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Concurrent sessions in total, handshakes in progress included; beyond it connections
-    /// are refused. Worst case ≈ 11 MiB per session (QUIC windows, answer queue, writes in
-    /// flight, subscriptions), so this × 11 MiB bounds session memory.
+    /// are refused. Worst case ≈ 15 MiB per session (QUIC windows, answer queue, answers held
+    /// for a paced session's ticks, writes in flight, subscriptions), so this × 15 MiB bounds
+    /// session memory.
     pub max_sessions: usize,
     /// Concurrent sessions (handshakes in progress included) from one source; beyond it
-    /// connections are refused. Worst case this × 11 MiB for one source.
+    /// connections are refused. Worst case this × 15 MiB for one source.
     pub max_sessions_per_ip: usize,
     /// Handshakes per second from one source (burst = 2×), checked before any cryptography;
     /// beyond it connections are refused. The limiter tracks at most 65 536 sources

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 pub mod process;
+pub mod raw;
 
 use sotto_protocol::RelayAddress;
 use sotto_relay::config::Config;
