@@ -78,6 +78,13 @@ pub struct Metrics {
     /// Ticks of paced sessions that carried no answer (cover frames). Not counted in
     /// `cover_sent`, which is the relay-wide cover of unpaced sessions.
     pub pace_cover: IntCounter,
+    /// Forwarding delays (`forwarding.delay_mean`) waited out in full before a FWD went on.
+    pub forward_delay_seconds: Histogram,
+    /// FWDs waiting out their forwarding delay right now.
+    pub forward_delayed: IntGauge,
+    /// FWDs whose forwarding delay was cut short by shutdown (answered `ERR UNREACHABLE`,
+    /// nothing forwarded).
+    pub forward_delays_cut: IntCounter,
     /// Messages waiting for release.
     pub pool_size: IntGauge,
     /// Realised delays.
@@ -166,6 +173,16 @@ impl Metrics {
             pace_cover: counter(
                 "pace_cover_frames_total",
                 "Ticks of paced sessions that carried no answer (cover)",
+            )?,
+            forward_delay_seconds: histogram(
+                "forward_delay_seconds",
+                "Forwarding delay a FWD was held for before it was forwarded",
+                prometheus::exponential_buckets(0.01, 2.0, 16)?,
+            )?,
+            forward_delayed: gauge("forward_delayed", "FWDs waiting out their forwarding delay")?,
+            forward_delays_cut: counter(
+                "forward_delays_cut_total",
+                "FWDs whose forwarding delay was cut short by shutdown (not forwarded)",
             )?,
             pool_size: gauge(
                 "scheduler_pool_size",

@@ -373,14 +373,31 @@ pub struct ForwardingConfig {
     #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
     /// Bound on waiting for a destination's answer; beyond it the client gets
-    /// `ERR TIMEOUT`. With `connect_timeout` it must stay under clients' request timeout
-    /// (15 s by default).
+    /// `ERR TIMEOUT`. With `connect_timeout` and `delay_cap` (the forwarding delay is not
+    /// part of it) it should stay under what clients wait for a FWD's answer.
     #[serde(with = "duration_text")]
     pub answer_timeout: Duration,
     /// Sessions to destinations unused for this long are closed.
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
+    /// Mean of the random delay each FWD is held for before it is forwarded
+    /// (`docs/protocol.md` § 10a.3 step 3): `min(Exp(delay_mean), delay_cap)`, drawn
+    /// independently for each FWD. Zero forwards at once (no timing defence on this hop).
+    #[serde(with = "duration_text")]
+    pub delay_mean: Duration,
+    /// Longest forwarding delay; draws above it are clamped to it. At least `delay_mean`
+    /// and at most [`MAX_FORWARD_DELAY_CAP`], so that a delayed request stays far from the
+    /// expiry clients seal into it (300 s). Shutdown cuts a delay short, so the cap never
+    /// holds a shutdown up.
+    #[serde(with = "duration_text")]
+    pub delay_cap: Duration,
 }
+
+/// Largest `forwarding.delay_cap` accepted: 60 s. The delay adds to what a client waits for
+/// a FWD's answer, and a sealed request expires 300 s after the client sealed it
+/// (`docs/protocol.md` § 10a.1): a cap well under that leaves room for the client's own
+/// pacing, the dial and the answer.
+pub const MAX_FORWARD_DELAY_CAP: Duration = Duration::from_secs(60);
 
 impl Default for ForwardingConfig {
     fn default() -> Self {
@@ -392,6 +409,8 @@ impl Default for ForwardingConfig {
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
+            delay_mean: Duration::from_secs(1),
+            delay_cap: Duration::from_secs(10),
         }
     }
 }
@@ -408,6 +427,19 @@ pub enum ForwardingMode {
 }
 
 impl ForwardingConfig {
+    /// How forwarding delays are drawn: Poisson with `delay_mean` and `delay_cap`, or no
+    /// delay when the mean is zero.
+    pub fn delay_mode(&self) -> DelayMode {
+        if self.delay_mean.is_zero() {
+            DelayMode::Off
+        } else {
+            DelayMode::Poisson {
+                mean: self.delay_mean,
+                cap: self.delay_cap,
+            }
+        }
+    }
+
     /// The mode this section describes, with the allowed addresses parsed.
     ///
     /// # Errors

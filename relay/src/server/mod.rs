@@ -250,6 +250,8 @@ pub async fn start_with(
         &config.forwarding,
         config.quic.options(),
         config.log.sensitive,
+        &metrics,
+        shutdown.clone(),
     )?);
     critical(
         "forward sweeper",
