@@ -26,6 +26,7 @@ pub const LIMITS: &[&str] = &[
     "new_per_session",
     "subscriptions_per_session",
     "forwards_per_session",
+    "min_pace_gap",
 ];
 
 /// Every `result` label of [`Metrics::handshakes`].
@@ -70,6 +71,20 @@ pub struct Metrics {
     pub cover_sent: IntCounter,
     /// Cover (DROP) frames received.
     pub cover_received: IntCounter,
+    /// Sessions paced right now (PACE with a gap above zero).
+    pub paced_sessions: IntGauge,
+    /// Frames sent at the ticks of paced sessions, whether they carried answers or were cover.
+    pub pace_ticks: IntCounter,
+    /// Ticks of paced sessions that carried no answer (cover frames). Not counted in
+    /// `cover_sent`, which is the relay-wide cover of unpaced sessions.
+    pub pace_cover: IntCounter,
+    /// Forwarding delays (`forwarding.delay_mean`) waited out in full before a FWD went on.
+    pub forward_delay_seconds: Histogram,
+    /// FWDs waiting out their forwarding delay right now.
+    pub forward_delayed: IntGauge,
+    /// FWDs whose forwarding delay was cut short by shutdown (answered `ERR UNREACHABLE`,
+    /// nothing forwarded).
+    pub forward_delays_cut: IntCounter,
     /// Messages waiting for release.
     pub pool_size: IntGauge,
     /// Realised delays.
@@ -146,6 +161,28 @@ impl Metrics {
             cover_received: counter(
                 "cover_frames_received_total",
                 "Cover (DROP) frames received",
+            )?,
+            paced_sessions: gauge(
+                "paced_sessions",
+                "Sessions paced by PACE (a frame at each tick, answers held for it)",
+            )?,
+            pace_ticks: counter(
+                "pace_ticks_total",
+                "Frames sent at the ticks of paced sessions (answers or cover)",
+            )?,
+            pace_cover: counter(
+                "pace_cover_frames_total",
+                "Ticks of paced sessions that carried no answer (cover)",
+            )?,
+            forward_delay_seconds: histogram(
+                "forward_delay_seconds",
+                "Forwarding delay a FWD was held for before it was forwarded",
+                prometheus::exponential_buckets(0.01, 2.0, 16)?,
+            )?,
+            forward_delayed: gauge("forward_delayed", "FWDs waiting out their forwarding delay")?,
+            forward_delays_cut: counter(
+                "forward_delays_cut_total",
+                "FWDs whose forwarding delay was cut short by shutdown (not forwarded)",
             )?,
             pool_size: gauge(
                 "scheduler_pool_size",

@@ -197,6 +197,37 @@ async fn messages_and_sender_keys_sent_through_a_reach_a_queue_on_b() {
     assert_eq!(command_count(&b, "FWD"), 0);
 }
 
+/// A holds each FWD for its forwarding delay (§ 10a.3 step 3), end to end with real relays:
+/// the FWD still succeeds, and A counts the delay it waited out. (The other tests here run
+/// A without a delay; the binary relays of the log test below keep the default 1 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_waits_out_its_delay_and_still_succeeds() {
+    let b = TestRelay::start().await;
+    let a = TestRelay::start_with(|c| {
+        forwarder(c);
+        c.forwarding.delay_mean = Duration::from_millis(200);
+        c.forwarding.delay_cap = Duration::from_secs(2);
+    })
+    .await;
+    let (recipient, _pushes, _e1) = connect(&b.address()).await;
+    let creds = recipient.create_queue(None).await.unwrap();
+    let (sender, _p, _e2) = client_from_2(&a.address()).await;
+    for body in [b"first".to_vec(), b"second".to_vec()] {
+        sender
+            .send_through(&b.address(), creds.sender_id, None, 0, body)
+            .await
+            .unwrap();
+    }
+    assert_eq!(message_count(&b, &creds), 2);
+    let m = &a.running().metrics;
+    assert_eq!(m.forward_delay_seconds.get_sample_count(), 2);
+    assert_eq!(m.forward_delayed.get(), 0);
+    assert_eq!(m.forward_delays_cut.get(), 0);
+    // Only the forwarding relay delays; the destination executes at once.
+    let m = &b.running().metrics;
+    assert_eq!(m.forward_delay_seconds.get_sample_count(), 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // Replays
 // ---------------------------------------------------------------------------------------

@@ -7,16 +7,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use common::process;
+use common::raw::RawSession;
 use common::*;
 use sotto_protocol::{
-    AuthSecretKey, Command, CorrId, DhSecretKey, EntityId, ErrorCode, FRAME_LEN, Frame,
-    FrameBuilder, Initiator, MessageId, RecipientId, RelayStaticKey, Response, SenderId, Session,
-    Transmission,
+    AuthSecretKey, Command, CorrId, DhSecretKey, EntityId, ErrorCode, MessageId, RecipientId,
+    RelayStaticKey, Response, SenderId, Transmission,
 };
 use sotto_transport::{ClientError, Pushed, QueueCredentials, RelayClient};
 
@@ -42,78 +40,6 @@ fn state(relay: &TestRelay, creds: &QueueCredentials) -> (bool, bool, bool, usiz
             rec.status == sotto_relay::store::QueueStatus::Active,
             store.message_count(&q).unwrap(),
         ),
-    }
-}
-
-/// A session driven by hand (QUIC stream + Noise), to send transmissions built by the test.
-struct RawSession {
-    session: Session,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    _conn: quinn::Connection,
-    _ep: quinn::Endpoint,
-}
-
-impl RawSession {
-    async fn open(relay: &TestRelay) -> RawSession {
-        let ep = endpoint();
-        let conn = ep
-            .connect(relay.running().local_addr, "127.0.0.1")
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let (init, m1) = Initiator::start(&relay.address().key, &mut rand::rngs::OsRng).unwrap();
-        send.write_all(&m1).await.unwrap();
-        let mut m2 = vec![0u8; FRAME_LEN];
-        recv.read_exact(&mut m2).await.unwrap();
-        RawSession {
-            session: init.finish(&m2).unwrap(),
-            send,
-            recv,
-            _conn: conn,
-            _ep: ep,
-        }
-    }
-
-    fn hash(&self) -> [u8; 32] {
-        self.session.handshake_hash
-    }
-
-    /// Sends `ts` in one frame and returns every transmission received, in order, until
-    /// `done` holds for what was received so far.
-    async fn exchange(
-        &mut self,
-        ts: &[Transmission],
-        done: impl Fn(&[Transmission]) -> bool,
-    ) -> Vec<Transmission> {
-        let mut fb = FrameBuilder::new();
-        for t in ts {
-            assert!(fb.push(t));
-        }
-        let rec = self.session.send.encrypt_frame(&fb.finish()).unwrap();
-        self.send.write_all(&rec).await.unwrap();
-        let mut got = Vec::new();
-        while !done(&got) {
-            let mut rec = vec![0u8; FRAME_LEN];
-            tokio::time::timeout(Duration::from_secs(20), self.recv.read_exact(&mut rec))
-                .await
-                .expect("no answer")
-                .unwrap();
-            let plain = self.session.recv.decrypt_frame(&rec).unwrap();
-            got.extend(Frame::decode(&plain).unwrap());
-        }
-        got
-    }
-
-    /// Sends one transmission and returns the answer to its corr id.
-    async fn request(&mut self, t: Transmission) -> Response {
-        let corr = t.corr_id;
-        let got = self
-            .exchange(&[t], |got| got.iter().any(|t| t.corr_id == corr))
-            .await;
-        let answer = got.into_iter().find(|t| t.corr_id == corr).unwrap();
-        answer.decode_response().unwrap()
     }
 }
 

@@ -27,6 +27,8 @@ pub const KEYS: &[&str] = &[
     "delivery.round",
     "delivery.timestamp_granularity",
     "delivery.cover_rate",
+    "delivery.pacing",
+    "delivery.min_pace_gap",
     "store.max_batch",
     "store.unsafe_no_fsync",
     "store.cache_mib",
@@ -51,6 +53,8 @@ pub const KEYS: &[&str] = &[
     "forwarding.connect_timeout",
     "forwarding.answer_timeout",
     "forwarding.idle_timeout",
+    "forwarding.delay_mean",
+    "forwarding.delay_cap",
     "log.format",
     "log.sensitive",
     "log.level",
@@ -196,6 +200,12 @@ impl Config {
                 "must be between 0 and 100 frames per second",
             );
         }
+        if self.delivery.min_pace_gap < MIN_PACE_GAP_FLOOR {
+            return invalid(
+                "delivery.min_pace_gap",
+                "must be at least 10ms (100 frames per second per session)",
+            );
+        }
         if !(1..=10_000).contains(&self.store.max_batch) {
             return invalid("store.max_batch", "must be between 1 and 10000");
         }
@@ -253,6 +263,12 @@ impl Config {
             if d.is_zero() {
                 return invalid(key, "must be more than zero");
             }
+        }
+        if f.delay_cap < f.delay_mean || f.delay_cap > MAX_FORWARD_DELAY_CAP {
+            return invalid(
+                "forwarding.delay_cap",
+                "must be at least forwarding.delay_mean and at most 60s (a FWD's delay must stay well under the 300 s its sealed request lives)",
+            );
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return invalid("log.format", "must be \"human\" or \"json\"");
@@ -462,6 +478,51 @@ mod tests {
         ] {
             let e = load(text, &[], &o).unwrap_err();
             assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_min_pace_gap_below_the_pacers_floor_is_refused() {
+        let o = Overrides::default();
+        let c = load("", &[], &o).unwrap();
+        assert!(c.delivery.pacing);
+        assert_eq!(c.delivery.min_pace_gap, Duration::from_secs(1));
+        let env = [
+            ("SOTTO_RELAY_DELIVERY_PACING", "false"),
+            ("SOTTO_RELAY_DELIVERY_MIN_PACE_GAP", "10ms"),
+        ];
+        let c = load("", &env, &o).unwrap();
+        assert!(!c.delivery.pacing);
+        assert_eq!(c.delivery.min_pace_gap, MIN_PACE_GAP_FLOOR);
+        let e = load("[delivery]\nmin_pace_gap = \"9ms\"\n", &[], &o).unwrap_err();
+        assert!(e.to_string().contains("delivery.min_pace_gap"), "{e}");
+    }
+
+    #[test]
+    fn the_forwarding_delay_cap_is_checked() {
+        let o = Overrides::default();
+        let c = load("", &[], &o).unwrap();
+        assert_eq!(
+            c.forwarding.delay_mode(),
+            DelayMode::Poisson {
+                mean: Duration::from_secs(1),
+                cap: Duration::from_secs(10)
+            }
+        );
+        let env = [("SOTTO_RELAY_FORWARDING_DELAY_MEAN", "0s")];
+        assert_eq!(
+            load("", &env, &o).unwrap().forwarding.delay_mode(),
+            DelayMode::Off
+        );
+        for text in [
+            "[forwarding]\ndelay_mean = \"5s\"\ndelay_cap = \"4s\"\n",
+            "[forwarding]\ndelay_cap = \"61s\"\n",
+        ] {
+            let e = load(text, &[], &o).unwrap_err();
+            assert!(
+                e.to_string().contains("forwarding.delay_cap"),
+                "{text}: {e}"
+            );
         }
     }
 

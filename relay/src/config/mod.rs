@@ -174,9 +174,23 @@ pub struct DeliveryConfig {
     /// MSG timestamps are rounded down to a multiple of this.
     #[serde(with = "duration_text")]
     pub timestamp_granularity: Duration,
-    /// Rate of cover frames sent to each subscribed session, per second (0 = off).
+    /// Rate of cover frames sent to each subscribed session, per second (0 = off). Does not
+    /// apply to paced sessions (PACE): their ticks are their cover.
     pub cover_rate: f64,
+    /// Whether sessions may ask to be paced (PACE, `docs/protocol.md` § 9.2). Off: PACE is
+    /// answered `ERR PROHIBITED` and the session stays unpaced.
+    pub pacing: bool,
+    /// Shortest mean gap a session may ask for with PACE; a shorter non-zero gap is answered
+    /// `ERR LIMITED` (the session stays unpaced). Bounds the frames one paced session costs:
+    /// at most `1 / min_pace_gap` records of 16 KiB per second on average. At least
+    /// [`MIN_PACE_GAP_FLOOR`].
+    #[serde(with = "duration_text")]
+    pub min_pace_gap: Duration,
 }
+
+/// Smallest `delivery.min_pace_gap` accepted: 10 ms, the fastest rate a pacer allows
+/// (`sotto_timing::pacing::MAX_RATE`, 100 frames per second).
+pub const MIN_PACE_GAP_FLOOR: Duration = Duration::from_millis(10);
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
@@ -187,6 +201,8 @@ impl Default for DeliveryConfig {
             round: Duration::from_secs(2),
             timestamp_granularity: Duration::from_secs(60),
             cover_rate: 0.0,
+            pacing: true,
+            min_pace_gap: Duration::from_secs(1),
         }
     }
 }
@@ -291,11 +307,12 @@ impl QuicConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Concurrent sessions in total, handshakes in progress included; beyond it connections
-    /// are refused. Worst case ≈ 11 MiB per session (QUIC windows, answer queue, writes in
-    /// flight, subscriptions), so this × 11 MiB bounds session memory.
+    /// are refused. Worst case ≈ 15 MiB per session (QUIC windows, answer queue, answers held
+    /// for a paced session's ticks, writes in flight, subscriptions), so this × 15 MiB bounds
+    /// session memory.
     pub max_sessions: usize,
     /// Concurrent sessions (handshakes in progress included) from one source; beyond it
-    /// connections are refused. Worst case this × 11 MiB for one source.
+    /// connections are refused. Worst case this × 15 MiB for one source.
     pub max_sessions_per_ip: usize,
     /// Handshakes per second from one source (burst = 2×), checked before any cryptography;
     /// beyond it connections are refused. The limiter tracks at most 65 536 sources
@@ -356,14 +373,31 @@ pub struct ForwardingConfig {
     #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
     /// Bound on waiting for a destination's answer; beyond it the client gets
-    /// `ERR TIMEOUT`. With `connect_timeout` it must stay under clients' request timeout
-    /// (15 s by default).
+    /// `ERR TIMEOUT`. With `connect_timeout` and `delay_cap` (the forwarding delay is not
+    /// part of it) it should stay under what clients wait for a FWD's answer.
     #[serde(with = "duration_text")]
     pub answer_timeout: Duration,
     /// Sessions to destinations unused for this long are closed.
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
+    /// Mean of the random delay each FWD is held for before it is forwarded
+    /// (`docs/protocol.md` § 10a.3 step 3): `min(Exp(delay_mean), delay_cap)`, drawn
+    /// independently for each FWD. Zero forwards at once (no timing defence on this hop).
+    #[serde(with = "duration_text")]
+    pub delay_mean: Duration,
+    /// Longest forwarding delay; draws above it are clamped to it. At least `delay_mean`
+    /// and at most [`MAX_FORWARD_DELAY_CAP`], so that a delayed request stays far from the
+    /// expiry clients seal into it (300 s). Shutdown cuts a delay short, so the cap never
+    /// holds a shutdown up.
+    #[serde(with = "duration_text")]
+    pub delay_cap: Duration,
 }
+
+/// Largest `forwarding.delay_cap` accepted: 60 s. The delay adds to what a client waits for
+/// a FWD's answer, and a sealed request expires 300 s after the client sealed it
+/// (`docs/protocol.md` § 10a.1): a cap well under that leaves room for the client's own
+/// pacing, the dial and the answer.
+pub const MAX_FORWARD_DELAY_CAP: Duration = Duration::from_secs(60);
 
 impl Default for ForwardingConfig {
     fn default() -> Self {
@@ -375,6 +409,8 @@ impl Default for ForwardingConfig {
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
+            delay_mean: Duration::from_secs(1),
+            delay_cap: Duration::from_secs(10),
         }
     }
 }
@@ -391,6 +427,19 @@ pub enum ForwardingMode {
 }
 
 impl ForwardingConfig {
+    /// How forwarding delays are drawn: Poisson with `delay_mean` and `delay_cap`, or no
+    /// delay when the mean is zero.
+    pub fn delay_mode(&self) -> DelayMode {
+        if self.delay_mean.is_zero() {
+            DelayMode::Off
+        } else {
+            DelayMode::Poisson {
+                mean: self.delay_mean,
+                cap: self.delay_cap,
+            }
+        }
+    }
+
     /// The mode this section describes, with the allowed addresses parsed.
     ///
     /// # Errors

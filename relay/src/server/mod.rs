@@ -9,7 +9,8 @@
 //! - `session`: one connection's loop, which owns the session state (subscriptions, messages
 //!   in flight) and runs store writes concurrently so many SENDs of one session share a group
 //!   commit; `session::frames` holds its reader task (records → frames) and writer task
-//!   (transmissions → greedily batched frames, plus optional cover frames),
+//!   (transmissions → greedily batched frames, plus optional cover frames, and the ticks
+//!   of a session paced by PACE),
 //!   `session::recipient` the recipient's commands and delivery on subscriptions;
 //! - `commands`: SEND and SKEY as both a session and a forwarded request run them, and how a
 //!   store outcome becomes an answer;
@@ -249,6 +250,8 @@ pub async fn start_with(
         &config.forwarding,
         config.quic.options(),
         config.log.sensitive,
+        &metrics,
+        shutdown.clone(),
     )?);
     critical(
         "forward sweeper",

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 pub mod process;
+pub mod raw;
 
 use sotto_protocol::RelayAddress;
 use sotto_relay::config::Config;
@@ -64,7 +65,9 @@ pub fn transport() -> TransportChoice {
     }
 }
 
-/// A configuration for tests: loopback, ephemeral port(s), no metrics, immediate delivery.
+/// A configuration for tests: loopback, ephemeral port(s), no metrics, immediate delivery,
+/// FWD forwarded at once (the tests of the forwarding delay set their own, see
+/// `tests/forward.rs`; the relays run as the binary there keep the default delay).
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.listen = "127.0.0.1:0".parse().unwrap();
@@ -73,6 +76,7 @@ pub fn test_config() -> Config {
     }
     c.metrics = "off".into();
     c.delivery.mode = "off".into();
+    c.forwarding.delay_mean = Duration::ZERO;
     c
 }
 

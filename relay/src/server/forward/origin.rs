@@ -1,8 +1,12 @@
-//! The forwarding side of FWD: policy, a bounded pool of sessions to destination relays,
-//! and the mapping of their failures to error codes (`docs/protocol.md` § 10a.3).
+//! The forwarding side of FWD: policy, the forwarding delay, a bounded pool of sessions to
+//! destination relays, and the mapping of their failures to error codes
+//! (`docs/protocol.md` § 10a.3).
 //!
-//! What it owns: one [`RelayClient`] session per destination, dialled from the relay's own
-//! QUIC endpoint (so destinations see this relay's address), with the destination's key
+//! What it owns: the delay each FWD is held for (`min(Exp(forwarding.delay_mean),
+//! forwarding.delay_cap)`, drawn with the release delays' sampler, before the pool is looked
+//! up, so that neither the RFWD nor a new connection to the destination follows the client's
+//! frame at once), and one [`RelayClient`] session per destination, dialled from the relay's
+//! own QUIC endpoint (so destinations see this relay's address), with the destination's key
 //! pinned from its address. What it does not: the sealed blob — it is passed on unread and
 //! never logged or stored — and the destination side of RFWD (`destination`, with the
 //! replay memory in the store).
@@ -16,20 +20,30 @@
 //! - Dialling is bounded by `forwarding.connect_timeout`, waiting for an answer by
 //!   `forwarding.answer_timeout`; concurrent FWDs to one destination share one dial.
 //! - Sessions unused for `forwarding.idle_timeout` are closed by [`Forwarder::run_sweeper`].
+//! - A FWD waits out its delay (at most `forwarding.delay_cap`) as one of its session's
+//!   writes in flight (≤ 256 per session, each holding one sealed blob of 15 616 bytes), and
+//!   outside `forwarding.answer_timeout`. Shutdown cuts the wait short: the FWD is answered
+//!   `ERR UNREACHABLE` (nothing was forwarded) and counted in
+//!   `sotto_forward_delays_cut_total`, so a delay never holds shutdown up.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::{Histogram, IntCounter, IntGauge};
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
 use sotto_protocol::address::Host;
 use sotto_protocol::{Command, ErrorCode, RelayAddress, RelayPublicKey, Response};
+use sotto_timing::delay::{DelayMode, DelaySampler};
 use sotto_transport::{ClientError, ClientOptions, RelayClient};
 use sotto_transport::{QuicOptions, TransportChoice, TransportError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ForwardingConfig, ForwardingMode};
+use crate::metrics::Metrics;
 use crate::server::lock;
 
 /// A destination as the pool knows it: key, host and port. The transport hint of an
@@ -59,6 +73,67 @@ impl Slot {
     }
 }
 
+/// The forwarding delay (`docs/protocol.md` § 10a.3 step 3) and its metrics.
+struct ForwardDelay {
+    /// `DelayMode::Poisson { delay_mean, delay_cap }`, or `Off` for a zero mean; seeded from
+    /// the OS like the release sampler (predictable delays are no defence).
+    sampler: Mutex<DelaySampler<StdRng>>,
+    /// Cuts every wait short.
+    shutdown: CancellationToken,
+    /// `sotto_forward_delay_seconds`: delays waited out in full.
+    seconds: Histogram,
+    /// `sotto_forward_delayed`: FWDs waiting now.
+    waiting: IntGauge,
+    /// `sotto_forward_delays_cut_total`: waits cut short by shutdown.
+    cut: IntCounter,
+}
+
+impl ForwardDelay {
+    /// Waits out one freshly drawn delay.
+    ///
+    /// # Errors
+    /// `UNREACHABLE` when shutdown cut the wait short: nothing was forwarded.
+    async fn hold(&self) -> Result<(), ErrorCode> {
+        let ms = {
+            let mut sampler = lock(&self.sampler);
+            if *sampler.mode() == DelayMode::Off {
+                return Ok(());
+            }
+            // A release time from 0 is the delay itself.
+            sampler.release_at(0)
+        };
+        let delay = Duration::from_millis(ms);
+        let _waiting = GaugeUnit::new(&self.waiting);
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => {
+                self.cut.inc();
+                Err(ErrorCode::Unreachable)
+            }
+            () = tokio::time::sleep(delay) => {
+                self.seconds.observe(delay.as_secs_f64());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One unit of a gauge, from creation until dropped (also when the future holding it is).
+struct GaugeUnit(IntGauge);
+
+impl GaugeUnit {
+    fn new(g: &IntGauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for GaugeUnit {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Forwards sealed requests to destination relays on behalf of this relay's clients.
 pub struct Forwarder {
     endpoint: quinn::Endpoint,
@@ -73,6 +148,8 @@ pub struct Forwarder {
     sensitive: bool,
     /// Sessions by destination; at most `max_destinations` entries.
     pool: Mutex<HashMap<Destination, Arc<Slot>>>,
+    /// Held before the pool is looked up.
+    delay: ForwardDelay,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -95,7 +172,9 @@ fn mode_name(m: &ForwardingMode) -> &'static str {
 
 impl Forwarder {
     /// A forwarder dialling from `endpoint` (the relay's own, so that destinations see the
-    /// relay's address), refusing destinations whose key is `own_key`.
+    /// relay's address), refusing destinations whose key is `own_key`, holding each FWD for
+    /// its forwarding delay unless `shutdown` is cancelled, and counting the delays in
+    /// `metrics`.
     ///
     /// # Errors
     /// An invalid `forwarding` section (see [`ForwardingConfig::parsed_mode`]).
@@ -105,6 +184,8 @@ impl Forwarder {
         config: &ForwardingConfig,
         quic: QuicOptions,
         sensitive: bool,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             endpoint,
@@ -125,6 +206,16 @@ impl Forwarder {
             },
             sensitive,
             pool: Mutex::new(HashMap::new()),
+            delay: ForwardDelay {
+                sampler: Mutex::new(DelaySampler::new(
+                    config.delay_mode(),
+                    StdRng::from_entropy(),
+                )),
+                shutdown,
+                seconds: metrics.forward_delay_seconds.clone(),
+                waiting: metrics.forward_delayed.clone(),
+                cut: metrics.forward_delays_cut.clone(),
+            },
         })
     }
 
@@ -133,11 +224,13 @@ impl Forwarder {
         lock(&self.pool).len()
     }
 
-    /// Forwards `sealed` to `to` as RFWD and returns the destination's sealed answer.
+    /// Forwards `sealed` to `to` as RFWD, after the forwarding delay, and returns the
+    /// destination's sealed answer.
     ///
     /// # Errors
     /// The code for the client: `FWD_REFUSED` (policy, or `to` is this relay),
-    /// `UNREACHABLE`, `TIMEOUT`, `IDENTITY`, or the destination's own ERR code.
+    /// `UNREACHABLE` (also when shutdown cut the delay short), `TIMEOUT`, `IDENTITY`, or the
+    /// destination's own ERR code.
     pub async fn forward(&self, to: &RelayAddress, sealed: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
         let result = self.forward_inner(to, sealed).await;
         if let Err(code) = result {
@@ -156,6 +249,10 @@ impl Forwarder {
         sealed: Vec<u8>,
     ) -> Result<Vec<u8>, ErrorCode> {
         self.check_policy(to)?;
+        // Before the pool is looked up or a session dialled (§ 10a.3 step 3): neither the
+        // RFWD nor a new connection to the destination follows the client's frame at once.
+        // Outside the answer timeout, which bounds the wait for the destination only.
+        self.delay.hold().await?;
         let slot = self.slot(to);
         let client = self.session(&slot, to).await?;
         slot.touch();
@@ -377,6 +474,107 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forwarder in `any` mode without `allow_private`, so that a FWD to 127.0.0.1 gets as
+    /// far as the pool (a slot is made) and is then refused when the host resolves to
+    /// loopback: no packet is ever sent. Its endpoint is bound but stays silent, which is
+    /// why these tests may run on tokio's paused clock.
+    fn forwarder(delay_mean: Duration, shutdown: &CancellationToken) -> (Arc<Forwarder>, Metrics) {
+        let metrics = Metrics::new().unwrap();
+        let config = ForwardingConfig {
+            delay_mean,
+            delay_cap: Duration::from_secs(10),
+            ..ForwardingConfig::default()
+        };
+        let endpoint = sotto_transport::client_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &QuicOptions::default(),
+        )
+        .unwrap();
+        let own = sotto_protocol::RelayStaticKey::generate(&mut rand::rngs::OsRng).public();
+        let f = Forwarder::new(
+            endpoint,
+            own,
+            &config,
+            QuicOptions::default(),
+            false,
+            &metrics,
+            shutdown.clone(),
+        )
+        .unwrap();
+        (Arc::new(f), metrics)
+    }
+
+    fn loopback_destination() -> RelayAddress {
+        RelayAddress {
+            key: sotto_protocol::RelayStaticKey::generate(&mut rand::rngs::OsRng).public(),
+            host: Host::Ipv4(Ipv4Addr::LOCALHOST),
+            port: 9,
+            tcp: None,
+        }
+    }
+
+    fn spawn_forward(f: &Arc<Forwarder>) -> tokio::task::JoinHandle<Result<Vec<u8>, ErrorCode>> {
+        let (f, to) = (f.clone(), loopback_destination());
+        tokio::spawn(async move { f.forward(&to, vec![0; 16]).await })
+    }
+
+    /// Lets the spawned FWD run until it waits (the clock is paused: it does not advance
+    /// while this task is busy yielding).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_delay_comes_before_the_pool_is_looked_up() {
+        let shutdown = CancellationToken::new();
+        let (f, metrics) = forwarder(Duration::from_secs(1), &shutdown);
+        let fwd = spawn_forward(&f);
+        settle().await;
+        // Waiting out its delay: no slot yet, so no dial either.
+        assert_eq!(metrics.forward_delayed.get(), 1);
+        assert_eq!(f.sessions(), 0);
+        assert!(!fwd.is_finished());
+        // Past the cap the delay is over and the FWD reaches the pool, then the policy on
+        // resolved addresses.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(fwd.await.unwrap(), Err(ErrorCode::FwdRefused));
+        assert_eq!(f.sessions(), 1);
+        assert_eq!(metrics.forward_delayed.get(), 0);
+        assert_eq!(metrics.forward_delay_seconds.get_sample_count(), 1);
+        assert_eq!(metrics.forward_delays_cut.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_the_delay_short_and_nothing_is_forwarded() {
+        let shutdown = CancellationToken::new();
+        let (f, metrics) = forwarder(Duration::from_secs(1), &shutdown);
+        let fwd = spawn_forward(&f);
+        settle().await;
+        assert_eq!(metrics.forward_delayed.get(), 1);
+        shutdown.cancel();
+        // No clock advance needed: the wait ends with the shutdown, not with the delay.
+        assert_eq!(fwd.await.unwrap(), Err(ErrorCode::Unreachable));
+        assert_eq!(f.sessions(), 0, "the pool was never looked up");
+        assert_eq!(metrics.forward_delays_cut.get(), 1);
+        assert_eq!(metrics.forward_delayed.get(), 0);
+        assert_eq!(metrics.forward_delay_seconds.get_sample_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_mean_forwards_at_once() {
+        let shutdown = CancellationToken::new();
+        let (f, metrics) = forwarder(Duration::ZERO, &shutdown);
+        let fwd = spawn_forward(&f);
+        settle().await;
+        // Done without the clock moving: no delay was drawn.
+        assert!(fwd.is_finished());
+        assert_eq!(fwd.await.unwrap(), Err(ErrorCode::FwdRefused));
+        assert_eq!(f.sessions(), 1);
+        assert_eq!(metrics.forward_delay_seconds.get_sample_count(), 0);
+    }
 
     #[test]
     fn internal_addresses_are_not_global() {

@@ -7,7 +7,8 @@
 //! (while fewer than [`MAX_IN_FLIGHT`] writes run), a finished write and the router's inbox.
 //!
 //! Where the rest is: [`frames`] (the reader and writer tasks: records ↔ frames, batching,
-//! cover), [`recipient`] (NEW, the recipient's commands and delivery on subscriptions),
+//! cover, and the session's pace after PACE: the writer owns the tick process and holds the
+//! answers for it; this loop only tells it the gap, before PACE's answer), [`recipient`] (NEW, the recipient's commands and delivery on subscriptions),
 //! `super::commands` (what SEND and SKEY check and write), `super::forward` (FWD and RFWD
 //! proper).
 
@@ -37,7 +38,9 @@ mod recipient;
 use frames::Outgoing;
 
 /// Transmissions waiting for a session's writer. Each holds at most one MSG (~15.5 KiB), so
-/// a full queue costs ≤ 4 MiB per session; beyond it the session loop waits. They are boxed
+/// a full queue costs ≤ 4 MiB per session; beyond it the session loop waits. (A paced
+/// session's writer holds up to another 256 answers for its next tick, see
+/// `frames::LAZY_PER_FRAME`.) They are boxed
 /// so that the channel's first block of 32 slots, which tokio allocates with the channel,
 /// costs 256 bytes per idle session instead of 4 KiB.
 const OUT_QUEUE: usize = 256;
@@ -232,7 +235,8 @@ fn needs(cmd: &Command) -> Needs {
         | Command::Ping
         | Command::Drop
         | Command::Fwd { .. }
-        | Command::RFwd { .. } => Needs::Nothing,
+        | Command::RFwd { .. }
+        | Command::Pace { .. } => Needs::Nothing,
         Command::SKey { .. } | Command::Send { .. } => Needs::Sender,
         _ => Needs::Recipient,
     }
@@ -245,10 +249,39 @@ impl Session {
         self.send_out(t, false).await;
     }
 
-    /// Queues `t` for the writer; a `lazy` one may wait for a frame that goes out anyway
-    /// (`frames::LAZY_ANSWER_DELAY`).
+    /// Queues the answer `t` for the writer; a `lazy` one may wait for a frame that goes out
+    /// anyway (`frames::LAZY_ANSWER_DELAY`). On a paced session every answer waits for the
+    /// next frame.
     async fn send_out(&mut self, t: Transmission, lazy: bool) {
-        let _ = self.out.send(Box::new(Outgoing { t, lazy })).await;
+        let _ = self.out.send(Box::new(Outgoing::Answer { t, lazy })).await;
+    }
+
+    /// Queues a pushed MSG or END for `entity` (correlation id zero): never held, paced or not.
+    async fn push(&mut self, entity: EntityId, resp: &Response) {
+        let t = Transmission::response(CorrId::NONE, Some(entity), resp);
+        let _ = self.out.send(Box::new(Outgoing::Push(t))).await;
+    }
+
+    /// PACE (`docs/protocol.md` § 9.2): the writer paces the session with mean gap `gap_ms`,
+    /// or stops pacing for 0. A refused PACE leaves the session unpaced (a paced one stops
+    /// being paced) and its error is sent at once.
+    async fn pace(&mut self, corr: CorrId, gap_ms: u32) {
+        let delivery = &self.shared.config.delivery;
+        let refusal = if gap_ms == 0 {
+            None
+        } else if !delivery.pacing {
+            Some(ErrorCode::Prohibited)
+        } else if Duration::from_millis(gap_ms.into()) < delivery.min_pace_gap {
+            self.shared.limited("min_pace_gap");
+            Some(ErrorCode::Limited)
+        } else {
+            None
+        };
+        let gap_ms = if refusal.is_some() { 0 } else { gap_ms };
+        // Before the answer, so that it is held under the new pace or sent at once without.
+        let _ = self.out.send(Box::new(Outgoing::Pace { gap_ms })).await;
+        let resp = refusal.map_or(Response::Ok, Response::Err);
+        self.reply(corr, None, resp).await;
     }
 
     /// One transmission: decoded, counted, rate-limited, checked for the entity id its
@@ -307,6 +340,7 @@ impl Session {
         }
         match (cmd, entity) {
             (Command::Ping, _) => self.reply(corr, None, Response::Pong).await,
+            (Command::Pace { gap_ms }, _) => self.pace(corr, gap_ms).await,
             (
                 Command::New {
                     recipient_auth_key,
@@ -438,8 +472,7 @@ impl Session {
             if let Some(sub) = self.subs.remove(&q) {
                 self.in_flight.remove(&q);
                 self.subscribed.store(self.subs.len(), Ordering::Relaxed);
-                self.reply(CorrId::NONE, Some(sub.recipient_id.into()), Response::End)
-                    .await;
+                self.push(sub.recipient_id.into(), &Response::End).await;
             }
         }
         let woken: Vec<QueueRef> = lock(&self.inbox.wake).drain().collect();

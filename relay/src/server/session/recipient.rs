@@ -176,7 +176,7 @@ impl Session {
                 match self.first_visible(&queue) {
                     Ok(Some(m)) => {
                         self.in_flight.insert(queue, InFlight::of(&m));
-                        self.send_msg(corr, e, m.msg).await;
+                        self.send_msg(Some(corr), e, m.msg).await;
                     }
                     Ok(None) => self.reply(corr, Some(e), Response::NoMsg).await,
                     Err(code) => self.reply(corr, Some(e), Response::Err(code)).await,
@@ -291,21 +291,21 @@ impl Session {
     }
 
     /// Sends a stored message as MSG: its body was sealed for the recipient when it was
-    /// stored.
-    async fn send_msg(&mut self, corr: CorrId, e: EntityId, m: NewMessage) {
+    /// stored. With `corr` it answers a GET (held on a paced session, like every answer);
+    /// without, it is pushed on a subscription (never held).
+    async fn send_msg(&mut self, corr: Option<CorrId>, e: EntityId, m: NewMessage) {
         let sealed_body = m.body.into_bytes();
         self.shared.metrics.messages_delivered.inc();
-        self.reply(
-            corr,
-            Some(e),
-            Response::Msg {
-                msg_id: m.msg_id,
-                timestamp: m.timestamp,
-                flags: m.flags,
-                sealed_body,
-            },
-        )
-        .await;
+        let msg = Response::Msg {
+            msg_id: m.msg_id,
+            timestamp: m.timestamp,
+            flags: m.flags,
+            sealed_body,
+        };
+        match corr {
+            Some(corr) => self.reply(corr, Some(e), msg).await,
+            None => self.push(e, &msg).await,
+        }
     }
 
     /// Pushes the next visible message of a subscribed queue, unless one is in flight.
@@ -320,7 +320,7 @@ impl Session {
         match self.first_visible(&queue) {
             Ok(Some(m)) => {
                 self.in_flight.insert(queue, InFlight::of(&m));
-                self.send_msg(CorrId::NONE, rid.into(), m.msg).await;
+                self.send_msg(None, rid.into(), m.msg).await;
             }
             Ok(None) => {}
             Err(_) => {}
