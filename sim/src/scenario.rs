@@ -131,6 +131,10 @@ pub struct RelaySpec {
     pub cover_rate: f64,
     /// Per-queue message quota.
     pub quota: u32,
+    /// Relay → relay links carry a constant stream of frames in which forwarded messages
+    /// replace cover (not implemented by the relay: a what-if, to measure what pacing the
+    /// relays' own links would buy). The adversary then learns nothing from their timing.
+    pub link_cover: bool,
 }
 
 impl Default for RelaySpec {
@@ -144,6 +148,7 @@ impl Default for RelaySpec {
             forward_delay_cap_ms: 10_000,
             cover_rate: 0.0,
             quota: 128,
+            link_cover: false,
         }
     }
 }

@@ -66,34 +66,36 @@ impl TrafficPolicy {
         echo: false,
     };
 
-    /// The default for a desktop client that stays connected: a frame every 12 s on average
-    /// towards the relay, a loop and a relay cover frame every 5 minutes each, every received
-    /// frame answered — about 145 MB a day per relay link for a connected client, and a
-    /// median delivery latency to a connected recipient under 10 s (measured in
-    /// `docs/threat-model.md`).
+    /// The default for a desktop client that stays connected: a frame every 14 s on average
+    /// towards the relay, a relay cover frame every 80 s and a loop every 15 minutes, every
+    /// received frame answered — about 148 MB a day per relay link for a connected client,
+    /// and a median delivery latency to a connected recipient of about 10 s. The split
+    /// (fewer ticks up, more cover down than the obvious choice) was chosen with the
+    /// simulator: cover on the receiving side is what dilutes the reply attack
+    /// (`docs/threat-model.md`).
     pub fn desktop() -> Self {
         Self {
-            send: Some(PacingPolicy::at_rate(1.0 / 12.0)),
+            send: Some(PacingPolicy::at_rate(1.0 / 14.0)),
             loops: LoopPolicy {
-                rate: 1.0 / 300.0,
-                overdue_after: Duration::from_secs(600),
+                rate: 1.0 / 900.0,
+                overdue_after: Duration::from_secs(1800),
             },
-            relay_cover: 1.0 / 300.0,
+            relay_cover: 1.0 / 80.0,
             echo: true,
         }
     }
 
-    /// For metered links: a frame every 60 s, a loop and a relay cover frame every 30
-    /// minutes each, every received frame answered — about 28 MB a day, at the price of a
+    /// For metered links: a frame every 60 s, a relay cover frame every 10 minutes and a
+    /// loop an hour, every received frame answered — about 31 MB a day, at the price of a
     /// median wait of about 40 s before a message leaves.
     pub fn low_bandwidth() -> Self {
         Self {
             send: Some(PacingPolicy::at_rate(1.0 / 60.0)),
             loops: LoopPolicy {
-                rate: 1.0 / 1800.0,
-                overdue_after: Duration::from_secs(3600),
+                rate: 1.0 / 3600.0,
+                overdue_after: Duration::from_secs(3 * 3600),
             },
-            relay_cover: 1.0 / 1800.0,
+            relay_cover: 1.0 / 600.0,
             echo: true,
         }
     }

@@ -53,6 +53,8 @@ pub const ATTACKS: [&str; 3] = ["sda", "timing", "reply"];
 pub struct Visibility {
     /// The relay the adversary runs, if any.
     pub relay: Option<u32>,
+    /// Relay → relay frames are hidden in constant cover (`relays.link_cover`).
+    pub relay_links_covered: bool,
 }
 
 impl Visibility {
@@ -148,6 +150,7 @@ impl Adversary {
         Self {
             vis: Visibility {
                 relay: scen.adversary.relay,
+                relay_links_covered: scen.relays.link_cover,
             },
             users: n,
             homes,
@@ -253,6 +256,10 @@ impl Observer for Adversary {
     }
 
     fn relay_link(&mut self, t: u64, from: u32, to: u32, msg: &MsgInfo) {
+        if self.vis.relay_links_covered && !self.vis.inside(from) && !self.vis.inside(to) {
+            // A constant stream: when a forwarded message crossed is not observable.
+            return;
+        }
         // Running `from`, the adversary knows which client's FWD this is; running `to`, it
         // knows which stored message it becomes.
         let origin = self
