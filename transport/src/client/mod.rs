@@ -365,7 +365,7 @@ impl RelayClient {
             // The reader has recorded the relay's decision (`Shared::pace_corr`).
             match answer {
                 Ok(Response::Ok) => {}
-                Err(ClientError::Relay(code)) => {
+                Ok(Response::Err(code)) => {
                     let why = match code {
                         ErrorCode::Syntax => "it predates PACE",
                         ErrorCode::Prohibited => "it does not pace sessions",
