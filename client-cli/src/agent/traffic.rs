@@ -447,12 +447,22 @@ impl Agent {
         let key = AuthSecretKey::from_bytes(run.queue.sender_key.expose());
         let sender_id = sotto_protocol::SenderId(run.queue.queue.sender_id);
         let via = self.through_for(&dest);
+        loops.sent(relay, id, Instant::now());
         let client = match self.net.client(via.as_ref().unwrap_or(&dest)).await {
             Ok((c, _)) => c,
-            // No link now: this loop is skipped (the schedule goes on).
-            Err(_) => return,
+            // No link now: this loop fails (counted, warned once), the schedule goes on.
+            Err(_) => {
+                let relay = relay.to_owned();
+                bg.spawn(async move {
+                    Background::LoopSent {
+                        relay,
+                        id,
+                        result: Err(ClientError::Closed),
+                    }
+                });
+                return;
+            }
         };
-        loops.sent(relay, id, Instant::now());
         let relay = relay.to_owned();
         bg.spawn(async move {
             let result = match via {

@@ -331,7 +331,7 @@ async fn paced_frames(
         }
         let backlog = queue.len() + usize::from(carried.is_some());
         let kind = pacer.tick(backlog);
-        let tick = fill_tick(&mut carried, || next_transmission(queue));
+        let tick = fill_tick(&mut carried, || next_transmission(queue, shared));
         debug_assert_eq!(kind == Tick::Real, !tick.departed.is_empty());
         let sent = tokio::select! {
             biased;
@@ -361,13 +361,13 @@ async fn paced_frames(
     }
 }
 
-/// The next queued transmission, if any; cover requests are skipped (never queued on a
-/// paced session: its ticks are the cover).
-fn next_transmission(queue: &mut mpsc::Receiver<Outgoing>) -> Option<Queued> {
+/// The next queued transmission, if any; cover requests are skipped and counted as
+/// skipped cover (never queued on a paced session: its ticks are the cover).
+fn next_transmission(queue: &mut mpsc::Receiver<Outgoing>, shared: &Shared) -> Option<Queued> {
     loop {
         match queue.try_recv().ok()? {
             Outgoing::Transmission(q) => return Some(q),
-            Outgoing::Cover => {}
+            Outgoing::Cover => bump(&shared.counters.cover_skipped),
         }
     }
 }
