@@ -14,7 +14,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sotto_client::agent::{
     Agent, AgentError, AgentOptions, ContactStatus, Event, KdfParams, ReceiveOptions, StoreError,
+    TrafficStats,
 };
+use sotto_client::timing::TrafficPolicy;
+use sotto_client::timing::pacing::{MAX_RATE, PacingPolicy};
 use sotto_client::{ClientOptions, Socks5Proxy};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -95,12 +98,18 @@ enum Command {
         #[arg(long, value_name = "RELAY")]
         via: Option<String>,
     },
-    /// Send a message; succeeds only once the relay has stored it.
+    /// Send a message; succeeds only once the relay has stored it. Not paced: to send
+    /// under a traffic policy, run `listen --policy …` and use --queue.
     Send {
         /// The contact.
         name: String,
         /// The text.
         text: String,
+        /// Only put the message in the outbox and return: the running `sotto listen` sends
+        /// it at its next round (on its paced links, with a traffic policy); without one,
+        /// the next recv, listen or send to this contact does.
+        #[arg(long)]
+        queue: bool,
     },
     /// Receive for a while (and finish contact set-ups and rotations), then exit.
     Recv {
@@ -116,11 +125,55 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Receive until interrupted.
+    /// Receive until interrupted (Ctrl-C), optionally under a traffic policy.
     Listen {
-        /// One JSON object per line instead of `NAME: TEXT`.
+        /// One JSON object per line instead of `NAME: TEXT`; with a traffic policy, a last
+        /// line {"event":"traffic",…} counts the frames sent to each relay.
         #[arg(long)]
         json: bool,
+        #[arg(
+            long,
+            value_name = "POLICY",
+            default_value = "off",
+            value_parser = ["off", "desktop", "low-bandwidth"],
+            help = "Traffic policy: off, desktop or low-bandwidth (see --help)",
+            long_help = policy_help()
+        )]
+        policy: String,
+        #[arg(
+            long,
+            value_name = "PER_S",
+            help = "Frames per second to each relay, overriding the policy's (0: no pacing)",
+            long_help = rate_help(
+                "Frames per second sent to each relay, real or cover, overriding the policy's \
+                 (0: no pacing). Messages wait for the next frame, on average 1/PER_S seconds."
+            )
+        )]
+        pace_rate: Option<f64>,
+        #[arg(
+            long,
+            value_name = "PER_S",
+            help = "Loop messages per second through each relay, overriding the policy's (0: none)",
+            long_help = rate_help(
+                "Loop messages per second sent through each relay you receive on and back to \
+                 you, overriding the policy's (0: none). A loop that does not come back in \
+                 time is reported: that relay may be dropping or delaying messages. Needs \
+                 pacing."
+            )
+        )]
+        loop_rate: Option<f64>,
+        #[arg(
+            long,
+            value_name = "PER_S",
+            help = "Cover frames per second to ask each relay for, overriding the policy's (0: none)",
+            long_help = rate_help(
+                "Cover frames per second to ask each relay for, overriding the policy's (0: \
+                 none). The relay then holds its answers for its own frames, so that they do \
+                 not show which of your frames were real; answers wait 1/PER_S seconds on \
+                 average. Relays that do not pace say so once. Needs pacing."
+            )
+        )]
+        relay_cover: Option<f64>,
     },
     /// List contacts and pending invitations.
     Contacts {
@@ -251,6 +304,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             "--auto-delay must be a number of seconds from 0 to 3600".into(),
         ));
     }
+    let traffic = match &cli.command {
+        Command::Listen {
+            policy,
+            pace_rate,
+            loop_rate,
+            relay_cover,
+            ..
+        } => traffic_policy(policy, *pace_rate, *loop_rate, *relay_cover)?,
+        _ => TrafficPolicy::OFF,
+    };
     let opts = AgentOptions {
         client: ClientOptions {
             connect_timeout: Duration::from_secs(cli.timeout.max(1)),
@@ -261,6 +324,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         kdf: KdfParams::DEFAULT,
         send_tap: None,
         stop_after_send: false,
+        traffic,
     };
     if let Command::Init = cli.command {
         let pass = passphrase(true)?;
@@ -352,7 +416,19 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
                 "sotto: accepted; `{name}` is connected once they run `sotto recv` and you receive their reply"
             );
         }
-        Command::Send { name, text } => agent.send(&name, &text).await?,
+        Command::Send {
+            name,
+            text,
+            queue: false,
+        } => agent.send(&name, &text).await?,
+        Command::Send {
+            name,
+            text,
+            queue: true,
+        } => {
+            agent.queue_text(&name, &text)?;
+            eprintln!("sotto: queued for {name}; a running `sotto listen` sends it");
+        }
         Command::Recv { wait, idle, json } => {
             let opts = ReceiveOptions {
                 wait: Some(Duration::from_secs(wait)),
@@ -363,7 +439,14 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
             };
             agent.receive(opts, |e| print_event(e, json)).await?;
         }
-        Command::Listen { json } => {
+        Command::Listen { json, .. } => {
+            let paced = agent.traffic_policy().send.is_some();
+            if paced {
+                eprintln!(
+                    "sotto: traffic policy: {}",
+                    describe_policy(agent.traffic_policy())
+                );
+            }
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
             tokio::spawn(async move {
@@ -376,7 +459,14 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
                 stop: Some(stop),
                 stop_before_ack: false,
             };
-            agent.receive(opts, |e| print_event(e, json)).await?;
+            let received = agent.receive(opts, |e| print_event(e, json)).await;
+            if paced {
+                // Ends every paced link once its relay has read all it was sent, so that
+                // the counts below are what the relays received.
+                agent.disconnect().await;
+                print_traffic(&agent.traffic_stats(), json);
+            }
+            received?;
         }
         Command::Contacts { json } => {
             let contacts = agent.contacts()?;
@@ -456,6 +546,14 @@ fn print_event(e: &Event, json: bool) -> ControlFlow<()> {
             eprintln!("sotto: {count} message(s) from {contact} never arrived");
             Ok(())
         }
+        (Event::LoopOverdue { relay, after_secs }, false) => {
+            eprintln!(
+                "sotto: warning: relay {relay} has not delivered a loop message for {}: it may be \
+                 dropping or delaying messages",
+                duration_words(*after_secs)
+            );
+            Ok(())
+        }
         (Event::Rejected { contact }, false) => {
             match contact {
                 Some(c) => eprintln!("sotto: dropped a message for {c} that failed authentication"),
@@ -469,6 +567,174 @@ fn print_event(e: &Event, json: bool) -> ControlFlow<()> {
         std::process::exit(1);
     }
     ControlFlow::Continue(())
+}
+
+/// `secs` as a person says it: "10 minutes", "90 seconds", "1 hour".
+fn duration_words(secs: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        s if s >= 3600 && s % 3600 == 0 => plural(s / 3600, "hour"),
+        s if s >= 60 && s % 60 == 0 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
+    }
+}
+
+/// The traffic policy of `listen`: the preset `name`, with each override replacing its part.
+fn traffic_policy(
+    name: &str,
+    pace_rate: Option<f64>,
+    loop_rate: Option<f64>,
+    relay_cover: Option<f64>,
+) -> Result<TrafficPolicy, CliError> {
+    let mut p = TrafficPolicy::named(name)
+        .ok_or_else(|| CliError::Usage(format!("unknown traffic policy {name:?}")))?;
+    let rate = |flag: &str, r: f64| {
+        if r.is_finite() && (0.0..=MAX_RATE).contains(&r) {
+            Ok(r)
+        } else {
+            Err(CliError::Usage(format!(
+                "{flag} must be a number of frames per second from 0 to {MAX_RATE}"
+            )))
+        }
+    };
+    if let Some(r) = pace_rate {
+        let r = rate("--pace-rate", r)?;
+        p.send = (r > 0.0).then(|| PacingPolicy {
+            rate: r,
+            ..p.send.unwrap_or(PacingPolicy::at_rate(r))
+        });
+    }
+    if let Some(r) = loop_rate {
+        p.loops.rate = rate("--loop-rate", r)?;
+    }
+    if let Some(r) = relay_cover {
+        p.relay_cover = rate("--relay-cover", r)?;
+    }
+    match p.send {
+        Some(send) => send.validate().map_err(CliError::Usage)?,
+        None if p.loops.is_on() || p.relay_cover > 0.0 => {
+            return Err(CliError::Usage(
+                "--loop-rate and --relay-cover need pacing: choose --policy desktop or \
+                 low-bandwidth, or give --pace-rate"
+                    .into(),
+            ));
+        }
+        None => {}
+    }
+    Ok(p)
+}
+
+/// "every 12 s", "every 5 min", "20 a second".
+fn every(rate: f64) -> String {
+    let gap = 1.0 / rate;
+    match gap {
+        g if g >= 120.0 => format!("every {} min", (g / 60.0 * 10.0).round() / 10.0),
+        g if g >= 1.0 => format!("every {} s", (g * 10.0).round() / 10.0),
+        _ => format!("{} a second", (rate * 10.0).round() / 10.0),
+    }
+}
+
+/// One line on what a policy does and costs, per relay link.
+fn describe_policy(p: &TrafficPolicy) -> String {
+    let Some(send) = p.send else {
+        return "frames leave when there is traffic; no cover, no loops".into();
+    };
+    let mut parts = vec![format!("a frame {} to each relay", every(send.rate))];
+    if p.loops.is_on() {
+        parts.push(format!("a loop message {}", every(p.loops.rate)));
+    }
+    if p.relay_cover > 0.0 {
+        parts.push(format!("relay cover {}", every(p.relay_cover)));
+    }
+    let b = p.bandwidth_per_day();
+    format!(
+        "{} — about {} up and {} down a day per relay",
+        parts.join(", "),
+        bytes_words(b.up_bytes),
+        bytes_words(b.down_bytes)
+    )
+}
+
+/// "125 MB", "30.1 GB".
+fn bytes_words(b: f64) -> String {
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
+}
+
+/// `listen --policy`'s long help: the presets and what they cost.
+fn policy_help() -> String {
+    let mut h = String::from(
+        "What listen does with its connections while it runs, so that someone watching your \
+         network cannot tell when you send. With a policy, listen sends one frame to each \
+         relay at random moments (a Poisson process): a message takes the place of the next \
+         cover frame, so the frames are the same whether or not you write. It also sends \
+         loop messages to itself through each relay it receives on, to notice a relay that \
+         drops or delays messages, and asks relays to pace their answers.\n",
+    );
+    for name in ["off", "desktop", "low-bandwidth"] {
+        let p = TrafficPolicy::named(name).unwrap_or(TrafficPolicy::OFF);
+        h.push_str(&format!("\n  {name:<14} {}", describe_policy(&p)));
+    }
+    h.push_str(
+        "\n\nDown counts cover and loops only; messages you receive come on top. \
+         --pace-rate, --loop-rate and --relay-cover replace one part of the policy. `sotto \
+         send` is never paced: while listen runs, use `sotto send --queue` so that listen \
+         sends the message. Default: off.",
+    );
+    h
+}
+
+/// A rate flag's long help, with what one frame a second costs.
+fn rate_help(what: &str) -> String {
+    let per_day = TrafficPolicy {
+        send: Some(PacingPolicy::at_rate(1.0)),
+        ..TrafficPolicy::OFF
+    }
+    .bandwidth_per_day()
+    .up_bytes;
+    format!(
+        "{what}\n\nEach frame is about {:.0} KB on the wire: one a second is about {:.1} GB a \
+         day.",
+        per_day / 86_400.0 / 1e3,
+        per_day / 1e9
+    )
+}
+
+/// What `listen` sent under its policy: a JSON line, or lines on stderr.
+fn print_traffic(stats: &TrafficStats, json: bool) {
+    if json {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            event: &'static str,
+            #[serde(flatten)]
+            stats: &'a TrafficStats,
+        }
+        let line = Line {
+            event: "traffic",
+            stats,
+        };
+        if let Ok(s) = serde_json::to_string(&line) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{s}").and_then(|()| out.flush());
+        }
+        return;
+    }
+    for r in &stats.relays {
+        eprintln!(
+            "sotto: sent {} frames to relay {} ({} real, {} cover; relay pacing: {})",
+            r.frames, r.relay, r.real_ticks, r.cover_ticks, r.pace
+        );
+    }
+    let l = &stats.loops;
+    if l.sent > 0 {
+        eprintln!(
+            "sotto: loop messages: {} sent, {} back, {} overdue, {} failed",
+            l.sent, l.returned, l.overdue, l.failed
+        );
+    }
 }
 
 /// Control characters in a text are shown escaped, so a text cannot fake other lines.

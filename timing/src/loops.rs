@@ -98,6 +98,9 @@ pub struct LoopStats {
     pub overdue: u64,
     /// Loops that came back after being reported overdue, or that were never sent (ignored).
     pub unexpected: u64,
+    /// Loops whose send failed ([`LoopMonitor::handle_failed`]): they never left, so they
+    /// are neither returned nor overdue.
+    pub failed: u64,
 }
 
 /// The loops on their way, by the id the client put in each loop's body.
@@ -136,6 +139,17 @@ impl LoopMonitor {
                 None
             }
         }
+    }
+
+    /// Loop `id` never left: its send failed (the relay refused it, or the connection broke),
+    /// so its absence says nothing about the relays. Removed from the table without being
+    /// reported overdue; `false` for an id not outstanding.
+    pub fn handle_failed(&mut self, id: u64) -> bool {
+        let known = self.outstanding.remove(&id).is_some();
+        if known {
+            self.stats.failed += 1;
+        }
+        known
     }
 
     /// The loops sent more than `overdue_after` before `now`, removed from the table: each is
@@ -220,9 +234,23 @@ mod tests {
                 sent: 3,
                 returned: 1,
                 overdue: 1,
-                unexpected: 2
+                unexpected: 2,
+                failed: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_loop_whose_send_failed_is_never_reported_overdue() {
+        let mut m = LoopMonitor::new();
+        m.handle_sent(1, S);
+        m.handle_sent(2, S);
+        assert!(m.handle_failed(1));
+        assert!(!m.handle_failed(1), "once");
+        assert_eq!(m.poll_overdue(100 * S, 10 * S), vec![2]);
+        assert_eq!(m.handle_returned(1, 100 * S), None);
+        let s = m.stats();
+        assert_eq!((s.sent, s.failed, s.overdue, s.returned), (2, 1, 1, 0));
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! - `receive` — the receive loop and its [`Event`]s ([`Agent::receive`]).
 //! - `rotation` — starting to move a receive queue to another relay ([`Agent::rotate`]).
 //! - `queues` — creating and deleting our receive queues on relays.
+//! - `traffic` — the traffic policy: paced links, the relays they go to, loop cover
+//!   ([`Agent::traffic_stats`], [`Agent::disconnect`]).
 //! - `error` ([`AgentError`]), `timing` (clock, automatic-send delay, retry pauses).
 //!
 //! Below them, without I/O and tested without a relay: `state` (the profile's content),
@@ -42,6 +44,9 @@
 //!   after a rotation) are never sent at once: each batch waits an independent random delay,
 //!   exponential with mean [`AgentOptions::auto_delay_mean`]. Delivery receipts are not
 //!   sent at all.
+//! - With a traffic policy ([`AgentOptions::traffic`]) every link is paced, sends to
+//!   contacts go through one of those links, and loops go out through the same path as
+//!   messages (`docs/client.md` § Traffic policy).
 
 mod contacts;
 mod error;
@@ -58,6 +63,7 @@ mod send;
 mod state;
 mod store;
 mod timing;
+mod traffic;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -68,6 +74,8 @@ use std::time::Duration;
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use sotto_protocol::RelayAddress;
+use sotto_timing::TrafficPolicy;
+use sotto_timing::loops::LoopStats;
 use tokio::time::Instant;
 
 use crate::client::ClientOptions;
@@ -80,6 +88,7 @@ pub use receive::{Event, ReceiveOptions};
 pub use state::StateError;
 pub use store::{KdfParams, StoreError};
 pub use timing::auto_delay;
+pub use traffic::{LoopTotals, RelayTraffic, TrafficStats};
 pub use wire::MAX_TEXT_LEN;
 
 /// Default mean of the random delay before automatic sends.
@@ -107,6 +116,13 @@ pub struct AgentOptions {
     /// its lease (two minutes) has passed. The next agent on the profile sends the same
     /// ciphertext again; the recipient must show it once.
     pub stop_after_send: bool,
+    /// What the agent does with its links (`docs/client.md` § Traffic policy). With
+    /// `send` set, every connection is paced with it and asks its relay for `relay_cover`,
+    /// sends to contacts go through the send-through relay (the profile's default relay
+    /// unless one is set) and [`Agent::receive`] keeps a link to it; with `loops` on,
+    /// [`Agent::receive`] keeps a loop queue on every relay it receives on and sends loops
+    /// through it. [`TrafficPolicy::OFF`] (the default): none of this.
+    pub traffic: TrafficPolicy,
 }
 
 impl Default for AgentOptions {
@@ -117,6 +133,7 @@ impl Default for AgentOptions {
             kdf: KdfParams::DEFAULT,
             send_tap: None,
             stop_after_send: false,
+            traffic: TrafficPolicy::OFF,
         }
     }
 }
@@ -133,6 +150,8 @@ pub struct Agent {
     /// Relay that SENDs and SKEYs go through (FWD): the profile's default, or this run's
     /// override ([`Agent::override_send_through`]).
     through: Option<RelayAddress>,
+    /// Loops of every [`Agent::receive`] run so far.
+    loop_stats: LoopStats,
 }
 
 impl Agent {
@@ -159,13 +178,13 @@ impl Agent {
             && let Some(proxy) = agent.socks5()?
         {
             agent.opts.client.socks5 = Some(proxy);
-            agent.net = Net::new(agent.opts.client.clone());
+            agent.net = Net::new(net_options(&agent.opts));
         }
         Ok(agent)
     }
 
     fn with_store(store: Store, opts: AgentOptions) -> Self {
-        let net = Net::new(opts.client.clone());
+        let net = Net::new(net_options(&opts));
         Self {
             store,
             opts,
@@ -173,6 +192,7 @@ impl Agent {
             owner: OsRng.next_u64(),
             backoff: HashMap::new(),
             through: None,
+            loop_stats: LoopStats::default(),
         }
     }
 
@@ -185,6 +205,16 @@ impl Agent {
     pub async fn close(mut self) {
         self.net.close_all().await;
     }
+}
+
+/// The options of the agent's connections: `opts.client`, paced as `opts.traffic` says.
+fn net_options(opts: &AgentOptions) -> ClientOptions {
+    let mut client = opts.client.clone();
+    if let Some(pacing) = opts.traffic.send {
+        client.pacing = Some(pacing);
+        client.relay_cover = opts.traffic.relay_cover;
+    }
+    client
 }
 
 impl std::fmt::Debug for Agent {
@@ -203,6 +233,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("kdf", &self.kdf)
             .field("send_tap", &self.send_tap.is_some())
             .field("stop_after_send", &self.stop_after_send)
+            .field("traffic", &self.traffic)
             .finish()
     }
 }

@@ -6,6 +6,11 @@
 //! Bound: [`PUSH_CHANNEL`] forwarded events. A relay pushes at most one unacknowledged
 //! message per subscribed queue, plus END and the final Closed per connection, so the
 //! channel holds at most a few events per queue.
+//!
+//! With a pacing policy in its [`ClientOptions`] every connection is paced; their ticks are
+//! added up per relay across reconnections ([`Net::traffic`]), and [`Net::close_all`] ends
+//! paced sessions in an orderly way ([`RelayClient::finish`]) so that the relay has read
+//! every frame counted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +20,7 @@ use sotto_protocol::RelayAddress;
 use sotto_protocol::address::Host;
 use tokio::sync::mpsc;
 
-use crate::client::{ClientError, ClientOptions, Pushed, RelayClient};
+use crate::client::{ClientError, ClientOptions, Pushed, RelayClient, RelayPacing};
 use crate::transport;
 
 /// Capacity of the merged push channel, in events (each at most one frame, 16 KiB).
@@ -26,6 +31,32 @@ pub const ATTEMPTS: usize = 3;
 
 /// Pause between attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// How long closing waits for a relay to read the end of a paced session.
+const FINISH_BOUND: Duration = Duration::from_secs(10);
+
+/// Frames sent on the paced sessions with one relay, over every connection made to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkTraffic {
+    /// Ticks that carried real transmissions.
+    pub real_ticks: u64,
+    /// Cover ticks.
+    pub cover_ticks: u64,
+    /// Connections made.
+    pub sessions: u64,
+    /// What the relay said to PACE on the last connection.
+    pub pace: Option<RelayPacing>,
+}
+
+impl LinkTraffic {
+    fn add(&mut self, client: &RelayClient) {
+        let s = client.stats();
+        self.real_ticks += s.real_ticks;
+        self.cover_ticks += s.cover_ticks;
+        self.sessions += 1;
+        self.pace = Some(client.relay_pacing());
+    }
+}
 
 /// A pushed event with where it came from.
 #[derive(Debug)]
@@ -95,6 +126,8 @@ pub struct Net {
     v4: Option<quinn::Endpoint>,
     v6: Option<quinn::Endpoint>,
     conns: HashMap<RelayAddress, Conn>,
+    /// Traffic of connections that have ended, by relay (one entry per relay ever used).
+    retired: HashMap<RelayAddress, LinkTraffic>,
     next_serial: u64,
     push_tx: mpsc::Sender<Tagged>,
     push_rx: mpsc::Receiver<Tagged>,
@@ -109,6 +142,7 @@ impl Net {
             v4: None,
             v6: None,
             conns: HashMap::new(),
+            retired: HashMap::new(),
             next_serial: 1,
             push_tx,
             push_rx,
@@ -132,13 +166,55 @@ impl Net {
     pub async fn drop_conn(&mut self, relay: &RelayAddress) {
         if let Some(c) = self.conns.remove(relay) {
             c.client.close().await;
+            self.retire(relay, &c.client);
         }
     }
 
-    /// Closes every connection.
+    /// Whether connections are paced.
+    pub fn is_paced(&self) -> bool {
+        self.opts.pacing.is_some()
+    }
+
+    /// Frames sent to each relay so far (live and ended connections).
+    pub fn traffic(&self) -> Vec<(RelayAddress, LinkTraffic)> {
+        let mut relays: Vec<&RelayAddress> = self.retired.keys().chain(self.conns.keys()).collect();
+        relays.sort_by_key(|r| r.to_string());
+        relays.dedup();
+        relays
+            .into_iter()
+            .map(|r| {
+                let mut t = self.retired.get(r).copied().unwrap_or_default();
+                if let Some(c) = self.conns.get(r) {
+                    t.add(&c.client);
+                }
+                (r.clone(), t)
+            })
+            .collect()
+    }
+
+    fn retire(&mut self, relay: &RelayAddress, client: &RelayClient) {
+        self.retired.entry(relay.clone()).or_default().add(client);
+    }
+
+    /// Closes every connection; paced ones in an orderly way (within a bound), so that
+    /// their relays have read every frame [`Net::traffic`] counts.
     pub async fn close_all(&mut self) {
-        for (_, c) in self.conns.drain() {
-            c.client.close().await;
+        let conns: Vec<(RelayAddress, Conn)> = self.conns.drain().collect();
+        // All at once: each paced session waits for its relay to close it.
+        let mut ending = tokio::task::JoinSet::new();
+        for (_, c) in &conns {
+            let client = c.client.clone();
+            ending.spawn(async move {
+                if client.is_paced() {
+                    client.finish(FINISH_BOUND).await;
+                } else {
+                    client.close().await;
+                }
+            });
+        }
+        while ending.join_next().await.is_some() {}
+        for (relay, c) in conns {
+            self.retire(&relay, &c.client);
         }
         for ep in [self.v4.take(), self.v6.take()].into_iter().flatten() {
             ep.close(transport::CLOSE_NORMAL.into(), b"");
@@ -156,7 +232,9 @@ impl Net {
         {
             return Ok((c.client.clone(), c.serial));
         }
-        self.conns.remove(relay);
+        if let Some(old) = self.conns.remove(relay) {
+            self.retire(relay, &old.client);
+        }
         let endpoint = self.endpoint(relay)?;
         let (client, mut rx) = RelayClient::connect(&endpoint, relay, &self.opts)
             .await
@@ -265,8 +343,24 @@ impl std::fmt::Debug for Net {
     }
 }
 
+/// `e`, from a request to `relay` made without [`Net::request`]'s retries, as
+/// [`Net::request`] reports it.
+pub(super) fn request_error(relay: &RelayAddress, e: ClientError) -> NetError {
+    if session_broken(&e) {
+        NetError::Unreachable {
+            relay: relay.host_port(),
+            source: e,
+        }
+    } else {
+        NetError::Request {
+            relay: relay.host_port(),
+            source: e,
+        }
+    }
+}
+
 /// Whether an error means the session is gone (so a new one may succeed).
-fn session_broken(e: &ClientError) -> bool {
+pub(super) fn session_broken(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Transport(_) | ClientError::Closed | ClientError::Timeout

@@ -3,7 +3,8 @@
 //! that relay instead of this client's address), and its SOCKS5 proxy.
 //!
 //! It does not connect to anything: it only reads and changes the profile, and tells the
-//! sending side which relay to forward through ([`Agent::through_for`]).
+//! sending side which relay to forward through (`Agent::through_for`; with a traffic policy
+//! and no relay chosen, the default relay).
 
 use sotto_protocol::RelayAddress;
 
@@ -184,7 +185,17 @@ impl Agent {
     /// the forwarding relay itself is written to directly (a relay does not forward to
     /// itself).
     pub(super) fn through_for(&self, dest: &RelayAddress) -> Option<RelayAddress> {
-        self.through.clone().filter(|t| t.key != dest.key)
+        self.effective_through().filter(|t| t.key != dest.key)
+    }
+
+    /// The relay SENDs and SKEYs go through: the one chosen (profile or `--through`), or,
+    /// with a traffic policy, the profile's default relay — so that every send leaves on a
+    /// paced link the agent holds anyway (`docs/client.md` § Traffic policy).
+    pub(super) fn effective_through(&self) -> Option<RelayAddress> {
+        if self.through.is_some() || self.opts.traffic.send.is_none() {
+            return self.through.clone();
+        }
+        self.resolve_relay(None).ok()
     }
 }
 

@@ -1,10 +1,18 @@
 //! Receiving: the receive loop ([`Agent::receive`]) — subscribing every receive queue
 //! and keeping the subscriptions live across broken connections, taking each pushed message
 //! in (open, process, persist, show, then ACK), showing texts not shown yet, and doing the
-//! outbox items that fall due meanwhile — and the [`Event`]s it reports.
+//! outbox items that fall due meanwhile — and the [`Event`]s it reports. With a traffic
+//! policy it also keeps the paced links up and runs loop cover (`traffic`).
 //!
 //! It does not decide what a message means (`inbound`, sans-IO) nor how outbox items are
 //! done (`send`).
+//!
+//! On paced links a request waits for a tick and its answer for the relay's next frame, so
+//! there the loop does not wait for ACKs and loop messages: they run in a background set
+//! (bounded by the requests' own timeouts and by the links' queues; dropped, unanswered,
+//! when the loop returns — an ACK lost so only means the message is delivered again and
+//! recognised), and the subscriptions of one round are made concurrently so that they share
+//! frames.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -12,6 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sotto_protocol::{ErrorCode, RecipientId, RelayAddress};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,9 +29,10 @@ use super::net::{self, NetError};
 use super::state::{QueueOwner, RecvQueue, StateError};
 use super::store::ReceiverLock;
 use super::timing::{millis, next_backoff, now_ms};
+use super::traffic::{Background, Loops};
 use super::wire;
 use super::{Agent, AgentError};
-use crate::client::{Pushed, SealedMessage};
+use crate::client::{Pushed, QueueCredentials, SealedMessage};
 
 /// How often the receive loop re-reads the profile (new queues to subscribe, outbox items
 /// that fell due, broken connections to restore).
@@ -78,6 +88,16 @@ pub enum Event {
         /// What.
         message: String,
     },
+    /// A loop message sent through this relay has not come back within the policy's
+    /// `overdue_after` (`docs/client.md` § Traffic policy): the relay (or the one the loop
+    /// went through) may be dropping or delaying messages, or the network failed. Reported
+    /// at most once per `overdue_after` per relay.
+    LoopOverdue {
+        /// The relay whose loop queue the loop went to (`host:port`).
+        relay: String,
+        /// The policy's `overdue_after`, in seconds.
+        after_secs: u64,
+    },
 }
 
 /// How long [`Agent::receive`] runs.
@@ -115,17 +135,46 @@ impl Agent {
         F: FnMut(&Event) -> ControlFlow<()>,
     {
         let _receiver: ReceiverLock = self.store.lock_receiver()?;
+        let loop_policy = self.opts.traffic.loops;
+        let mut loops = loop_policy.is_on().then(|| Loops::new(loop_policy));
+        let mut bg: JoinSet<Background> = JoinSet::new();
+        let result = self
+            .receive_loop(opts, &mut loops, &mut bg, &mut on_event)
+            .await;
+        if let Some(l) = &loops {
+            self.loops_finished(l);
+        }
+        result
+    }
+
+    async fn receive_loop<F>(
+        &mut self,
+        opts: ReceiveOptions,
+        loops: &mut Option<Loops>,
+        bg: &mut JoinSet<Background>,
+        on_event: &mut F,
+    ) -> Result<(), AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let mut on_event = on_event;
         let start = Instant::now();
         let deadline = opts.wait.map(|w| start + w);
         if self.show_inbox(&mut on_event)?.is_break() {
             return Ok(());
         }
         let mut subs = Subscriptions::default();
-        let first = self.sync_subscriptions(&mut subs, &mut on_event).await?;
+        let loops_on = loops.is_some();
+        let first = self
+            .sync_subscriptions(&mut subs, loops_on, &mut on_event)
+            .await?;
         if let Some(e) = first
             && subs.live.is_empty()
         {
             return Err(AgentError::Net(e));
+        }
+        if self.net.is_paced() {
+            self.keep_links(&mut subs, &mut on_event).await?;
         }
         let mut last_activity = Instant::now();
         let stop = opts.stop.clone().unwrap_or_default();
@@ -141,26 +190,47 @@ impl Agent {
             {
                 break;
             }
-            let tick = deadline.map_or(now + TICK, |d| d.min(now + TICK));
+            let mut tick = deadline.map_or(now + TICK, |d| d.min(now + TICK));
+            if let Some(due) = loops.as_ref().and_then(Loops::next_due) {
+                tick = tick.min(due);
+            }
             enum Step {
                 Push(Option<net::Tagged>),
+                Background(Background),
                 Tick,
                 Stop,
             }
             let step = tokio::select! {
                 _ = stop.cancelled() => Step::Stop,
                 p = self.net.pushes().recv() => Step::Push(p),
+                Some(Ok(done)) = bg.join_next(), if !bg.is_empty() => Step::Background(done),
                 _ = tokio::time::sleep_until(tick) => Step::Tick,
             };
             match step {
                 Step::Stop => break,
                 // The agent holds a sender, so the channel never ends.
                 Step::Push(None) => break,
+                Step::Background(Background::Acked(Err(e))) => {
+                    let _ = on_event(&Event::Warning {
+                        message: format!("could not acknowledge a message: {e}"),
+                    });
+                }
+                Step::Background(done) => {
+                    self.loop_done(loops.as_mut(), done, &mut on_event)?;
+                }
                 Step::Push(Some(t)) => match t.event {
                     Pushed::Msg { recipient_id, msg } => {
                         last_activity = Instant::now();
                         let flow = self
-                            .handle_msg(&t.relay, recipient_id, msg, &opts, &mut on_event)
+                            .handle_msg(
+                                &t.relay,
+                                recipient_id,
+                                msg,
+                                &opts,
+                                loops.as_mut(),
+                                bg,
+                                &mut on_event,
+                            )
                             .await?;
                         if flow.is_break() {
                             break;
@@ -177,8 +247,52 @@ impl Agent {
                     }
                 },
                 Step::Tick => {
-                    self.sync_subscriptions(&mut subs, &mut on_event).await?;
+                    if self.net.is_paced() {
+                        self.keep_links(&mut subs, &mut on_event).await?;
+                    }
+                    self.sync_subscriptions(&mut subs, loops_on, &mut on_event)
+                        .await?;
                     self.flush_due(&mut on_event).await?;
+                    if let Some(l) = loops.as_mut() {
+                        self.loop_tick(l, bg, &mut on_event).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a link to every relay of [`Agent::paced_relays`] (the send-through relay may
+    /// have no queue to subscribe), connecting those that are not connected, with the same
+    /// retry pauses as subscriptions.
+    async fn keep_links<F>(
+        &mut self,
+        subs: &mut Subscriptions,
+        on_event: &mut F,
+    ) -> Result<(), AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let now = Instant::now();
+        for relay in self.paced_relays()? {
+            let text = relay.to_string();
+            if self.net.serial(&relay).is_some()
+                || subs.retry.get(&text).is_some_and(|(t, _)| now < *t)
+            {
+                continue;
+            }
+            match self.net.client(&relay).await {
+                Ok(_) => {
+                    subs.down.remove(&text);
+                }
+                Err(e) => {
+                    let pause = next_backoff(subs.retry.get(&text).map(|(_, p)| *p));
+                    subs.retry.insert(text.clone(), (now + pause, pause));
+                    if subs.down.insert(text) {
+                        let _ = on_event(&Event::Warning {
+                            message: e.to_string(),
+                        });
+                    }
                 }
             }
         }
@@ -234,12 +348,15 @@ impl Agent {
 
     /// Handles one pushed message: opens it, processes it (`inbound`) and persists the
     /// result, shows what it produced, then acknowledges it.
+    #[allow(clippy::too_many_arguments)]
     async fn handle_msg<F>(
         &mut self,
         relay: &RelayAddress,
         recipient_id: RecipientId,
         msg: SealedMessage,
         opts: &ReceiveOptions,
+        loops: Option<&mut Loops>,
+        bg: &mut JoinSet<Background>,
         on_event: &mut F,
     ) -> Result<ControlFlow<()>, AgentError>
     where
@@ -248,6 +365,24 @@ impl Agent {
         let relay_text = relay.to_string();
         let (owner, queue, contact_name) = {
             let st = self.store.read()?;
+            if let Some(l) = st.loop_queue(&relay_text)
+                && l.queue.recipient_id == recipient_id.0
+            {
+                // Our own loop coming back: counted, never shown, acknowledged like any
+                // message.
+                let creds = l.queue.creds()?;
+                if let Some(loops) = loops {
+                    loops.arrived(
+                        &relay_text,
+                        &creds,
+                        &l.queue.envelope_key,
+                        &msg,
+                        Instant::now(),
+                    );
+                }
+                self.ack(relay, creds, msg.msg_id, bg, on_event).await;
+                return Ok(ControlFlow::Continue(()));
+            }
             let Some(owner) = st.owner_of(&relay_text, &recipient_id.0) else {
                 // A queue we no longer have (deleted after a rotation): nothing to do.
                 return Ok(ControlFlow::Continue(()));
@@ -304,16 +439,44 @@ impl Agent {
         };
         // Persisted (and shown, or buffered in order) before this: now the relay may
         // delete it. A failed ACK only means the message comes again, and is recognised.
-        let ack = self
-            .net
-            .request(relay, async |c| c.ack(&creds, msg_id).await)
-            .await;
-        if let Err(e) = ack {
-            let _ = on_event(&Event::Warning {
-                message: format!("could not acknowledge a message: {e}"),
-            });
-        }
+        self.ack(relay, creds, msg_id, bg, on_event).await;
         Ok(flow)
+    }
+
+    /// Acknowledges a message: at once (with retries on a new connection) on an unpaced
+    /// link; in the background on a paced one, where the answer waits for the relay's
+    /// next frame.
+    async fn ack<F>(
+        &mut self,
+        relay: &RelayAddress,
+        creds: QueueCredentials,
+        msg_id: sotto_protocol::MessageId,
+        bg: &mut JoinSet<Background>,
+        on_event: &mut F,
+    ) where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let err = if self.net.is_paced() {
+            match self.net.client(relay).await {
+                Ok((client, _)) => {
+                    bg.spawn(async move { Background::Acked(client.ack(&creds, msg_id).await) });
+                    return;
+                }
+                Err(e) => e,
+            }
+        } else {
+            match self
+                .net
+                .request(relay, async |c| c.ack(&creds, msg_id).await)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => e,
+            }
+        };
+        let _ = on_event(&Event::Warning {
+            message: format!("could not acknowledge a message: {err}"),
+        });
     }
 
     /// Subscribes every receive queue that has no live subscription. Returns the first
@@ -321,70 +484,56 @@ impl Agent {
     async fn sync_subscriptions<F>(
         &mut self,
         subs: &mut Subscriptions,
+        loops_on: bool,
         on_event: &mut F,
     ) -> Result<Option<NetError>, AgentError>
     where
         F: FnMut(&Event) -> ControlFlow<()>,
     {
-        let queues: Vec<RecvQueue> = self
-            .store
-            .read()?
-            .receive_queues()
-            .into_iter()
-            .cloned()
-            .collect();
+        let queues: Vec<RecvQueue> = self.wanted_queues(loops_on)?;
         let wanted: HashSet<(String, [u8; 24])> = queues
             .iter()
             .map(|q| (q.relay.clone(), q.recipient_id))
             .collect();
         subs.live.retain(|k, _| wanted.contains(k));
         let now = Instant::now();
-        let mut first_error = None;
-        let mut complete = true;
-        let mut failed: HashSet<String> = HashSet::new();
-        for q in &queues {
-            let key = (q.relay.clone(), q.recipient_id);
-            let relay = q.relay_address()?;
-            let current = self.net.serial(&relay);
-            if current.is_some() && subs.live.get(&key).copied() == current {
-                continue;
-            }
-            complete = false;
-            if failed.contains(&q.relay) || subs.retry.get(&q.relay).is_some_and(|(t, _)| now < *t)
-            {
-                continue;
-            }
-            let creds = q.creds()?;
-            match self
-                .net
-                .request(&relay, async |c| c.subscribe(&creds).await)
-                .await
-            {
-                Ok(()) => {
-                    if let Some(serial) = self.net.serial(&relay) {
-                        subs.live.insert(key, serial);
-                    }
-                    subs.retry.remove(&q.relay);
-                    subs.down.remove(&q.relay);
+        let mut round = Round {
+            first_error: None,
+            complete: true,
+            failed: HashSet::new(),
+            now,
+        };
+        if self.net.is_paced() {
+            self.subscribe_paced(&queues, subs, &mut round, on_event)
+                .await?;
+        } else {
+            for q in &queues {
+                let key = (q.relay.clone(), q.recipient_id);
+                let relay = q.relay_address()?;
+                let current = self.net.serial(&relay);
+                if current.is_some() && subs.live.get(&key).copied() == current {
+                    continue;
                 }
-                Err(e) if e.relay_code() == Some(ErrorCode::Auth) => {
-                    // The queue is gone (deleted by a rotation in another process, or
-                    // expired on the relay): nothing to subscribe.
-                    subs.live.insert(key, current.unwrap_or_default());
+                round.complete = false;
+                if round.failed.contains(&q.relay)
+                    || subs.retry.get(&q.relay).is_some_and(|(t, _)| now < *t)
+                {
+                    continue;
                 }
-                Err(e) => {
-                    failed.insert(q.relay.clone());
-                    let pause = next_backoff(subs.retry.get(&q.relay).map(|(_, p)| *p));
-                    subs.retry.insert(q.relay.clone(), (now + pause, pause));
-                    if subs.down.insert(q.relay.clone()) {
-                        let _ = on_event(&Event::Warning {
-                            message: e.to_string(),
-                        });
-                    }
-                    first_error.get_or_insert(e);
-                }
+                let creds = q.creds()?;
+                let result = self
+                    .net
+                    .request(&relay, async |c| c.subscribe(&creds).await)
+                    .await;
+                let serial = self.net.serial(&relay);
+                round.record(subs, key, current, serial, result, on_event);
             }
         }
+        let Round {
+            first_error,
+            complete,
+            ..
+        } = round;
         subs.complete = complete && first_error.is_none();
         if !subs.complete {
             // Re-check: everything may be live now.
@@ -396,6 +545,127 @@ impl Agent {
             });
         }
         Ok(first_error)
+    }
+
+    /// The paced form of a subscription round: every queue of a relay that needs SUB is
+    /// subscribed at once on that relay's link, so that they share frames (one tick, and
+    /// one relay frame for the answers) instead of taking a tick and a relay frame each.
+    async fn subscribe_paced<F>(
+        &mut self,
+        queues: &[RecvQueue],
+        subs: &mut Subscriptions,
+        round: &mut Round,
+        on_event: &mut F,
+    ) -> Result<(), AgentError>
+    where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let mut by_relay: Vec<(RelayAddress, Vec<(QueueKey, QueueCredentials)>)> = Vec::new();
+        for q in queues {
+            let key = (q.relay.clone(), q.recipient_id);
+            let relay = q.relay_address()?;
+            let current = self.net.serial(&relay);
+            if current.is_some() && subs.live.get(&key).copied() == current {
+                continue;
+            }
+            round.complete = false;
+            if subs
+                .retry
+                .get(&q.relay)
+                .is_some_and(|(t, _)| round.now < *t)
+            {
+                continue;
+            }
+            let creds = q.creds()?;
+            match by_relay.iter_mut().find(|(r, _)| *r == relay) {
+                Some((_, todo)) => todo.push((key, creds)),
+                None => by_relay.push((relay, vec![(key, creds)])),
+            }
+        }
+        for (relay, todo) in by_relay {
+            let (client, serial) = match self.net.client(&relay).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some((key, _)) = todo.into_iter().next() {
+                        round.record(subs, key, None, None, Err(e), on_event);
+                    }
+                    continue;
+                }
+            };
+            let mut set = JoinSet::new();
+            for (key, creds) in todo {
+                let c = client.clone();
+                set.spawn(async move { (key, c.subscribe(&creds).await) });
+            }
+            let mut broken = false;
+            while let Some(Ok((key, result))) = set.join_next().await {
+                let result = result.map_err(|e| {
+                    broken |= net::session_broken(&e);
+                    net::request_error(&relay, e)
+                });
+                round.record(subs, key, Some(serial), Some(serial), result, on_event);
+            }
+            if broken {
+                self.net.drop_conn(&relay).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A receive queue in [`Subscriptions::live`]: relay address text and recipient id.
+type QueueKey = (String, [u8; 24]);
+
+/// What one subscription round found.
+struct Round {
+    first_error: Option<NetError>,
+    /// Every wanted queue had a live subscription before the round.
+    complete: bool,
+    /// Relays that failed in this round (their other queues wait for the next one).
+    failed: HashSet<String>,
+    now: Instant,
+}
+
+impl Round {
+    /// Records the outcome of one SUB: `current` is the serial the queue was checked
+    /// against, `serial` the connection's after the request.
+    fn record<F>(
+        &mut self,
+        subs: &mut Subscriptions,
+        key: QueueKey,
+        current: Option<u64>,
+        serial: Option<u64>,
+        result: Result<(), NetError>,
+        on_event: &mut F,
+    ) where
+        F: FnMut(&Event) -> ControlFlow<()>,
+    {
+        let relay = key.0.clone();
+        match result {
+            Ok(()) => {
+                if let Some(serial) = serial {
+                    subs.live.insert(key, serial);
+                }
+                subs.retry.remove(&relay);
+                subs.down.remove(&relay);
+            }
+            Err(e) if e.relay_code() == Some(ErrorCode::Auth) => {
+                // The queue is gone (deleted by a rotation in another process, or
+                // expired on the relay): nothing to subscribe.
+                subs.live.insert(key, current.unwrap_or_default());
+            }
+            Err(e) => {
+                self.failed.insert(relay.clone());
+                let pause = next_backoff(subs.retry.get(&relay).map(|(_, p)| *p));
+                subs.retry.insert(relay.clone(), (self.now + pause, pause));
+                if subs.down.insert(relay) {
+                    let _ = on_event(&Event::Warning {
+                        message: e.to_string(),
+                    });
+                }
+                self.first_error.get_or_insert(e);
+            }
+        }
     }
 }
 

@@ -44,6 +44,36 @@ impl Agent {
         self.flush_contact(contact, Some(item), true).await
     }
 
+    /// Puts a text in the contact's outbox and returns without sending it: a running
+    /// [`Agent::receive`] (`sotto listen`) sends it at its next round — on its paced link,
+    /// with a traffic policy — and otherwise the next `receive`, `flush_due` or `send` to
+    /// that contact does.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownContact`], [`AgentError::ContactPending`],
+    /// [`AgentError::TooLong`], [`AgentError::OutboxFull`], store errors.
+    pub fn queue_text(&mut self, name: &str, text: &str) -> Result<(), AgentError> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(AgentError::TooLong(text.len()));
+        }
+        let pickle_key = *self.store.pickle_key();
+        self.store.update(|st| {
+            let id = sendable_contact(st, name)?;
+            if st.outbox_len(id) >= state::MAX_OUTBOX {
+                return Err(AgentError::OutboxFull(name.to_owned()));
+            }
+            enqueue_message(
+                st,
+                &pickle_key,
+                id,
+                Payload::Text(text.to_owned()),
+                now_ms(),
+                false,
+            )?;
+            Ok(())
+        })
+    }
+
     /// Does every outbox item that is due (automatic sends whose delay has passed, and
     /// anything a failure left behind). Failures become [`Event::Warning`]s and are retried
     /// later with a growing pause.

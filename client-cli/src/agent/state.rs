@@ -73,6 +73,11 @@ pub struct State {
     /// before it existed.
     #[serde(default)]
     pub create_passwords: std::collections::BTreeMap<String, String>,
+    /// Our loop queues, at most one per relay (loop cover, `docs/client.md` § Traffic
+    /// policy): made when `listen` first runs with loops on there, kept across runs. Absent
+    /// in profiles written before they existed.
+    #[serde(default)]
+    pub loops: Vec<LoopQueue>,
 }
 
 impl Default for State {
@@ -87,8 +92,22 @@ impl Default for State {
             send_through: None,
             socks5: None,
             create_passwords: std::collections::BTreeMap::new(),
+            loops: Vec::new(),
         }
     }
+}
+
+/// A queue this profile sends loop messages to and receives them back on: loop cover on
+/// one relay. Only we know its sender id, and it is secured with our own sender key, so
+/// nobody else can write to it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoopQueue {
+    /// The queue (its envelope key seals the loop messages).
+    pub queue: RecvQueue,
+    /// Our sender key for it (KEY, signed SENDs).
+    pub sender_key: Secret32,
+    /// Whether the relay accepted KEY (until then the next `listen` sends it again).
+    pub secured: bool,
 }
 
 /// A queue this profile receives on (one it created).
@@ -413,6 +432,20 @@ impl State {
             .iter()
             .find(|i| is(&i.queue))
             .map(|i| QueueOwner::Invitation(i.id))
+    }
+
+    /// The relays we receive on (contacts' and invitations' queues; loop queues do not
+    /// count), as address text.
+    pub fn receive_relays(&self) -> std::collections::BTreeSet<String> {
+        self.receive_queues()
+            .into_iter()
+            .map(|q| q.relay.clone())
+            .collect()
+    }
+
+    /// The loop queue on `relay`, if we have one.
+    pub fn loop_queue(&self, relay: &str) -> Option<&LoopQueue> {
+        self.loops.iter().find(|l| l.queue.relay == relay)
     }
 
     /// Every receive queue: contacts' and invitations'.

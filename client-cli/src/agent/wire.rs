@@ -322,6 +322,27 @@ pub fn open_envelope(key: &Secret32, body: &[u8]) -> Result<(OlmType, Vec<u8>), 
     Ok((olm_type, olm.to_vec()))
 }
 
+/// Envelope type byte of a loop message (Olm's are 0 and 1).
+const LOOP_TYPE: OlmType = 0x4c;
+
+/// A loop message for a loop queue (`docs/client.md` § Traffic policy): the loop's id sealed
+/// in an envelope under the loop queue's own key, so the body is exactly [`MAX_BODY`] bytes
+/// as random as any message's.
+///
+/// # Errors
+/// None in practice (the envelope always fits); [`WireError`] as [`seal_envelope`].
+pub fn seal_loop(key: &Secret32, id: u64) -> Result<Vec<u8>, WireError> {
+    seal_envelope(key, LOOP_TYPE, &id.to_be_bytes())
+}
+
+/// The loop id in a body sealed by [`seal_loop`] under `key`; `None` for anything else.
+pub fn open_loop(key: &Secret32, body: &[u8]) -> Option<u64> {
+    match open_envelope(key, body).ok()? {
+        (LOOP_TYPE, id) => Some(u64::from_be_bytes(<[u8; 8]>::try_from(id).ok()?)),
+        _ => None,
+    }
+}
+
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Texts and keys are secrets; queue addresses link queues.
@@ -512,6 +533,19 @@ mod tests {
             seal_envelope(&key, 1, &vec![0; MAX_OLM_LEN + 1]),
             Err(WireError::OlmTooLong)
         );
+    }
+
+    #[test]
+    fn loop_messages_are_full_size_and_open_only_as_loops_under_their_key() {
+        let key = Secret32::new([3; 32]);
+        let body = seal_loop(&key, 0xdead_beef).unwrap();
+        assert_eq!(body.len(), MAX_BODY, "padded like every message");
+        assert_eq!(open_loop(&key, &body), Some(0xdead_beef));
+        assert_ne!(seal_loop(&key, 0xdead_beef).unwrap(), body, "random nonce");
+        assert_eq!(open_loop(&Secret32::new([4; 32]), &body), None);
+        // An ordinary message under the same key is not a loop.
+        let olm = seal_envelope(&key, 1, &7u64.to_be_bytes()).unwrap();
+        assert_eq!(open_loop(&key, &olm), None);
     }
 
     #[test]

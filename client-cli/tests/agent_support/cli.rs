@@ -42,6 +42,25 @@ impl Profile {
             .unwrap()
     }
 
+    /// Starts `sotto --home HOME args…` (e.g. `listen`) with its output piped; end it with
+    /// [`interrupt`].
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sotto"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("SOTTO_PASSPHRASE", "correct horse battery staple")
+            .env("SOTTO_AUTO_DELAY", "0")
+            .env("SOTTO_TIMEOUT", "3")
+            .env_remove("SOTTO_TEST_STOP_BEFORE_ACK")
+            .env_remove("SOTTO_SOCKS5")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub async fn run(&self, args: &[&str]) -> Output {
         self.run_env(args, &[]).await
     }
@@ -105,4 +124,17 @@ impl Profile {
             .map(|v| v["status"].as_str().unwrap().to_owned())
             .unwrap_or_default()
     }
+}
+
+/// Ends a spawned `sotto` as Ctrl-C does (SIGINT) and returns its output once it exited.
+pub async fn interrupt(child: std::process::Child) -> Output {
+    let status = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -INT failed");
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
 }

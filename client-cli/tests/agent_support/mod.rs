@@ -84,6 +84,7 @@ pub fn options() -> AgentOptions {
         kdf: KdfParams::INSECURE_FAST,
         send_tap: None,
         stop_after_send: false,
+        traffic: sotto_client::timing::TrafficPolicy::OFF,
     }
 }
 

@@ -20,9 +20,60 @@
 //!   arrive unrouted) and removes it on timeout or cancellation; the reader removes it when
 //!   the answer arrives. It sits behind a short-held mutex.
 //!
+//! # Paced sessions
+//!
+//! With [`ClientOptions::pacing`] the writer sends **one frame at each tick** of a
+//! [`sotto_timing::Pacer`] (gaps `Exp(1/rate)` drawn from the OS's CSPRNG) and never a frame
+//! between ticks: at a tick it takes as many queued transmissions as fit one frame, in
+//! order (greedily, as unpaced), or sends a cover frame (DROP) if nothing waits. An observer
+//! of the link sees the same Poisson stream of frames whether or not anything real is sent.
+//! [`ClientStats::real_ticks`] and [`ClientStats::cover_ticks`] count them.
+//!
+//! - **PACE.** With [`ClientOptions::relay_cover`] > 0 the session's first transmission is
+//!   PACE with the mean gap [`ClientOptions::pace_gap_ms`] (`docs/protocol.md` § 9.2), so
+//!   that the relay's answers wait for its own ticks instead of following our real frames.
+//!   [`RelayClient::connect`] does not wait for its answer. A relay that refuses
+//!   (`PROHIBITED`, `LIMITED`, or `SYNTAX` from a relay that predates PACE) is logged once
+//!   per session at `info` and recorded ([`RelayClient::relay_pacing`]); the session goes on,
+//!   still paced on our side.
+//! - **Cover.** The ticks are the cover: [`RelayClient::send_cover`] and
+//!   [`RelayClient::start_cover_traffic`] do nothing on a paced session.
+//! - **Request timeouts.** A paced request waits for a tick, and its answer for the relay's
+//!   next frame (`Exp(gap)` or longer behind other answers), so a timer started at the call
+//!   would time healthy requests out. The waits are bounded in three steps instead:
+//!   1. a free request slot and room in the writer's queue: within
+//!      [`ClientOptions::request_timeout`] of the call, as unpaced;
+//!   2. departure (the writer tells each request when the frame carrying it has been
+//!      written): within `request_timeout` + `(`[`PACED_SLACK_GAPS`]` + 2n)` mean tick gaps
+//!      of entering the queue, `n` being the transmissions queued ahead of it (each tick
+//!      takes at least one, so it leaves within `n + 1` ticks: this is more than twice the
+//!      expected wait plus eight gaps);
+//!   3. the answer: within `request_timeout` + `(PACED_SLACK_GAPS + 2m)` PACE gaps of its
+//!      departure, `m` being the other requests waiting for an answer then (each answer
+//!      takes at most one relay frame); when the relay refused PACE or none was asked for,
+//!      within `request_timeout` of departure.
+//!
+//!   With the defaults (15 s) and one tick every 12 s, a request that finds the queue empty
+//!   gives up on departure after 2 min 15 s (`e^-11` of healthy ticks are later); the
+//!   answer bound with a PACE gap of 100 s is about 17 minutes. A dead connection is found
+//!   sooner by QUIC's idle timeout, which fails every waiting request at once.
+//! - **Bounds.** [`WRITE_QUEUE`] is the outbox of a paced link: at most that many
+//!   transmissions wait for ticks (plus the one a tick's frame had no room for). When real
+//!   traffic exceeds the rate, transmissions wait longer and callers block on a full
+//!   queue (within step 1's bound); nothing changes on the wire. A
+//!   [`Burst`](sotto_timing::pacing::Burst) allowance in the policy trades that latency for
+//!   leakage: while more than `after` transmissions wait, gaps are drawn `factor` times
+//!   shorter (from the tick after the backlog crossed the threshold), and an observer who
+//!   sees the rate rise learns that a burst is being sent ([`ClientStats::burst_gaps`]).
+//! - **Ending.** [`RelayClient::finish`] stops the ticks after the frame being written,
+//!   ends the stream in an orderly way and waits for the relay to close the session, so
+//!   that the relay has read every frame counted in [`ClientStats::ticks`].
+//!
 //! # Bounds (worst-case memory per client)
 //!
-//! - [`WRITE_QUEUE`] queued transmissions of at most one frame each: 64 × 16 KiB = 1 MiB.
+//! - [`WRITE_QUEUE`] queued transmissions of at most one frame each, plus the one the
+//!   writer carries to the next frame: 65 × 16 KiB ≈ 1 MiB. On a paced session this is the
+//!   link's outbox (see above).
 //! - [`MAX_OUTSTANDING_REQUESTS`] requests waiting for an answer, each holding at most one
 //!   answer of at most one frame: 256 × 16 KiB = 4 MiB. Further requests wait for a slot
 //!   (counted against their timeout).
@@ -59,16 +110,20 @@ use sotto_protocol::{
     AuthPublicKey, AuthSecretKey, Command, CorrId, DecodeError, DhSecretKey, EntityId, ErrorCode,
     FRAME_PLAINTEXT_LEN, FrameBuilder, MessageId, RelayAddress, Response, SenderId, Transmission,
 };
+use sotto_timing::pacing::PacingPolicy;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{CLOSE_NORMAL, FramedConnection, Link, LinkKind};
-use tasks::{Outgoing, Shared, WaiterGuard, bump, read_loop, write_loop};
+use tasks::{
+    Outgoing, Queued, Shared, WaiterGuard, WriterControl, bump, paced_write_loop, read_loop,
+    write_loop,
+};
 pub use types::{
     ClientError, ClientOptions, ClientStats, Pushed, QueueCredentials, ReceivedMessage,
-    SealedMessage,
+    RelayPacing, SealedMessage,
 };
 
 /// Capacity of the writer's queue, in transmissions (each at most one frame, 16 KiB).
@@ -80,6 +135,41 @@ pub const MAX_OUTSTANDING_REQUESTS: usize = 256;
 /// Capacity of the [`Pushed`] channel, in events (each at most one frame, 16 KiB).
 pub const PUSH_QUEUE: usize = 64;
 
+/// Slack of a paced request's waits for its tick and for its answer, in mean gaps (see
+/// "Paced sessions" in the module documentation).
+pub const PACED_SLACK_GAPS: u32 = 10;
+
+/// How a paced session's requests are timed (see "Paced sessions").
+#[derive(Debug, Clone, Copy)]
+struct PacedTiming {
+    request_timeout: Duration,
+    /// Mean gap between our ticks (1 / rate).
+    tick_gap: Duration,
+    /// Mean gap between the relay's frames that we asked for (zero: no PACE).
+    pace_gap: Duration,
+}
+
+impl PacedTiming {
+    /// `request_timeout` + `(PACED_SLACK_GAPS + 2 × ahead)` × `gap`.
+    fn bound(&self, gap: Duration, ahead: usize) -> Duration {
+        let gaps = u32::try_from(ahead)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(2)
+            .saturating_add(PACED_SLACK_GAPS);
+        self.request_timeout
+            .saturating_add(gap.saturating_mul(gaps))
+    }
+
+    /// The gap of the relay's frames as answers see it: the PACE gap unless the relay
+    /// refused (then it answers at once).
+    fn answer_gap(&self, shared: &Shared) -> Duration {
+        match shared.relay_pacing() {
+            RelayPacing::Asked | RelayPacing::Accepted => self.pace_gap,
+            RelayPacing::NotAsked | RelayPacing::Refused(_) => Duration::ZERO,
+        }
+    }
+}
+
 struct Inner {
     relay: RelayAddress,
     handshake_hash: [u8; 32],
@@ -89,10 +179,16 @@ struct Inner {
     slots: Semaphore,
     next_corr: AtomicU64,
     request_timeout: Duration,
+    /// `Some` on a paced session.
+    paced: Option<PacedTiming>,
     shared: Arc<Shared>,
     /// Cancelled by [`RelayClient::close`], when the last handle is dropped, or when either
     /// task ends; stops both tasks and the cover task.
     cancel: CancellationToken,
+    /// Cancelled by [`RelayClient::finish`]: the writer ends the stream after its frame.
+    finish: CancellationToken,
+    /// Cancelled by the writer when it has stopped.
+    writer_done: CancellationToken,
 }
 
 impl std::fmt::Debug for Inner {
@@ -140,13 +236,18 @@ impl RelayClient {
         relay: &RelayAddress,
         opts: &ClientOptions,
     ) -> Result<(RelayClient, mpsc::Receiver<Pushed>), ClientError> {
+        if let Some(p) = &opts.pacing {
+            p.validate().map_err(ClientError::Options)?;
+        }
         let config = crate::client_config(&opts.quic)?;
         let framed = crate::dial(endpoint, Some(config), relay, &opts.dial_options()).await?;
         Ok(Self::from_framed(framed, relay.clone(), opts))
     }
 
     /// Starts a client on an already established session (for tests and tools that make
-    /// the connection themselves).
+    /// the connection themselves). A paced session's first transmission is PACE (see the
+    /// module documentation); the policy is not checked here (an invalid rate ticks at
+    /// most once an hour, [`sotto_timing::exp::MAX_GAP`]).
     pub fn from_framed(
         framed: FramedConnection,
         relay: RelayAddress,
@@ -162,13 +263,39 @@ impl RelayClient {
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
         let shared = Arc::new(Shared::default());
         let cancel = CancellationToken::new();
-        tokio::spawn(write_loop(
-            sender,
-            out_rx,
-            connection.clone(),
-            shared.clone(),
-            cancel.clone(),
-        ));
+        let control = WriterControl {
+            cancel: cancel.clone(),
+            finish: CancellationToken::new(),
+            done: CancellationToken::new(),
+        };
+        let (finish, writer_done) = (control.finish.clone(), control.done.clone());
+        let paced = opts.pacing.map(|p: PacingPolicy| PacedTiming {
+            request_timeout: opts.request_timeout,
+            tick_gap: Duration::try_from_secs_f64(1.0 / p.rate)
+                .unwrap_or(sotto_timing::exp::MAX_GAP),
+            pace_gap: Duration::from_millis(opts.pace_gap_ms().map_or(0, u64::from)),
+        });
+        match opts.pacing {
+            Some(policy) => {
+                tokio::spawn(paced_write_loop(
+                    sender,
+                    out_rx,
+                    connection.clone(),
+                    shared.clone(),
+                    control,
+                    policy,
+                ));
+            }
+            None => {
+                tokio::spawn(write_loop(
+                    sender,
+                    out_rx,
+                    connection.clone(),
+                    shared.clone(),
+                    control,
+                ));
+            }
+        }
         tokio::spawn(read_loop(
             receiver,
             push_tx,
@@ -184,15 +311,80 @@ impl RelayClient {
             slots: Semaphore::new(MAX_OUTSTANDING_REQUESTS),
             next_corr: AtomicU64::new(1),
             request_timeout: opts.request_timeout,
+            paced,
             shared,
             cancel,
+            finish,
+            writer_done,
         };
-        (
-            RelayClient {
-                inner: Arc::new(inner),
-            },
-            push_rx,
-        )
+        let client = RelayClient {
+            inner: Arc::new(inner),
+        };
+        if let Some(gap_ms) = opts.pace_gap_ms() {
+            client.ask_pace(gap_ms);
+        }
+        (client, push_rx)
+    }
+
+    /// Queues PACE as the session's first transmission and watches its answer in a task
+    /// that holds no handle (so it never keeps the session open).
+    fn ask_pace(&self, gap_ms: u32) {
+        let inner = &*self.inner;
+        let Some(timing) = inner.paced else {
+            return;
+        };
+        let corr = inner.next_corr.fetch_add(1, Ordering::Relaxed);
+        let t = Transmission::command(CorrId::from_u64(corr), None, &Command::Pace { gap_ms });
+        let (tx, rx) = oneshot::channel();
+        let (dep_tx, dep_rx) = oneshot::channel();
+        inner.shared.waiters().by_corr.insert(corr, tx);
+        inner.shared.set_relay_pacing(RelayPacing::Asked);
+        inner.shared.pace_corr.store(corr, Ordering::Relaxed);
+        let queued = Outgoing::Transmission(Queued {
+            t,
+            departed: Some(dep_tx),
+        });
+        // The queue is new and empty: this cannot find it full.
+        if inner.outgoing.try_send(queued).is_err() {
+            inner.shared.waiters().by_corr.remove(&corr);
+            inner.shared.set_relay_pacing(RelayPacing::NotAsked);
+            return;
+        }
+        bump(&inner.shared.counters.requests);
+        let shared = inner.shared.clone();
+        let cancel = inner.cancel.clone();
+        tokio::spawn(async move {
+            let _guard = WaiterGuard {
+                shared: &shared,
+                corr,
+            };
+            let answer = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = wait_paced(&shared, timing, 0, dep_rx, rx) => a,
+            };
+            // The reader has recorded the relay's decision (`Shared::pace_corr`).
+            match answer {
+                Ok(Response::Ok) => {}
+                Ok(Response::Err(code)) => {
+                    let why = match code {
+                        ErrorCode::Syntax => "it predates PACE",
+                        ErrorCode::Prohibited => "it does not pace sessions",
+                        ErrorCode::Limited => "its shortest gap is longer than the one asked for",
+                        _ => "it refused",
+                    };
+                    tracing::info!(
+                        "the relay does not pace its answers ({why}: PACE answered {}): an \
+                         observer can tell real frames by their answers; this client's own \
+                         frames stay paced",
+                        code.name()
+                    );
+                }
+                Ok(r) => {
+                    tracing::debug!(answer = r.name(), "unexpected answer to PACE");
+                }
+                Err(e) => tracing::debug!(error = %e, "no answer to PACE"),
+            }
+        });
     }
 
     /// The session's Noise handshake hash (what signed commands bind).
@@ -221,6 +413,16 @@ impl RelayClient {
         self.inner.cancel.is_cancelled()
     }
 
+    /// Whether this session's frames are paced ([`ClientOptions::pacing`]).
+    pub fn is_paced(&self) -> bool {
+        self.inner.paced.is_some()
+    }
+
+    /// What the relay said to this session's PACE.
+    pub fn relay_pacing(&self) -> RelayPacing {
+        self.inner.shared.relay_pacing()
+    }
+
     /// A snapshot of the client's counters.
     pub fn stats(&self) -> ClientStats {
         let c = &self.inner.shared.counters;
@@ -233,6 +435,9 @@ impl RelayClient {
             late_answers: get(&c.late_answers),
             pushes_discarded: get(&c.pushes_discarded),
             unexpected: get(&c.unexpected),
+            real_ticks: get(&c.real_ticks),
+            cover_ticks: get(&c.cover_ticks),
+            burst_gaps: get(&c.burst_gaps),
         }
     }
 
@@ -242,7 +447,8 @@ impl RelayClient {
     ///
     /// # Errors
     /// [`ClientError::Protocol`] if the command breaks a field limit (nothing is sent),
-    /// [`ClientError::Timeout`] after [`ClientOptions::request_timeout`],
+    /// [`ClientError::Timeout`] after [`ClientOptions::request_timeout`] (on a paced
+    /// session, after the bounds of "Paced sessions" in the module documentation),
     /// [`ClientError::Closed`] if the session ends first, [`ClientError::Relay`] for ERR.
     pub async fn request(
         &self,
@@ -282,15 +488,42 @@ impl RelayClient {
                 corr,
             }
         };
-        tokio::time::timeout_at(deadline, inner.outgoing.send(Outgoing::Transmission(t)))
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|_| ClientError::Closed)?;
-        bump(&inner.shared.counters.requests);
-        let answer = tokio::time::timeout_at(deadline, rx)
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|_| ClientError::Closed)?;
+        let answer = match inner.paced {
+            None => {
+                let queued = Queued { t, departed: None };
+                tokio::time::timeout_at(
+                    deadline,
+                    inner.outgoing.send(Outgoing::Transmission(queued)),
+                )
+                .await
+                .map_err(|_| ClientError::Timeout)?
+                .map_err(|_| ClientError::Closed)?;
+                bump(&inner.shared.counters.requests);
+                tokio::time::timeout_at(deadline, rx)
+                    .await
+                    .map_err(|_| ClientError::Timeout)?
+                    .map_err(|_| ClientError::Closed)?
+            }
+            Some(timing) => {
+                let (dep_tx, dep_rx) = oneshot::channel();
+                let queued = Queued {
+                    t,
+                    departed: Some(dep_tx),
+                };
+                let permit = tokio::time::timeout_at(deadline, inner.outgoing.reserve())
+                    .await
+                    .map_err(|_| ClientError::Timeout)?
+                    .map_err(|_| ClientError::Closed)?;
+                // Queued ahead of this one: the queue's length once this slot is taken.
+                let ahead = WRITE_QUEUE.saturating_sub(inner.outgoing.capacity() + 1);
+                permit.send(Outgoing::Transmission(queued));
+                bump(&inner.shared.counters.requests);
+                return match wait_paced(&inner.shared, timing, ahead, dep_rx, rx).await? {
+                    Response::Err(code) => Err(ClientError::Relay(code)),
+                    r => Ok(r),
+                };
+            }
+        };
         match answer {
             Response::Err(code) => Err(ClientError::Relay(code)),
             r => Ok(r),
@@ -598,11 +831,18 @@ impl RelayClient {
     }
 
     /// Queues one cover frame (a single DROP, no answer). Waits while the writer's queue is
-    /// full.
+    /// full. On a paced session it does nothing (its ticks are the cover).
     ///
     /// # Errors
     /// [`ClientError::Closed`] if the session has ended.
     pub async fn send_cover(&self) -> Result<(), ClientError> {
+        if self.is_paced() {
+            return if self.is_closed() {
+                Err(ClientError::Closed)
+            } else {
+                Ok(())
+            };
+        }
         self.inner
             .outgoing
             .send(Outgoing::Cover)
@@ -616,8 +856,12 @@ impl RelayClient {
     /// second (exponentially distributed gaps, so cover ticks are memoryless like the
     /// relay's delays). A tick that finds the writer's queue full of real traffic is skipped
     /// (counted). The task ends when the session closes; a rate that is not a positive
-    /// finite number starts a task that ends at once.
+    /// finite number starts a task that ends at once, and so does any rate on a paced
+    /// session (its ticks are the cover: [`ClientOptions::pacing`]).
     pub fn start_cover_traffic(&self, rate_per_s: f64) -> JoinHandle<()> {
+        if self.is_paced() {
+            return tokio::spawn(async {});
+        }
         let outgoing = self.inner.outgoing.clone();
         let cancel = self.inner.cancel.clone();
         let shared = self.inner.shared.clone();
@@ -654,6 +898,24 @@ impl RelayClient {
             .close(VarInt::from_u32(CLOSE_NORMAL), b"");
     }
 
+    /// Ends the session in an orderly way: the writer stops after the frame it is writing
+    /// (a paced session ticks no more), ends the stream, and this waits — at most `bound` —
+    /// for the relay to read everything and close the session; then it closes as
+    /// [`RelayClient::close`] does. Transmissions still queued are not sent (their requests
+    /// fail with [`ClientError::Closed`]); answers to what was sent are still delivered
+    /// meanwhile. Afterwards [`RelayClient::stats`] counts exactly the frames the relay read.
+    pub async fn finish(&self, bound: Duration) {
+        let inner = &*self.inner;
+        inner.finish.cancel();
+        let _ = tokio::time::timeout(bound, async {
+            inner.writer_done.cancelled().await;
+            // The reader ends (and cancels) once the relay closes the connection.
+            inner.cancel.cancelled().await;
+        })
+        .await;
+        self.close().await;
+    }
+
     async fn recipient_request(
         &self,
         creds: &QueueCredentials,
@@ -678,6 +940,33 @@ impl RelayClient {
     }
 }
 
+/// Waits for a paced request's departure and then its answer, each within its bound (see
+/// "Paced sessions" in the module documentation); `ahead` transmissions were queued before
+/// it. The answer cannot come before the departure signal, but is taken if it does.
+async fn wait_paced(
+    shared: &Shared,
+    timing: PacedTiming,
+    ahead: usize,
+    departed: oneshot::Receiver<()>,
+    answer: oneshot::Receiver<Response>,
+) -> Result<Response, ClientError> {
+    let mut answer = answer;
+    let depart_by = Instant::now() + timing.bound(timing.tick_gap, ahead);
+    tokio::select! {
+        biased;
+        a = &mut answer => return a.map_err(|_| ClientError::Closed),
+        d = departed => d.map_err(|_| ClientError::Closed)?,
+        _ = tokio::time::sleep_until(depart_by) => return Err(ClientError::Timeout),
+    }
+    // Other requests waiting for an answer may be answered first, each in a relay frame.
+    let others = shared.waiters().by_corr.len().saturating_sub(1);
+    let answer_by = Instant::now() + timing.bound(timing.answer_gap(shared), others);
+    tokio::time::timeout_at(answer_by, answer)
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|_| ClientError::Closed)
+}
+
 /// `expected` as in [`unexpected`], e.g. "KEY expects OK".
 fn expect_ok(expected: &'static str, r: &Response) -> Result<(), ClientError> {
     match r {
@@ -690,4 +979,107 @@ fn expect_ok(expected: &'static str, r: &Response) -> Result<(), ClientError> {
 fn unexpected(expected: &'static str, r: &Response) -> ClientError {
     tracing::debug!(expected, answer = r.name(), "unexpected answer");
     ClientError::UnexpectedResponse(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: PacedTiming = PacedTiming {
+        request_timeout: Duration::from_secs(15),
+        tick_gap: Duration::from_secs(12),
+        pace_gap: Duration::from_secs(100),
+    };
+
+    type Departure = (oneshot::Sender<()>, oneshot::Receiver<()>);
+    type Answer = (oneshot::Sender<Response>, oneshot::Receiver<Response>);
+
+    fn channels() -> (Departure, Answer) {
+        (oneshot::channel(), oneshot::channel())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_request_is_not_timed_while_it_waits_for_its_tick() {
+        let shared = Arc::new(Shared::default());
+        shared.set_relay_pacing(RelayPacing::Accepted);
+        let ((dep_tx, dep_rx), (ans_tx, ans_rx)) = channels();
+        let start = Instant::now();
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { wait_paced(&shared, TIMING, 0, dep_rx, ans_rx).await }
+        });
+        // Leaves after eight request timeouts (slow ticks), answered a PACE gap later.
+        tokio::time::sleep(TIMING.request_timeout * 8).await;
+        dep_tx.send(()).unwrap();
+        tokio::time::sleep(TIMING.pace_gap).await;
+        ans_tx.send(Response::Ok).unwrap();
+        assert!(matches!(waiting.await.unwrap(), Ok(Response::Ok)));
+        assert_eq!(
+            start.elapsed(),
+            TIMING.request_timeout * 8 + TIMING.pace_gap
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn departure_and_answer_are_each_bounded() {
+        let shared = Arc::new(Shared::default());
+        // Never leaves: timed out after request_timeout + (10 + 2 × 3) tick gaps.
+        let ((_dep_tx, dep_rx), (_ans_tx, ans_rx)) = channels();
+        let start = Instant::now();
+        let r = wait_paced(&shared, TIMING, 3, dep_rx, ans_rx).await;
+        assert!(matches!(r, Err(ClientError::Timeout)));
+        assert_eq!(
+            start.elapsed(),
+            TIMING.request_timeout + TIMING.tick_gap * 16
+        );
+
+        // Leaves at once, never answered, the relay pacing: request_timeout + 10 PACE gaps.
+        shared.set_relay_pacing(RelayPacing::Asked);
+        let ((dep_tx, dep_rx), (_ans_tx, ans_rx)) = channels();
+        dep_tx.send(()).unwrap();
+        let start = Instant::now();
+        let r = wait_paced(&shared, TIMING, 0, dep_rx, ans_rx).await;
+        assert!(matches!(r, Err(ClientError::Timeout)));
+        assert_eq!(
+            start.elapsed(),
+            TIMING.request_timeout + TIMING.pace_gap * 10
+        );
+
+        // A relay that refused PACE answers at once: request_timeout after departure.
+        shared.set_relay_pacing(RelayPacing::Refused(ErrorCode::Syntax));
+        let ((dep_tx, dep_rx), (_ans_tx, ans_rx)) = channels();
+        dep_tx.send(()).unwrap();
+        let start = Instant::now();
+        let r = wait_paced(&shared, TIMING, 0, dep_rx, ans_rx).await;
+        assert!(matches!(r, Err(ClientError::Timeout)));
+        assert_eq!(start.elapsed(), TIMING.request_timeout);
+
+        // The session ended before the transmission left: Closed, not a timeout.
+        let ((dep_tx, dep_rx), (_ans_tx, ans_rx)) = channels();
+        drop(dep_tx);
+        let r = wait_paced(&shared, TIMING, 0, dep_rx, ans_rx).await;
+        assert!(matches!(r, Err(ClientError::Closed)));
+    }
+
+    #[test]
+    fn the_pace_gap_is_the_rounded_inverse_of_the_relay_cover() {
+        let paced = |relay_cover| ClientOptions {
+            pacing: Some(PacingPolicy::at_rate(1.0)),
+            relay_cover,
+            ..ClientOptions::default()
+        };
+        assert_eq!(paced(0.01).pace_gap_ms(), Some(100_000));
+        assert_eq!(paced(3.0).pace_gap_ms(), Some(333));
+        assert_eq!(paced(1.0 / 600.0).pace_gap_ms(), Some(600_000));
+        assert_eq!(paced(5000.0).pace_gap_ms(), Some(1));
+        assert_eq!(paced(1e-12).pace_gap_ms(), Some(u32::MAX));
+        for off in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(paced(off).pace_gap_ms(), None, "{off}");
+        }
+        let unpaced = ClientOptions {
+            relay_cover: 1.0,
+            ..ClientOptions::default()
+        };
+        assert_eq!(unpaced.pace_gap_ms(), None, "no PACE without pacing");
+    }
 }

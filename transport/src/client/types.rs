@@ -13,15 +13,19 @@ use sotto_protocol::{
     RecipientId, RelayAddress, SenderId,
 };
 
+use sotto_timing::pacing::PacingPolicy;
+
 use crate::{DialOptions, QuicOptions, Socks5Proxy, TransportChoice, TransportError};
 
 /// Connection and request settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientOptions {
     /// Bound on resolving, connecting and the Noise handshake together.
     pub connect_timeout: Duration,
-    /// Bound on one request, from the call until its answer (including waiting for a free
-    /// request slot and for room in the writer's queue).
+    /// Bound on one request. Unpaced: from the call until its answer (including waiting for
+    /// a free request slot and for room in the writer's queue). Paced (`pacing`), the
+    /// waits are bounded in three steps instead, so that a healthy paced session never
+    /// times a request out: see [`crate::client`], "Paced sessions".
     pub request_timeout: Duration,
     /// QUIC settings of the connection.
     pub quic: QuicOptions,
@@ -34,6 +38,18 @@ pub struct ClientOptions {
     /// With [`TransportChoice::Auto`]: how long QUIC may go unanswered before TCP is tried
     /// (at most half of `connect_timeout`).
     pub quic_fallback_after: Duration,
+    /// Pace this session's frames: one frame at each tick of a Poisson process of this
+    /// policy's rate, real transmissions in place of cover, nothing between ticks
+    /// ([`sotto_timing::pacing`]). `None` (the default): frames leave as traffic comes.
+    /// [`RelayClient::connect`](crate::RelayClient::connect) refuses a policy that does not
+    /// [validate](PacingPolicy::validate).
+    pub pacing: Option<PacingPolicy>,
+    /// Cover frames per second to ask the relay for on a paced session (PACE with a mean gap
+    /// of `round(1000 / relay_cover)` ms, `docs/protocol.md` § 9.2): the relay then sends a
+    /// frame at each of its own ticks and holds its answers for them, so that answers do
+    /// not show which of our frames were real. 0 (the default), or any value without
+    /// `pacing`: no PACE is sent.
+    pub relay_cover: f64,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +61,8 @@ impl Default for ClientOptions {
             transport: TransportChoice::Auto,
             socks5: None,
             quic_fallback_after: DialOptions::default().quic_fallback_after,
+            pacing: None,
+            relay_cover: 0.0,
         }
     }
 }
@@ -59,6 +77,34 @@ impl ClientOptions {
             timeout: self.connect_timeout,
         }
     }
+
+    /// The PACE gap these options ask for: `round(1000 / relay_cover)` milliseconds (at
+    /// least 1, at most `u32::MAX`), or `None` when no PACE is sent (no `pacing`, or a
+    /// `relay_cover` that is not a positive finite number).
+    pub fn pace_gap_ms(&self) -> Option<u32> {
+        let rate = self.relay_cover;
+        if self.pacing.is_none() || !(rate.is_finite() && rate > 0.0) {
+            return None;
+        }
+        // `as u32` saturates; a rate above 1000/s would round to 0, which means "off".
+        Some(((1000.0 / rate).round() as u32).max(1))
+    }
+}
+
+/// What the relay said to this session's PACE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPacing {
+    /// No PACE was sent (unpaced session, or no relay cover asked for): the relay answers
+    /// at once.
+    NotAsked,
+    /// PACE sent, not answered yet (or its answer timed out): answers are assumed held.
+    Asked,
+    /// The relay paces this session: its answers wait for its next frame.
+    Accepted,
+    /// The relay refused (`PROHIBITED`: it does not pace; `LIMITED`: the gap is below its
+    /// minimum; `SYNTAX`: it predates PACE). It answers at once, so an observer can tell
+    /// which of our frames were real by the answers they get; our own frames stay paced.
+    Refused(ErrorCode),
 }
 
 /// Why a request failed.
@@ -77,6 +123,9 @@ pub enum ClientError {
     /// The session is closed (locally, or because the connection ended).
     #[error("the connection to the relay is closed")]
     Closed,
+    /// The options cannot be used (a pacing policy that does not validate).
+    #[error("unusable client options: {0}")]
+    Options(String),
     /// The relay answered with something that does not answer this request.
     #[error("unexpected answer from the relay: {0}")]
     UnexpectedResponse(&'static str),
@@ -202,6 +251,21 @@ pub struct ClientStats {
     pub pushes_discarded: u64,
     /// Unsolicited transmissions that were neither MSG, END nor DROP (ignored).
     pub unexpected: u64,
+    /// Paced sessions: ticks whose frame carried real transmissions (written to the
+    /// connection). Every frame of a paced session is a tick, so `real_ticks + cover_ticks`
+    /// is the number of frames it has sent.
+    pub real_ticks: u64,
+    /// Paced sessions: ticks whose frame was cover (nothing was waiting).
+    pub cover_ticks: u64,
+    /// Paced sessions: gaps drawn at the burst rate ([`sotto_timing::pacing::Burst`]).
+    pub burst_gaps: u64,
+}
+
+impl ClientStats {
+    /// Frames a paced session has sent: every tick, real or cover.
+    pub fn ticks(&self) -> u64 {
+        self.real_ticks + self.cover_ticks
+    }
 }
 
 impl std::fmt::Debug for QueueCredentials {
