@@ -61,10 +61,18 @@ pub fn run_population(
         scenario: scen.clone(),
         attacks: attack::summarise(&targets),
         attacks_always_online: attack::summarise(
-            &targets.iter().filter(|t| t.always_online).cloned().collect::<Vec<_>>(),
+            &targets
+                .iter()
+                .filter(|t| t.always_online)
+                .cloned()
+                .collect::<Vec<_>>(),
         ),
         attacks_in_sessions: attack::summarise(
-            &targets.iter().filter(|t| !t.always_online).cloned().collect::<Vec<_>>(),
+            &targets
+                .iter()
+                .filter(|t| !t.always_online)
+                .cloned()
+                .collect::<Vec<_>>(),
         ),
         service: report::Service::from_stats(&stats, scen.population.users, scen.days),
         targets,

@@ -35,6 +35,18 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Plot several runs on one figure: the fraction of targets linked by at least one attack
+    /// against messages (docs/threat-model.md's figure).
+    Compare {
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Figure title.
+        #[arg(long, default_value = "Targets linked by a global observer")]
+        title: String,
+        /// Runs as LABEL=DIR (a `run --out` directory), in legend order.
+        runs: Vec<String>,
+    },
     /// Run the load tester's workload in the simulator's relay model and print the timing
     /// adversary's result as JSON (compare with `sotto-loadtest --json`; see docs/sim.md).
     Validate {
@@ -97,6 +109,27 @@ fn main() -> anyhow::Result<()> {
                 report.wall_s
             );
             println!("report: {}", out.join("report.json").display());
+            Ok(())
+        }
+        Command::Compare { out, title, runs } => {
+            let mut curves = Vec::new();
+            for r in runs {
+                let Some((label, dir)) = r.split_once('=') else {
+                    bail!("runs are LABEL=DIR, got `{r}`");
+                };
+                let path = PathBuf::from(dir).join("report.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let targets: Vec<sotto_sim::attack::Target> =
+                    serde_json::from_value(v["targets"].clone()).context("targets")?;
+                curves.push((
+                    label.to_owned(),
+                    sotto_sim::report::any_attack_curve(&targets),
+                ));
+            }
+            sotto_sim::report::compare_svg(&out, &title, &curves)?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Validate { set } => {

@@ -226,6 +226,83 @@ impl RunReport {
     }
 }
 
+/// The fraction of targets whose Bob at least one attack ranks first after n messages
+/// (the adversary that runs all three), over the targets that reached n (at least 10).
+pub fn any_attack_curve(targets: &[Target]) -> Vec<(u64, f64)> {
+    let mut counts: Vec<u64> = targets
+        .iter()
+        .flat_map(|t| t.checkpoints.iter().map(|c| c.messages))
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+        .into_iter()
+        .filter_map(|n| {
+            let at: Vec<bool> = targets
+                .iter()
+                .filter_map(|t| t.checkpoints.iter().find(|c| c.messages == n))
+                .map(|c| c.ranks.contains(&1))
+                .collect();
+            (at.len() >= 10).then(|| {
+                (
+                    n,
+                    at.iter().filter(|&&b| b).count() as f64 / at.len() as f64,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Draws one curve per labelled run: the fraction of targets linked by at least one attack
+/// against the number of messages from Alice to Bob (log scale).
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn compare_svg(
+    path: &Path,
+    title: &str,
+    runs: &[(String, Vec<(u64, f64)>)],
+) -> anyhow::Result<()> {
+    let max_n = runs
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(n, _)| *n))
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((1u64..max_n).log_scale(), 0.0..1.0)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("messages from Alice to Bob")
+        .y_desc("fraction of targets linked")
+        .draw()
+        .map_err(plot_err)?;
+    for (i, (name, pts)) in runs.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e:?}")
 }

@@ -10,7 +10,6 @@
 //! Contributions must not count before their time (a frame seen at the relay 22 ms from now
 //! cannot explain an output now): [`Pending`] holds them until then.
 
-
 /// Rebase once the exponent of a new contribution exceeds this (e^600 ≈ 1e260, far below
 /// f64's range), so that nothing overflows.
 const REBASE_EXPONENT: f64 = 600.0;

@@ -65,7 +65,7 @@ impl Visibility {
 }
 
 /// One target: Alice and the contact the attacks must find.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Target {
     /// Alice.
     pub alice: u32,
@@ -75,6 +75,7 @@ pub struct Target {
     #[serde(skip)]
     pub others: Vec<u32>,
     /// Alice's client never disconnects (her presence gives nothing away).
+    #[serde(default)]
     pub always_online: bool,
     /// Messages from Alice to Bob delivered so far.
     pub delivered: u64,
@@ -83,7 +84,7 @@ pub struct Target {
 }
 
 /// Bob's rank under each attack when the n-th message from Alice to Bob was delivered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// Messages from Alice to Bob delivered.
     pub messages: u64,
