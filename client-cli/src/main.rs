@@ -134,9 +134,9 @@ enum Command {
         #[arg(
             long,
             value_name = "POLICY",
-            default_value = "off",
+            default_value = "desktop",
             value_parser = ["off", "desktop", "low-bandwidth"],
-            help = "Traffic policy: off, desktop or low-bandwidth (see --help)",
+            help = "Traffic policy: desktop (default), low-bandwidth or off (see --help)",
             long_help = policy_help()
         )]
         policy: String,
@@ -682,7 +682,8 @@ fn policy_help() -> String {
         "\n\nDown counts cover and loops only; messages you receive come on top. \
          --pace-rate, --loop-rate and --relay-cover replace one part of the policy. `sotto \
          send` is never paced: while listen runs, use `sotto send --queue` so that listen \
-         sends the message. Default: off.",
+         sends the message. Default: desktop (measured in docs/threat-model.md); off \
+         turns pacing, loops and relay cover off.",
     );
     h
 }
@@ -724,8 +725,9 @@ fn print_traffic(stats: &TrafficStats, json: bool) {
     }
     for r in &stats.relays {
         eprintln!(
-            "sotto: sent {} frames to relay {} ({} real, {} cover; relay pacing: {})",
-            r.frames, r.relay, r.real_ticks, r.cover_ticks, r.pace
+            "sotto: sent {} frames to relay {} ({} real ticks, {} cover ticks, {} echoes; relay \
+             pacing: {})",
+            r.frames, r.relay, r.real_ticks, r.cover_ticks, r.echoes, r.pace
         );
     }
     let l = &stats.loops;

@@ -232,3 +232,53 @@ async fn loops_come_back_unshown_and_their_queue_is_made_once() {
     }
     assert_eq!(m.commands.with_label_values(&["KEY"]).get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_by_default_echoes_each_frame_of_its_relay_and_adds_nothing_else() {
+    let r1 = TestRelay::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let alice = Profile::new(root.path(), "alice");
+    alice.ok(&["init"]).await;
+    alice.ok(&["relay", "add", &r1.address().to_string()]).await;
+    // A pending invitation: a queue Alice receives on, so listen holds a link to r1.
+    alice.ok(&["invite", "--name", "bob"]).await;
+    idle(&r1).await;
+
+    // No --policy: the default (desktop), with its rates made fast and no loops. Its echo
+    // answers each frame of the relay (PACE's and SUB's answers, the relay's cover).
+    let before = frames_in(&r1);
+    let listen = alice.spawn(&[
+        "listen",
+        "--json",
+        "--pace-rate",
+        "20",
+        "--relay-cover",
+        "1",
+        "--loop-rate",
+        "0",
+    ]);
+    until("60 frames from listen", || frames_in(&r1) >= before + 60).await;
+    let out = interrupt(listen).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    idle(&r1).await;
+    let lines = json_lines(&out.stdout);
+    let t = traffic(&lines);
+    let (frames, _) = sent_to(t, &r1);
+    let r = &t["relays"][0];
+    let (real, cover, echoes) = (
+        r["real_ticks"].as_u64().unwrap(),
+        r["cover_ticks"].as_u64().unwrap(),
+        r["echoes"].as_u64().unwrap(),
+    );
+    assert_eq!(frames, real + cover + echoes, "{t}");
+    assert_eq!(
+        frames_in(&r1) - before,
+        frames,
+        "the relay read the ticks and the echoes, nothing else"
+    );
+    assert!(echoes >= 2, "PACE's and SUB's answers at least: {t}");
+}

@@ -31,6 +31,7 @@ use std::time::Duration;
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use sotto_timing::exp::{exp_delay, poisson_gap};
+use sotto_timing::policy::ECHO_DELAY;
 use sotto_timing::{DelaySampler, LoopSchedule, Pacer, Scheduler, TrafficPolicy};
 
 use crate::observe::{Down, MsgInfo, Observer, Up};
@@ -395,7 +396,7 @@ impl<'a> World<'a> {
                     self.schedule_cover(user);
                     if self.paced(user) && self.policy.echo {
                         let (c, _, _) = self.net();
-                        self.at(self.now + c, Ev::Echo { user, epoch });
+                        self.at(self.now + c + ms(ECHO_DELAY), Ev::Echo { user, epoch });
                     }
                 }
             }
@@ -879,7 +880,8 @@ impl<'a> World<'a> {
         if self.paced(user) {
             self.users[user as usize].acks.push((queue, msg));
             if self.policy.echo {
-                self.paced_frame(user, obs);
+                // The client's echo, which carries this ACK (`ECHO_DELAY`).
+                self.at(self.now + ms(ECHO_DELAY), Ev::Echo { user, epoch });
             }
         } else {
             let relay = self.queues[queue as usize].relay;

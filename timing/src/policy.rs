@@ -13,6 +13,12 @@ use std::time::Duration;
 use crate::loops::LoopPolicy;
 use crate::pacing::PacingPolicy;
 
+/// How long after a received frame its echo leaves ([`TrafficPolicy::echo`]): long enough
+/// for a client to queue the ACK of a pushed message (decrypt, store, ACK take a few
+/// milliseconds), so that the echo carries it; the same for every frame, so that the echo's
+/// timing says nothing about what the received frame held.
+pub const ECHO_DELAY: Duration = Duration::from_millis(200);
+
 /// Bytes one 16 KiB record costs on the wire over QUIC with padding: 12 datagrams of the
 /// usual Ethernet MTU (1452 bytes) of UDP payload, measured on loopback (`docs/benchmarks.md`).
 /// IP and UDP headers and acknowledgements add a few per cent.
@@ -33,8 +39,8 @@ pub struct TrafficPolicy {
     /// frames of their own. 0: the relay answers at once (an observer then sees which frames
     /// were real by the answers they get).
     pub relay_cover: f64,
-    /// Answer every frame received with one frame at once (its ACKs and the next waiting
-    /// transmission, or cover), besides the ticks. An ACK then leaves as soon as its message
+    /// Answer every frame received with one frame [`ECHO_DELAY`] later (its ACKs and the
+    /// next waiting transmission, or cover), besides the ticks. An ACK then leaves as soon as its message
     /// arrives, so the next message of the queue follows without waiting for a tick; and
     /// since every received frame gets exactly one answer, real or cover, the answers say
     /// nothing the received frames did not already say.

@@ -50,6 +50,8 @@ struct Responder {
     frames: mpsc::UnboundedReceiver<FrameSeen>,
     /// Frames read, all sessions.
     count: Arc<AtomicU64>,
+    /// Frames sent, all sessions.
+    sent: Arc<AtomicU64>,
     _endpoint: quinn::Endpoint,
 }
 
@@ -70,19 +72,22 @@ fn spawn_responder(pace: PaceAnswer) -> Responder {
     };
     let (tx, frames) = mpsc::unbounded_channel();
     let count = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
     let ep = endpoint.clone();
     let counter = count.clone();
+    let sent_counter = sent.clone();
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
             let key = key.clone();
             let tx = tx.clone();
             let counter = counter.clone();
+            let sent = sent_counter.clone();
             tokio::spawn(async move {
                 let conn = incoming.await.unwrap();
                 let framed = transport::accept(conn, &key, Duration::from_secs(10))
                     .await
                     .unwrap();
-                respond(framed, pace, tx, counter).await;
+                respond(framed, pace, tx, counter, sent).await;
             });
         }
     });
@@ -90,6 +95,7 @@ fn spawn_responder(pace: PaceAnswer) -> Responder {
         address,
         frames,
         count,
+        sent,
         _endpoint: endpoint,
     }
 }
@@ -101,6 +107,7 @@ async fn respond(
     pace: PaceAnswer,
     seen: mpsc::UnboundedSender<FrameSeen>,
     count: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
 ) {
     let FramedConnection {
         mut sender,
@@ -133,8 +140,11 @@ async fn respond(
             assert!(answers.push(&Transmission::response(t.corr_id, None, &answer)));
         }
         let _ = seen.send(frame);
-        if !answers.is_empty() && sender.send_frame(answers.finish()).await.is_err() {
-            return;
+        if !answers.is_empty() {
+            if sender.send_frame(answers.finish()).await.is_err() {
+                return;
+            }
+            sent.fetch_add(1, Ordering::SeqCst);
         }
     }
     connection.close(0u32.into(), b"");
@@ -277,4 +287,67 @@ async fn an_invalid_pacing_policy_is_refused_before_connecting() {
         .unwrap_err();
     assert!(err.to_string().contains("pacing rate"), "{err}");
     assert_eq!(r.count.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn echo_answers_each_received_frame_with_one_frame_that_carries_what_waits() {
+    bounded(async {
+        let mut r = spawn_responder(PaceAnswer::Ok);
+        // Slow ticks (mean 2 s), so that a request queued right after an answer leaves in
+        // that answer's echo (200 ms later) unless a tick comes first (about 1 in 10).
+        let opts = ClientOptions {
+            pacing: Some(PacingPolicy::at_rate(0.5)),
+            echo: true,
+            ..paced(0.0)
+        };
+        let client = connect(&r, &opts).await;
+        for _ in 0..10 {
+            client.ping().await.unwrap();
+        }
+        // The last PONG's echo is due 200 ms after it arrived.
+        while client.stats().echoes < r.sent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        client.finish(FINISH_BOUND).await;
+        let stats = client.stats();
+        let sent = r.sent.load(Ordering::SeqCst);
+        assert_eq!(sent, 10, "one PONG frame per PING");
+        assert_eq!(stats.echoes, sent, "one echo per received frame");
+        assert_eq!(stats.echoes_dropped, 0);
+        assert_eq!(
+            r.count.load(Ordering::SeqCst),
+            stats.frames(),
+            "the responder read the ticks and the echoes, nothing else"
+        );
+        let mut ping_frames = 0;
+        while let Ok(f) = r.frames.try_recv() {
+            if f.commands != ["DROP"] {
+                assert_eq!(f.commands, ["PING"], "{f:?}");
+                ping_frames += 1;
+            }
+        }
+        assert_eq!(ping_frames, 10);
+        assert!(
+            ping_frames > stats.real_ticks,
+            "echoes carried PINGs: {ping_frames} frames with a PING, {} real ticks",
+            stats.real_ticks
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_echo_received_frames_get_no_answer_frames() {
+    bounded(async {
+        let r = spawn_responder(PaceAnswer::Ok);
+        let client = connect(&r, &paced(0.0)).await;
+        for _ in 0..10 {
+            client.ping().await.unwrap();
+        }
+        client.finish(FINISH_BOUND).await;
+        let stats = client.stats();
+        assert_eq!(stats.echoes, 0);
+        assert_eq!(r.count.load(Ordering::SeqCst), stats.ticks());
+    })
+    .await;
 }

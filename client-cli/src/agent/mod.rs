@@ -213,6 +213,7 @@ fn net_options(opts: &AgentOptions) -> ClientOptions {
     if let Some(pacing) = opts.traffic.send {
         client.pacing = Some(pacing);
         client.relay_cover = opts.traffic.relay_cover;
+        client.echo = opts.traffic.echo;
     }
     client
 }

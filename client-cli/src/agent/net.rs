@@ -42,6 +42,8 @@ pub struct LinkTraffic {
     pub real_ticks: u64,
     /// Cover ticks.
     pub cover_ticks: u64,
+    /// Echo frames (one per frame received, with the policy's `echo`).
+    pub echoes: u64,
     /// Connections made.
     pub sessions: u64,
     /// What the relay said to PACE on the last connection.
@@ -53,6 +55,7 @@ impl LinkTraffic {
         let s = client.stats();
         self.real_ticks += s.real_ticks;
         self.cover_ticks += s.cover_ticks;
+        self.echoes += s.echoes;
         self.sessions += 1;
         self.pace = Some(client.relay_pacing());
     }

@@ -46,12 +46,15 @@ pub struct TrafficStats {
 pub struct RelayTraffic {
     /// The relay (`host:port`).
     pub relay: String,
-    /// Frames sent on paced sessions: every tick, real or cover.
+    /// Frames sent on paced sessions: every tick, real or cover, and every echo.
     pub frames: u64,
     /// Ticks that carried real transmissions.
     pub real_ticks: u64,
     /// Ticks that were cover.
     pub cover_ticks: u64,
+    /// Echo frames: one per frame received from the relay (policies with `echo`), real or
+    /// cover.
+    pub echoes: u64,
     /// Connections made.
     pub sessions: u64,
     /// What the relay said to PACE on the last connection: `accepted`, `asked` (no answer
@@ -298,9 +301,10 @@ impl Agent {
             .into_iter()
             .map(|(relay, t): (RelayAddress, LinkTraffic)| RelayTraffic {
                 relay: relay.host_port(),
-                frames: t.real_ticks + t.cover_ticks,
+                frames: t.real_ticks + t.cover_ticks + t.echoes,
                 real_ticks: t.real_ticks,
                 cover_ticks: t.cover_ticks,
+                echoes: t.echoes,
                 sessions: t.sessions,
                 pace: match t.pace {
                     Some(RelayPacing::Accepted) => "accepted".into(),

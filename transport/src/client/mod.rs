@@ -36,6 +36,15 @@
 //!   (`PROHIBITED`, `LIMITED`, or `SYNTAX` from a relay that predates PACE) is logged once
 //!   per session at `info` and recorded ([`RelayClient::relay_pacing`]); the session goes on,
 //!   still paced on our side.
+//! - **Echo.** With [`ClientOptions::echo`] every frame the reader receives (an answer, a
+//!   pushed MSG, the relay's cover) is answered by one frame of ours [`ECHO_DELAY`] after
+//!   it arrived, besides the ticks: the writer fills it as it fills a tick (the ACK
+//!   of a message just pushed, if the caller queued it within the delay, and what else
+//!   waits) or sends cover. The echoes depend only on the frames received, which an
+//!   observer already sees, never on what they carried; they let an ACK, and so the next
+//!   message of its queue, leave without waiting for a tick. At most [`ECHO_QUEUE`] wait;
+//!   beyond, received frames go unanswered (counted: [`ClientStats::echoes_dropped`]).
+//!   [`ClientStats::echoes`] counts those sent.
 //! - **Cover.** The ticks are the cover: [`RelayClient::send_cover`] and
 //!   [`RelayClient::start_cover_traffic`] do nothing on a paced session.
 //! - **Request timeouts.** A paced request waits for a tick, and its answer for the relay's
@@ -67,7 +76,8 @@
 //!   sees the rate rise learns that a burst is being sent ([`ClientStats::burst_gaps`]).
 //! - **Ending.** [`RelayClient::finish`] stops the ticks after the frame being written,
 //!   ends the stream in an orderly way and waits for the relay to close the session, so
-//!   that the relay has read every frame counted in [`ClientStats::ticks`].
+//!   that the relay has read every frame counted in [`ClientStats::frames`] (echoes still
+//!   waiting are not sent).
 //!
 //! # Bounds (worst-case memory per client)
 //!
@@ -138,6 +148,14 @@ pub const PUSH_QUEUE: usize = 64;
 /// Slack of a paced request's waits for its tick and for its answer, in mean gaps (see
 /// "Paced sessions" in the module documentation).
 pub const PACED_SLACK_GAPS: u32 = 10;
+
+/// How long after a received frame its echo leaves ([`ClientOptions::echo`]); the
+/// simulator uses the same constant.
+pub use sotto_timing::policy::ECHO_DELAY;
+
+/// Most echoes waiting at once on one paced session (an [`Instant`] each). A relay sending
+/// faster than `ECHO_QUEUE` frames per [`ECHO_DELAY`] gets the rest unanswered (counted).
+pub const ECHO_QUEUE: usize = 256;
 
 /// How a paced session's requests are timed (see "Paced sessions").
 #[derive(Debug, Clone, Copy)]
@@ -275,6 +293,13 @@ impl RelayClient {
                 .unwrap_or(sotto_timing::exp::MAX_GAP),
             pace_gap: Duration::from_millis(opts.pace_gap_ms().map_or(0, u64::from)),
         });
+        let (echo_tx, echo_rx) = match opts.pacing {
+            Some(_) if opts.echo => {
+                let (tx, rx) = mpsc::channel(ECHO_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            _ => (None, None),
+        };
         match opts.pacing {
             Some(policy) => {
                 tokio::spawn(paced_write_loop(
@@ -284,6 +309,7 @@ impl RelayClient {
                     shared.clone(),
                     control,
                     policy,
+                    echo_rx,
                 ));
             }
             None => {
@@ -302,6 +328,7 @@ impl RelayClient {
             connection.clone(),
             shared.clone(),
             cancel.clone(),
+            echo_tx,
         ));
         let inner = Inner {
             relay,
@@ -438,6 +465,8 @@ impl RelayClient {
             real_ticks: get(&c.real_ticks),
             cover_ticks: get(&c.cover_ticks),
             burst_gaps: get(&c.burst_gaps),
+            echoes: get(&c.echoes),
+            echoes_dropped: get(&c.echoes_dropped),
         }
     }
 

@@ -5,7 +5,8 @@
 //! transmissions into frames as they come (a cover request is a frame of its own); paced
 //! ([`paced_write_loop`]), it sends exactly one frame at each tick of a
 //! [`sotto_timing::Pacer`] — the queued transmissions that fit ([`fill_tick`]), or a cover
-//! frame — and tells each request when its transmission left. The **reader task** owns the
+//! frame — plus, with echo, one frame filled the same way [`super::ECHO_DELAY`] after each
+//! frame the reader received, and tells each request when its transmission left. The **reader task** owns the
 //! [`FrameReceiver`], routes answers to their waiting request by correlation id, pushes
 //! MSG/END, and counts cover. [`Shared`] holds the table of waiting requests, the subscribed
 //! queues, the counters and what the relay said to PACE; the module documentation of
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientError, Pushed, RelayPacing, SealedMessage};
+use super::{ClientError, ECHO_DELAY, Pushed, RelayPacing, SealedMessage};
 use crate::{CLOSE_PROTOCOL, FrameReceiver, FrameSender, Link, TransportError};
 
 #[derive(Debug, Default)]
@@ -45,6 +46,10 @@ pub(super) struct Counters {
     pub(super) cover_ticks: AtomicU64,
     /// Paced gaps drawn at the burst rate.
     pub(super) burst_gaps: AtomicU64,
+    /// Echo frames written.
+    pub(super) echoes: AtomicU64,
+    /// Received frames not echoed (the echo queue was full).
+    pub(super) echoes_dropped: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64) {
@@ -294,8 +299,8 @@ pub(super) fn fill_tick(
 }
 
 /// Owns the sending half of a paced session: one frame at each tick of a [`Pacer`] drawing
-/// its gaps from the OS's CSPRNG, real transmissions in place of cover, never a frame
-/// between ticks.
+/// its gaps from the OS's CSPRNG, real transmissions in place of cover, and, with `echo`
+/// (the due times the reader sends), one frame per received frame; never another frame.
 pub(super) async fn paced_write_loop(
     mut sender: FrameSender,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -303,10 +308,59 @@ pub(super) async fn paced_write_loop(
     shared: Arc<Shared>,
     control: WriterControl,
     policy: PacingPolicy,
+    echo: Option<mpsc::Receiver<Instant>>,
 ) {
     let mut pacer = Pacer::new(policy, OsRng);
-    let end = paced_frames(&mut sender, &mut queue, &shared, &control, &mut pacer).await;
+    let mut echo = Echoes {
+        due: echo,
+        next: None,
+    };
+    let end = paced_frames(
+        &mut sender,
+        &mut queue,
+        &shared,
+        &control,
+        &mut pacer,
+        &mut echo,
+    )
+    .await;
     writer_stopped(end, queue, connection, &shared, &control);
+}
+
+/// The echoes a paced writer owes: the times they are due, in order, from the reader.
+struct Echoes {
+    /// `None` without echo (or once the reader has gone).
+    due: Option<mpsc::Receiver<Instant>>,
+    /// The next echo's time, taken from `due`.
+    next: Option<Instant>,
+}
+
+impl Echoes {
+    /// Resolves when the next echo is due; `None` at once without echoes. Cancel-safe: a
+    /// due time taken from the channel is kept in `next` until its echo is returned.
+    async fn due(&mut self) -> Option<()> {
+        loop {
+            if let Some(at) = self.next {
+                tokio::time::sleep_until(at).await;
+                self.next = None;
+                return Some(());
+            }
+            let rx = self.due.as_mut()?;
+            match rx.recv().await {
+                Some(at) => self.next = Some(at),
+                None => {
+                    self.due = None;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Why a paced writer wrote.
+enum Wake {
+    Tick,
+    Echo,
 }
 
 async fn paced_frames(
@@ -315,43 +369,43 @@ async fn paced_frames(
     shared: &Shared,
     control: &WriterControl,
     pacer: &mut Pacer<OsRng>,
+    echo: &mut Echoes,
 ) -> WriterEnd {
     let cancel = &control.cancel;
     let mut carried: Option<Queued> = None;
     let mut next_tick = Instant::now() + pacer.next_gap(0);
     loop {
-        tokio::select! {
+        let wake = tokio::select! {
             biased;
             _ = cancel.cancelled() => return WriterEnd::Session,
             _ = control.finish.cancelled() => {
                 let _ = sender.shutdown().await;
                 return WriterEnd::Finished;
             }
-            _ = tokio::time::sleep_until(next_tick) => {}
+            _ = tokio::time::sleep_until(next_tick) => Wake::Tick,
+            Some(()) = echo.due() => Wake::Echo,
+        };
+        let c = &shared.counters;
+        if let Wake::Echo = wake {
+            // Filled as a tick is, outside the Poisson process: the pacer neither counts
+            // it nor redraws the next tick (memoryless: nothing to catch up).
+            let frame = fill_tick(&mut carried, || next_transmission(queue, shared));
+            if let Err(end) = write_tick(sender, cancel, frame).await {
+                return end;
+            }
+            bump(&c.echoes);
+            continue;
         }
         let backlog = queue.len() + usize::from(carried.is_some());
         let kind = pacer.tick(backlog);
         let tick = fill_tick(&mut carried, || next_transmission(queue, shared));
         debug_assert_eq!(kind == Tick::Real, !tick.departed.is_empty());
-        let sent = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return WriterEnd::Session,
-            r = sender.send_frame(tick.frame) => r,
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "paced session writer stopped");
-            return WriterEnd::Session;
+        if let Err(end) = write_tick(sender, cancel, tick).await {
+            return end;
         }
         let stats = pacer.stats();
-        let c = &shared.counters;
         c.real_ticks.store(stats.real, Ordering::Relaxed);
         c.cover_ticks.store(stats.cover, Ordering::Relaxed);
-        for q in tick.departed {
-            if let Some(d) = q.departed {
-                // The request may have given up meanwhile: nothing to tell.
-                let _ = d.send(());
-            }
-        }
         // Drawn when the frame has left, from the backlog that is left (which only matters
         // with a burst allowance): memoryless, so this is the same Poisson process, and a
         // write slowed by flow control never makes ticks catch up in a burst.
@@ -359,6 +413,30 @@ async fn paced_frames(
         next_tick = Instant::now() + pacer.next_gap(backlog);
         c.burst_gaps.store(pacer.stats().burst, Ordering::Relaxed);
     }
+}
+
+/// Writes one paced frame and tells each request in it that it has left.
+async fn write_tick(
+    sender: &mut FrameSender,
+    cancel: &CancellationToken,
+    tick: TickFrame,
+) -> Result<(), WriterEnd> {
+    let sent = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(WriterEnd::Session),
+        r = sender.send_frame(tick.frame) => r,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "paced session writer stopped");
+        return Err(WriterEnd::Session);
+    }
+    for q in tick.departed {
+        if let Some(d) = q.departed {
+            // The request may have given up meanwhile: nothing to tell.
+            let _ = d.send(());
+        }
+    }
+    Ok(())
 }
 
 /// The next queued transmission, if any; cover requests are skipped and counted as
@@ -408,8 +486,17 @@ pub(super) async fn read_loop(
     connection: Link,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    echo: Option<mpsc::Sender<Instant>>,
 ) {
-    let end = read_frames(&mut receiver, &pushed, &connection, &shared, &cancel).await;
+    let end = read_frames(
+        &mut receiver,
+        &pushed,
+        &connection,
+        &shared,
+        &cancel,
+        echo.as_ref(),
+    )
+    .await;
     shared.close();
     cancel.cancel();
     let reason = match end {
@@ -432,6 +519,7 @@ async fn read_frames(
     connection: &Link,
     shared: &Shared,
     cancel: &CancellationToken,
+    echo: Option<&mpsc::Sender<Instant>>,
 ) -> ReadEnd {
     loop {
         let frame = tokio::select! {
@@ -445,6 +533,13 @@ async fn read_frames(
             Err(TransportError::Closed) => return ReadEnd::Failed(ClientError::Closed),
             Err(e) => return ReadEnd::Failed(ClientError::Transport(e)),
         };
+        // Every frame read is echoed, whatever it holds (even one that fails to decode:
+        // the session ends then anyway).
+        if let Some(echo) = echo
+            && echo.try_send(Instant::now() + ECHO_DELAY).is_err()
+        {
+            bump(&shared.counters.echoes_dropped);
+        }
         let transmissions = match Frame::decode(&plaintext) {
             Ok(ts) => ts,
             Err(e) => return protocol_failure(connection, e),

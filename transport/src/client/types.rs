@@ -50,6 +50,13 @@ pub struct ClientOptions {
     /// not show which of our frames were real. 0 (the default), or any value without
     /// `pacing`: no PACE is sent.
     pub relay_cover: f64,
+    /// On a paced session, answer every frame received with one frame of ours,
+    /// [`ECHO_DELAY`](crate::client::ECHO_DELAY) after it arrived, besides the ticks: what
+    /// is queued then (the ACK of a message just received, the next transmission), or cover.
+    /// Every received frame gets exactly one echo, real or cover, so the echoes say nothing
+    /// the received frames did not already say, and an ACK leaves without waiting for a
+    /// tick. Ignored without `pacing`. `false` (the default): ticks only.
+    pub echo: bool,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +70,7 @@ impl Default for ClientOptions {
             quic_fallback_after: DialOptions::default().quic_fallback_after,
             pacing: None,
             relay_cover: 0.0,
+            echo: false,
         }
     }
 }
@@ -259,12 +267,22 @@ pub struct ClientStats {
     pub cover_ticks: u64,
     /// Paced sessions: gaps drawn at the burst rate ([`sotto_timing::pacing::Burst`]).
     pub burst_gaps: u64,
+    /// Paced sessions with [`ClientOptions::echo`]: echo frames written (real or cover).
+    pub echoes: u64,
+    /// Paced sessions with [`ClientOptions::echo`]: received frames left without an echo
+    /// because [`ECHO_QUEUE`](crate::client::ECHO_QUEUE) echoes were already waiting.
+    pub echoes_dropped: u64,
 }
 
 impl ClientStats {
-    /// Frames a paced session has sent: every tick, real or cover.
+    /// Ticks a paced session has sent, real or cover.
     pub fn ticks(&self) -> u64 {
         self.real_ticks + self.cover_ticks
+    }
+
+    /// Frames a paced session has sent: every tick and every echo.
+    pub fn frames(&self) -> u64 {
+        self.ticks() + self.echoes
     }
 }
 
