@@ -32,6 +32,11 @@ fn frames_in(r: &TestRelay) -> u64 {
     running(r).metrics.bytes_in.get() / FRAME_LEN as u64
 }
 
+/// Frames the relay has sent to all its sessions.
+fn frames_out(r: &TestRelay) -> u64 {
+    running(r).metrics.bytes_out.get() / FRAME_LEN as u64
+}
+
 /// RFWD commands the relay has executed (what another relay forwarded to it).
 fn rfwd_count(r: &TestRelay) -> u64 {
     running(r)
@@ -56,6 +61,18 @@ async fn idle(r: &TestRelay) {
         running(r).metrics.sessions.get() == 0
     })
     .await;
+}
+
+/// A relay and Alice's profile with a pending invitation on it: a queue she receives on, so
+/// that listen holds a link to that relay. The directory holds the profile.
+async fn receiving_on_one_relay() -> (TestRelay, tempfile::TempDir, Profile) {
+    let r1 = TestRelay::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let alice = Profile::new(root.path(), "alice");
+    alice.ok(&["init"]).await;
+    alice.ok(&["relay", "add", &r1.address().to_string()]).await;
+    alice.ok(&["invite", "--name", "bob"]).await;
+    (r1, root, alice)
 }
 
 /// The JSON lines of a listen's stdout.
@@ -182,13 +199,7 @@ async fn listen_with_a_policy_keeps_its_frame_rate_whether_or_not_messages_are_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loops_come_back_unshown_and_their_queue_is_made_once() {
-    let r1 = TestRelay::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let alice = Profile::new(root.path(), "alice");
-    alice.ok(&["init"]).await;
-    alice.ok(&["relay", "add", &r1.address().to_string()]).await;
-    // A pending invitation: a queue Alice receives on, so r1 is a relay she receives on.
-    alice.ok(&["invite", "--name", "bob"]).await;
+    let (r1, _root, alice) = receiving_on_one_relay().await;
     let m = &running(&r1).metrics;
     let news = || m.commands.with_label_values(&["NEW"]).get();
     assert_eq!(news(), 1);
@@ -235,18 +246,13 @@ async fn loops_come_back_unshown_and_their_queue_is_made_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_by_default_echoes_each_frame_of_its_relay_and_adds_nothing_else() {
-    let r1 = TestRelay::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let alice = Profile::new(root.path(), "alice");
-    alice.ok(&["init"]).await;
-    alice.ok(&["relay", "add", &r1.address().to_string()]).await;
-    // A pending invitation: a queue Alice receives on, so listen holds a link to r1.
-    alice.ok(&["invite", "--name", "bob"]).await;
+    let (r1, _root, alice) = receiving_on_one_relay().await;
     idle(&r1).await;
 
     // No --policy: the default (desktop), with its rates made fast and no loops. Its echo
     // answers each frame of the relay (PACE's and SUB's answers, the relay's cover).
     let before = frames_in(&r1);
+    let out_before = frames_out(&r1);
     let listen = alice.spawn(&[
         "listen",
         "--json",
@@ -257,7 +263,17 @@ async fn listen_by_default_echoes_each_frame_of_its_relay_and_adds_nothing_else(
         "--loop-rate",
         "0",
     ]);
-    until("60 frames from listen", || frames_in(&r1) >= before + 60).await;
+    // Four frames from the relay, then twenty more ticks (a second, five echo delays) so
+    // that their echoes are due before listen stops.
+    until("four frames from the relay", || {
+        frames_out(&r1) >= out_before + 4
+    })
+    .await;
+    let ticks_then = frames_in(&r1);
+    until("twenty more frames from listen", || {
+        frames_in(&r1) >= ticks_then + 20
+    })
+    .await;
     let out = interrupt(listen).await;
     assert!(
         out.status.success(),
@@ -280,5 +296,12 @@ async fn listen_by_default_echoes_each_frame_of_its_relay_and_adds_nothing_else(
         frames,
         "the relay read the ticks and the echoes, nothing else"
     );
-    assert!(echoes >= 2, "PACE's and SUB's answers at least: {t}");
+    assert!(
+        echoes >= 4,
+        "one echo for each of the relay's first four frames: {t}"
+    );
+    assert!(
+        echoes <= frames_out(&r1) - out_before,
+        "never more echoes than frames: {t}"
+    );
 }
