@@ -75,6 +75,22 @@ async fn receiving_on_one_relay() -> (TestRelay, tempfile::TempDir, Profile) {
     (r1, root, alice)
 }
 
+/// Interrupts a `listen --json`, checks it exited cleanly, waits until `relay` has counted
+/// everything it sent, and returns its JSON lines and its stderr.
+async fn stop(listen: std::process::Child, relay: &TestRelay) -> (Vec<serde_json::Value>, String) {
+    let out = interrupt(listen).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    idle(relay).await;
+    (
+        json_lines(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The JSON lines of a listen's stdout.
 fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
@@ -135,14 +151,7 @@ async fn listen_with_a_policy_keeps_its_frame_rate_whether_or_not_messages_are_s
     args.extend_from_slice(FAST);
     let listen = alice.spawn(&args);
     until("40 frames from listen", || frames_in(&r1) >= before + 40).await;
-    let out = interrupt(listen).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    idle(&r1).await;
-    let lines = json_lines(&out.stdout);
+    let (lines, stderr) = stop(listen, &r1).await;
     let (ticks, real) = sent_to(traffic(&lines), &r1);
     assert_eq!(
         frames_in(&r1) - before,
@@ -150,7 +159,6 @@ async fn listen_with_a_policy_keeps_its_frame_rate_whether_or_not_messages_are_s
         "the relay read exactly listen's ticks"
     );
     assert!(ticks >= 40 && real >= 1, "{ticks} ticks, {real} real");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("traffic policy: a frame 20 a second"),
         "{stderr}"
@@ -174,14 +182,7 @@ async fn listen_with_a_policy_keeps_its_frame_rate_whether_or_not_messages_are_s
             "{got}"
         );
     }
-    let out = interrupt(listen).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    idle(&r1).await;
-    let lines = json_lines(&out.stdout);
+    let (lines, _) = stop(listen, &r1).await;
     let (ticks, real) = sent_to(traffic(&lines), &r1);
     assert_eq!(
         frames_in(&r1) - before,
@@ -274,14 +275,7 @@ async fn listen_by_default_echoes_each_frame_of_its_relay_and_adds_nothing_else(
         frames_in(&r1) >= ticks_then + 20
     })
     .await;
-    let out = interrupt(listen).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    idle(&r1).await;
-    let lines = json_lines(&out.stdout);
+    let (lines, _) = stop(listen, &r1).await;
     let t = traffic(&lines);
     let (frames, _) = sent_to(t, &r1);
     let r = &t["relays"][0];
