@@ -6,11 +6,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::raw::RawSession;
 use common::*;
 use sotto_protocol::{
     Command, CorrId, FRAME_LEN, FRAME_PLAINTEXT_LEN, FrameBuilder, Response, Transmission,
 };
+use sotto_transport::{Pushed, QueueCredentials};
 
 /// QUIC application error code of a protocol violation (§ 4).
 const CLOSE_PROTOCOL: u64 = 1;
@@ -121,4 +124,144 @@ async fn frame_and_header_errors_close_with_code_1() {
         ))
         .await;
     assert_eq!(pong, Response::Pong);
+}
+
+/// A relay whose messages are released after Poisson delays short enough for a test, so
+/// that two messages sent in a row are released in either order.
+async fn poisson_relay() -> TestRelay {
+    TestRelay::start_with(|c| {
+        c.delivery.mode = "poisson".into();
+        c.delivery.mean = Duration::from_millis(100);
+        c.delivery.cap = Duration::from_millis(1000);
+    })
+    .await
+}
+
+/// Attempts at sending X then Y before giving up on seeing Y released first: each attempt
+/// sees it with probability 1/2, so all of them miss with probability 2^-40.
+const ATTEMPTS: usize = 40;
+
+/// Waits until a GET on a new session (which has nothing in flight on the queue) answers
+/// `body`: the oldest released message is then `body`, so it is visible.
+async fn released(relay: &TestRelay, creds: &QueueCredentials, body: &[u8]) {
+    eventually("the older message is released", async || {
+        let (probe, _p, _e) = connect(&relay.address()).await;
+        let got = probe.get(creds).await.unwrap();
+        probe.close().await;
+        got.is_some_and(|m| m.body == body)
+    })
+    .await;
+}
+
+/// § 9.2 SUB, § 12: a SUB again on the session that holds the subscription pushes the
+/// message in flight itself — even when a message at an earlier position (sent earlier,
+/// released later) became visible meanwhile — and the ACK of its id answers OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_again_pushes_the_message_in_flight_under_poisson_delays() {
+    let relay = poisson_relay().await;
+    let (c, mut pushes, _e) = connect(&relay.address()).await;
+    let creds = c.create_queue(None).await.unwrap();
+    c.subscribe(&creds).await.unwrap();
+    let mut hits = 0;
+    for i in 0..ATTEMPTS {
+        let (x, y) = (format!("x{i}").into_bytes(), format!("y{i}").into_bytes());
+        c.send(creds.sender_id, None, 0, x.clone()).await.unwrap();
+        c.send(creds.sender_id, None, 0, y.clone()).await.unwrap();
+        let Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+            panic!("expected MSG")
+        };
+        let first = msg.open(&creds).unwrap();
+        if first.body == x {
+            // Released in send order: not the case under test.
+            assert!(c.ack(&creds, first.msg_id).await.unwrap());
+            let Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+                panic!("expected MSG")
+            };
+            let second = msg.open(&creds).unwrap();
+            assert_eq!(second.body, y);
+            assert!(c.ack(&creds, second.msg_id).await.unwrap());
+            continue;
+        }
+        assert_eq!(first.body, y);
+        released(&relay, &creds, &x).await;
+        // SUB again: OK, and Y — the message this session holds — again, same id.
+        c.subscribe(&creds).await.unwrap();
+        let Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+            panic!("expected MSG")
+        };
+        let again = msg.open(&creds).unwrap();
+        assert_eq!(again.body, y, "SUB again pushed another message");
+        assert_eq!(again.msg_id, first.msg_id);
+        assert!(
+            c.ack(&creds, first.msg_id).await.unwrap(),
+            "the ACK of the message in flight answered NO_MSG"
+        );
+        // Then X, and nothing is lost.
+        let Pushed::Msg { msg, .. } = next_push(&mut pushes).await else {
+            panic!("expected MSG")
+        };
+        let next = msg.open(&creds).unwrap();
+        assert_eq!(next.body, x);
+        assert!(c.ack(&creds, next.msg_id).await.unwrap());
+        hits += 1;
+        if hits == 2 {
+            break;
+        }
+    }
+    assert!(hits > 0, "Y was never released before X");
+    assert!(c.get(&creds).await.unwrap().is_none());
+}
+
+/// § 9.2 GET and ACK: GET answers the same message again until it is acknowledged, even
+/// when a message at an earlier position was released after the first GET; the (signed)
+/// ACK of its id answers OK, and the next GET gives the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_again_answers_the_message_in_flight_under_poisson_delays() {
+    let relay = poisson_relay().await;
+    let (c, _pushes, _e) = connect(&relay.address()).await;
+    let creds = c.create_queue(None).await.unwrap();
+    let mut hits = 0;
+    for i in 0..ATTEMPTS {
+        let (x, y) = (format!("x{i}").into_bytes(), format!("y{i}").into_bytes());
+        c.send(creds.sender_id, None, 0, x.clone()).await.unwrap();
+        c.send(creds.sender_id, None, 0, y.clone()).await.unwrap();
+        let mut first = None;
+        eventually("a message is released", async || {
+            first = c.get(&creds).await.unwrap();
+            first.is_some()
+        })
+        .await;
+        let first = first.unwrap();
+        if first.body == x {
+            assert!(c.ack(&creds, first.msg_id).await.unwrap());
+            let mut second = None;
+            eventually("the second message is released", async || {
+                second = c.get(&creds).await.unwrap();
+                second.is_some()
+            })
+            .await;
+            let second = second.unwrap();
+            assert_eq!(second.body, y);
+            assert!(c.ack(&creds, second.msg_id).await.unwrap());
+            continue;
+        }
+        assert_eq!(first.body, y);
+        released(&relay, &creds, &x).await;
+        let again = c.get(&creds).await.unwrap().unwrap();
+        assert_eq!(again.body, y, "GET again answered another message");
+        assert_eq!(again.msg_id, first.msg_id);
+        assert!(
+            c.ack(&creds, first.msg_id).await.unwrap(),
+            "the ACK of the message GET gave answered NO_MSG"
+        );
+        let next = c.get(&creds).await.unwrap().unwrap();
+        assert_eq!(next.body, x);
+        assert!(c.ack(&creds, next.msg_id).await.unwrap());
+        hits += 1;
+        if hits == 2 {
+            break;
+        }
+    }
+    assert!(hits > 0, "Y was never released before X");
+    assert!(c.get(&creds).await.unwrap().is_none());
 }
