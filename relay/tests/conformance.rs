@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use common::raw::RawSession;
 use common::*;
+use rand::rngs::OsRng;
 use sotto_protocol::{
-    Command, CorrId, FRAME_LEN, FRAME_PLAINTEXT_LEN, FrameBuilder, Response, Transmission,
+    AuthPublicKey, AuthSecretKey, Command, CorrId, DhSecretKey, ErrorCode, FRAME_LEN,
+    FRAME_PLAINTEXT_LEN, FrameBuilder, Response, Transmission,
 };
 use sotto_transport::{Pushed, QueueCredentials};
 
@@ -264,4 +266,147 @@ async fn get_again_answers_the_message_in_flight_under_poisson_delays() {
     }
     assert!(hits > 0, "Y was never released before X");
     assert!(c.get(&creds).await.unwrap().is_none());
+}
+
+/// § 4: a client that ends its stream (FIN) at a unit boundary right after its last
+/// commands still gets their answers — a PING's PONG, and a NEW's IDS, which waits for a
+/// store write — then the end of the relay's stream, then the orderly close (code 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fin_after_commands_is_answered_then_closed_with_code_0() {
+    let relay = TestRelay::start().await;
+    let new = Command::New {
+        recipient_auth_key: AuthSecretKey::generate(&mut OsRng).public(),
+        recipient_dh_key: DhSecretKey::generate(&mut OsRng).public(),
+        password: vec![],
+    };
+    for round in 0..5 {
+        let mut s = RawSession::open(&relay).await;
+        s.send(&[
+            Transmission::command(CorrId::from_u64(1), None, &Command::Ping),
+            Transmission::command(CorrId::from_u64(2), None, &new),
+        ])
+        .await;
+        s.finish();
+        let mut got = Vec::new();
+        while let Some(ts) = s.try_recv_frame().await {
+            got.extend(ts);
+        }
+        let answer = |corr: u64| {
+            got.iter()
+                .find(|t| t.corr_id == CorrId::from_u64(corr))
+                .map(|t| t.decode_response().unwrap())
+        };
+        assert_eq!(answer(1), Some(Response::Pong), "round {round}: no PONG");
+        assert!(
+            matches!(answer(2), Some(Response::Ids { .. })),
+            "round {round}: no IDS"
+        );
+        assert_eq!(s.close_code().await, Some(0), "round {round}");
+    }
+}
+
+/// A NEW with the given auth key and password and a fresh DH key.
+fn new_queue(corr: u64, key: AuthPublicKey, password: Vec<u8>) -> Transmission {
+    let cmd = Command::New {
+        recipient_auth_key: key,
+        recipient_dh_key: DhSecretKey::generate(&mut OsRng).public(),
+        password,
+    };
+    Transmission::command(CorrId::from_u64(corr), None, &cmd)
+}
+
+/// Small-order Ed25519 points: the identity (y = 1) and the point of order 2 (y = −1).
+fn small_order_keys() -> [AuthPublicKey; 2] {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut order_two = [0xffu8; 32];
+    order_two[0] = 0xec;
+    order_two[31] = 0x7f;
+    [identity, order_two].map(|b| AuthPublicKey::from_bytes(&b).unwrap())
+}
+
+/// § 9.1, § 9.2: NEW, KEY and SKEY carrying a small-order auth key are answered
+/// `ERR SYNTAX` and change nothing (such a key verifies no signature, so the queue or the
+/// sender key would be unusable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_order_auth_keys_are_refused_with_syntax() {
+    let relay = TestRelay::start().await;
+    let mut s = RawSession::open(&relay).await;
+    let recipient = AuthSecretKey::generate(&mut OsRng);
+    let Response::Ids {
+        recipient_id,
+        sender_id,
+        ..
+    } = s.request(new_queue(1, recipient.public(), vec![])).await
+    else {
+        panic!("NEW with a good key must be answered IDS")
+    };
+    let (queues_before, _) = relay.running().store.counts().unwrap();
+    let mut corr = 10;
+    for bad in small_order_keys() {
+        corr += 1;
+        assert_eq!(
+            s.request(new_queue(corr, bad, vec![])).await,
+            Response::Err(ErrorCode::Syntax),
+            "NEW"
+        );
+        corr += 1;
+        let key = Transmission::signed(
+            CorrId::from_u64(corr),
+            Some(recipient_id.into()),
+            &Command::Key { sender_key: bad },
+            &recipient,
+            &s.hash(),
+        );
+        assert_eq!(
+            s.request(key).await,
+            Response::Err(ErrorCode::Syntax),
+            "KEY"
+        );
+        corr += 1;
+        // SKEY cannot be signed by a small-order key's secret (there is none); unsigned.
+        let skey = Transmission::command(
+            CorrId::from_u64(corr),
+            Some(sender_id.into()),
+            &Command::SKey { sender_key: bad },
+        );
+        assert_eq!(
+            s.request(skey).await,
+            Response::Err(ErrorCode::Syntax),
+            "SKEY"
+        );
+    }
+    assert_eq!(relay.running().store.counts().unwrap().0, queues_before);
+    // The queue is still unsecured: an unsigned SEND is accepted.
+    let send = Transmission::command(
+        CorrId::from_u64(99),
+        Some(sender_id.into()),
+        &Command::Send {
+            flags: 0,
+            body: b"still open".to_vec(),
+        },
+    );
+    assert_eq!(s.request(send).await, Response::Ok);
+}
+
+/// § 9.1, § 9.2 table: a NEW whose password is over `MAX_PASSWORD_LEN` is answered
+/// `ERR LARGE` (a length over its limit), one at the limit is accepted by a relay without
+/// a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_with_an_over_long_password_is_answered_large() {
+    let relay = TestRelay::start().await;
+    let mut s = RawSession::open(&relay).await;
+    let key = AuthSecretKey::generate(&mut OsRng).public();
+    let mut long = new_queue(1, key, vec![]);
+    // Built by hand: the encoder would refuse it. NEW ‖ key ‖ DH key ‖ u8 65 ‖ 65 bytes.
+    long.payload.truncate(1 + 32 + 32);
+    long.payload.push(65);
+    long.payload.extend_from_slice(&[b'p'; 65]);
+    assert_eq!(s.request(long).await, Response::Err(ErrorCode::Large));
+    let at_limit = new_queue(
+        2,
+        key,
+        vec![b'p'; sotto_protocol::command::MAX_PASSWORD_LEN],
+    );
+    assert!(matches!(s.request(at_limit).await, Response::Ids { .. }));
 }
