@@ -410,3 +410,60 @@ async fn new_with_an_over_long_password_is_answered_large() {
     );
     assert!(matches!(s.request(at_limit).await, Response::Ids { .. }));
 }
+
+/// § 2: relays do not check correlation ids; a command with the all-zero id (which clients
+/// MUST NOT send, since it marks pushes) is answered with the all-zero id, so its answer
+/// cannot be told from an unsolicited transmission by the id alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_correlation_id_zero_is_answered_with_zero() {
+    let relay = TestRelay::start().await;
+    let mut s = RawSession::open(&relay).await;
+    let got = s
+        .exchange(
+            &[Transmission::command(CorrId::NONE, None, &Command::Ping)],
+            |got| !got.is_empty(),
+        )
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].corr_id, CorrId::NONE);
+    assert_eq!(got[0].decode_response().unwrap(), Response::Pong);
+}
+
+/// § 4, § 5.4: a message 1 that is short (the stream ends inside it) or does not decrypt
+/// ends the session with code 1; the one that does not decrypt is first answered with a
+/// decoy message 2 of full length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_errors_close_with_code_1() {
+    // After a decoy the relay waits for the client to close, bounded by this.
+    let relay =
+        TestRelay::start_with(|c| c.limits.handshake_timeout = Duration::from_secs(2)).await;
+    for (what, bytes, decoy) in [
+        ("short message 1", vec![1u8; 100], false),
+        (
+            "message 1 that does not decrypt",
+            vec![0x42u8; FRAME_LEN],
+            true,
+        ),
+    ] {
+        let ep = endpoint();
+        let conn = ep
+            .connect(relay.running().local_addr, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let mut m2 = vec![0u8; FRAME_LEN];
+        let got_m2 = recv.read_exact(&mut m2).await.is_ok();
+        assert_eq!(got_m2, decoy, "{what}: decoy message 2");
+        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+            .await
+            .expect("the relay did not close the connection");
+        assert!(
+            matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
+                if c.error_code.into_inner() == CLOSE_PROTOCOL),
+            "{what}: {reason:?}"
+        );
+    }
+}
