@@ -54,6 +54,20 @@ enum Cmd {
         /// Host in the relay's address [env: SOTTO_RELAY_HOST]
         #[arg(long)]
         host: Option<String>,
+        /// Release delay of stored messages: "poisson", "rounds" or "off" (`delivery.mode`)
+        /// [env: SOTTO_RELAY_DELIVERY_MODE] [default: poisson]
+        #[arg(long)]
+        delivery_mode: Option<String>,
+        /// Mean release delay, e.g. "30s" (`delivery.mean`) [env: SOTTO_RELAY_DELIVERY_MEAN]
+        #[arg(long)]
+        delivery_mean: Option<String>,
+        /// Longest release delay, e.g. "10m" (`delivery.cap`) [env: SOTTO_RELAY_DELIVERY_CAP]
+        #[arg(long)]
+        delivery_cap: Option<String>,
+        /// Cover frames per second to subscribed sessions, 0 for none (`delivery.cover_rate`)
+        /// [env: SOTTO_RELAY_DELIVERY_COVER_RATE]
+        #[arg(long)]
+        cover_rate: Option<String>,
     },
     /// Print the relay's sotto:// address (one line).
     Address {
@@ -183,6 +197,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             listen_tcp,
             metrics,
             host,
+            delivery_mode,
+            delivery_mean,
+            delivery_cap,
+            cover_rate,
         } => {
             let dir = data.unwrap_or_else(datadir::default_dir);
             let overrides = Overrides {
@@ -190,6 +208,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 listen_tcp,
                 metrics,
+                delivery_mode,
+                delivery_mean,
+                delivery_cap,
+                cover_rate,
             };
             if !datadir::has_identity(&dir) {
                 datadir::init(&dir, &datadir::InitOptions::default())?;

@@ -457,6 +457,49 @@ const FAST_DELIVERY: [(&str, &str); 2] = [
     ("SOTTO_RELAY_DELIVERY_CAP", "200ms"),
 ];
 
+/// `run --delivery-mode/--delivery-mean/--delivery-cap/--cover-rate` override the
+/// environment, as `--listen` does: with an hour's delay in the environment, a SEND is
+/// held (GET answers nothing); with `--delivery-mode off` on top, GET gets it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_flags_of_run_override_the_environment() {
+    let slow = [
+        ("SOTTO_RELAY_DELIVERY_MEAN", "1h"),
+        ("SOTTO_RELAY_DELIVERY_CAP", "2h"),
+    ];
+    for (flags, held) in [
+        (&[][..], true),
+        (&["--delivery-mode", "off", "--cover-rate", "0"][..], false),
+        (
+            &["--delivery-mean", "1ms", "--delivery-cap", "2ms"][..],
+            false,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("relay");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--metrics", "off"];
+        args.extend_from_slice(flags);
+        let mut cmd = process::relay_command(&data, &args);
+        cmd.envs(slow);
+        let relay = process::spawn(cmd, &data).unwrap_or_else(|e| panic!("{e}"));
+        let (c, _pushes, _e) = connect(&relay.address).await;
+        let creds = c.create_queue(None).await.unwrap();
+        c.send(creds.sender_id, None, 0, b"flag".to_vec())
+            .await
+            .unwrap();
+        if held {
+            assert!(c.get(&creds).await.unwrap().is_none(), "{flags:?}");
+        } else {
+            eventually("the message is released", async || {
+                c.get(&creds).await.unwrap().is_some()
+            })
+            .await;
+        }
+        c.close().await;
+        let (status, log) = relay.terminate();
+        assert!(status.success(), "{status:?}\n{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
