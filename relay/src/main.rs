@@ -169,10 +169,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let dir = data.unwrap_or_else(datadir::default_dir);
             let config = load_config(&dir, &Overrides::default())?;
             let id = datadir::load_identity(&dir)?;
-            println!(
-                "{}",
-                datadir::address(&id.relay_key, &config, config.listen.port())?
-            );
+            let address = datadir::address(&id.relay_key, &config, config.listen.port())?;
+            println!("{address}");
+            // This command sees config.toml and its own environment only, not the flags or
+            // environment of the running relay (a systemd unit's `Environment=`).
+            match datadir::served_address(&dir) {
+                Some(served) if served != address => eprintln!(
+                    "sotto-relay: warning: the relay last started with another address, {served} \
+                     (flags or environment this command does not see: --host, --listen, \
+                     --listen-tcp, SOTTO_RELAY_*); the line above is what config.toml and this \
+                     environment say"
+                ),
+                Some(_) => {}
+                None => eprintln!(
+                    "sotto-relay: note: computed from config.toml and this environment; the \
+                     relay has not recorded a start yet, so flags or an environment it runs \
+                     with (--host, --listen-tcp, SOTTO_RELAY_*) may give another address"
+                ),
+            }
             Ok(())
         }
         Cmd::CheckConfig { data } => {
@@ -229,6 +243,7 @@ async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let relay = sotto_relay::start(&dir, config).await?;
     println!("{}", relay.address);
+    datadir::record_served_address(&dir, &relay.address);
     if let Some(m) = relay.metrics_addr {
         eprintln!("sotto-relay: metrics on http://{m}/metrics");
     }

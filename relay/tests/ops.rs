@@ -500,6 +500,55 @@ async fn delivery_flags_of_run_override_the_environment() {
     }
 }
 
+/// `sotto-relay address` prints what config.toml and its environment say, and warns, naming
+/// it, when the relay last started with another address (here: `--listen-tcp`, which adds
+/// the `?tcp` hint, and the port `--listen` chose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_warns_when_the_relay_served_another_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("127.0.0.1:{tcp_port}");
+    let cmd = process::relay_command(
+        &data,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "off",
+            "--listen-tcp",
+            &tcp,
+        ],
+    );
+    let relay = process::spawn(cmd, &data).unwrap_or_else(|e| panic!("{e}"));
+    let served = relay.address.to_string();
+    assert!(served.contains("?tcp="), "{served}");
+    let (status, log) = relay.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let mut address = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
+    address.arg("address").arg("--data").arg(&data);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
+        address.env_remove(k);
+    }
+    let out = address.output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !stdout.contains("?tcp"),
+        "config.toml has no TCP listener: {stdout}"
+    );
+    assert!(stderr.contains("warning"), "{stderr}");
+    assert!(
+        stderr.contains(&served),
+        "the warning names the served address: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
