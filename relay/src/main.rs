@@ -241,9 +241,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Before the address is printed: whoever reads it may stop the relay at once, and a
+    // SIGTERM must then stop it cleanly rather than kill it.
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let relay = sotto_relay::start(&dir, config).await?;
-    println!("{}", relay.address);
     datadir::record_served_address(&dir, &relay.address);
+    println!("{}", relay.address);
     if let Some(m) = relay.metrics_addr {
         eprintln!("sotto-relay: metrics on http://{m}/metrics");
     }
@@ -259,8 +263,6 @@ async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
             relay.address.host
         );
     }
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let failed = tokio::select! {
         _ = term.recv() => false,
         _ = int.recv() => false,
