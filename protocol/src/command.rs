@@ -262,8 +262,15 @@ mod tag {
     pub const R_DROP: u8 = 0x8c;
 }
 
+/// An auth key carried in NEW, KEY or SKEY. A small-order point (the identity among them)
+/// is rejected here: strict verification refuses every signature under it, so a queue
+/// given one could never be used (`docs/protocol.md` § 9.1).
 fn auth_key(r: &mut Reader<'_>) -> Result<AuthPublicKey, DecodeError> {
-    AuthPublicKey::from_bytes(&r.array()?)
+    let key = AuthPublicKey::from_bytes(&r.array()?)?;
+    if key.is_small_order() {
+        return Err(DecodeError::BadKey("small-order Ed25519 public key"));
+    }
+    Ok(key)
 }
 
 /// A `bytes16` sealed transmission of exactly [`SEALED_LEN`] bytes.
@@ -573,6 +580,39 @@ mod tests {
             Err(DecodeError::UnknownTag(99))
         );
         assert!(Command::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn small_order_auth_keys_are_rejected_in_new_key_and_skey() {
+        // The identity (y = 1) and the point of order 2 (y = -1).
+        let identity = {
+            let mut k = [0u8; 32];
+            k[0] = 1;
+            k
+        };
+        let order_two = {
+            let mut k = [0xffu8; 32];
+            k[0] = 0xec;
+            k[31] = 0x7f;
+            k
+        };
+        for key in [identity, order_two] {
+            let mut new = vec![tag::NEW];
+            new.extend_from_slice(&key);
+            new.extend_from_slice(&[9; 32]);
+            new.push(0);
+            let mut key_cmd = vec![tag::KEY];
+            key_cmd.extend_from_slice(&key);
+            let mut skey = vec![tag::SKEY];
+            skey.extend_from_slice(&key);
+            for bytes in [new, key_cmd, skey] {
+                assert_eq!(
+                    Command::decode(&bytes),
+                    Err(DecodeError::BadKey("small-order Ed25519 public key")),
+                    "{bytes:02x?}"
+                );
+            }
+        }
     }
 
     #[test]

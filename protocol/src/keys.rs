@@ -40,6 +40,13 @@ impl AuthPublicKey {
         self.0.to_bytes()
     }
 
+    /// Whether the point has small order (the identity, or one of the other seven points
+    /// of order dividing 8). No signature verifies under such a key ([`AuthPublicKey::verify`]
+    /// is strict), so commands that install a key refuse it.
+    pub fn is_small_order(&self) -> bool {
+        self.0.is_weak()
+    }
+
     /// Verifies `sig` over `msg` (strict verification: rejects non-canonical and
     /// small-order encodings, so a signature has one valid form).
     pub fn verify(&self, msg: &[u8], sig: &[u8; SIGNATURE_LEN]) -> bool {

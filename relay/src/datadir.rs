@@ -38,6 +38,8 @@ pub const TLS_CERT_FILE: &str = "tls.crt";
 pub const TLS_KEY_FILE: &str = "tls.key";
 /// Database file.
 pub const DB_FILE: &str = "queues.redb";
+/// The address the relay last served, as `run` printed it (written at every start).
+pub const SERVED_ADDRESS_FILE: &str = "served-address";
 
 /// The default data directory: `SOTTO_RELAY_DATA`, else `$XDG_DATA_HOME/sotto-relay`
 /// (`~/.local/share/sotto-relay`).
@@ -211,6 +213,32 @@ pub fn address(key: &RelayStaticKey, config: &Config, port: u16) -> anyhow::Resu
             .map(|a| a.port())
             .filter(|p| *p != 0),
     })
+}
+
+/// Records `address` as the one the relay serves now ([`SERVED_ADDRESS_FILE`]), so that
+/// `sotto-relay address` can tell when flags or an environment it does not see changed it.
+/// Best effort: the relay serves whether or not it can write the file.
+pub fn record_served_address(dir: &Path, address: &RelayAddress) {
+    let path = dir.join(SERVED_ADDRESS_FILE);
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{address}"));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot record the served address in the data directory");
+    }
+}
+
+/// The address the relay served when it last started, if it recorded one that parses.
+pub fn served_address(dir: &Path) -> Option<RelayAddress> {
+    fs::read_to_string(dir.join(SERVED_ADDRESS_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

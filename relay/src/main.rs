@@ -54,6 +54,20 @@ enum Cmd {
         /// Host in the relay's address [env: SOTTO_RELAY_HOST]
         #[arg(long)]
         host: Option<String>,
+        /// Release delay of stored messages: "poisson", "rounds" or "off" (`delivery.mode`)
+        /// [env: SOTTO_RELAY_DELIVERY_MODE] [default: poisson]
+        #[arg(long)]
+        delivery_mode: Option<String>,
+        /// Mean release delay, e.g. "30s" (`delivery.mean`) [env: SOTTO_RELAY_DELIVERY_MEAN]
+        #[arg(long)]
+        delivery_mean: Option<String>,
+        /// Longest release delay, e.g. "10m" (`delivery.cap`) [env: SOTTO_RELAY_DELIVERY_CAP]
+        #[arg(long)]
+        delivery_cap: Option<String>,
+        /// Cover frames per second to subscribed sessions, 0 for none (`delivery.cover_rate`)
+        /// [env: SOTTO_RELAY_DELIVERY_COVER_RATE]
+        #[arg(long)]
+        cover_rate: Option<String>,
     },
     /// Print the relay's sotto:// address (one line).
     Address {
@@ -155,10 +169,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let dir = data.unwrap_or_else(datadir::default_dir);
             let config = load_config(&dir, &Overrides::default())?;
             let id = datadir::load_identity(&dir)?;
-            println!(
-                "{}",
-                datadir::address(&id.relay_key, &config, config.listen.port())?
-            );
+            let address = datadir::address(&id.relay_key, &config, config.listen.port())?;
+            println!("{address}");
+            // This command sees config.toml and its own environment only, not the flags or
+            // environment of the running relay (a systemd unit's `Environment=`).
+            match datadir::served_address(&dir) {
+                Some(served) if served != address => eprintln!(
+                    "sotto-relay: warning: the relay last started with another address, {served} \
+                     (flags or environment this command does not see: --host, --listen, \
+                     --listen-tcp, SOTTO_RELAY_*); the line above is what config.toml and this \
+                     environment say"
+                ),
+                Some(_) => {}
+                None => eprintln!(
+                    "sotto-relay: note: computed from config.toml and this environment; the \
+                     relay has not recorded a start yet, so flags or an environment it runs \
+                     with (--host, --listen-tcp, SOTTO_RELAY_*) may give another address"
+                ),
+            }
             Ok(())
         }
         Cmd::CheckConfig { data } => {
@@ -183,6 +211,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             listen_tcp,
             metrics,
             host,
+            delivery_mode,
+            delivery_mean,
+            delivery_cap,
+            cover_rate,
         } => {
             let dir = data.unwrap_or_else(datadir::default_dir);
             let overrides = Overrides {
@@ -190,6 +222,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 listen_tcp,
                 metrics,
+                delivery_mode,
+                delivery_mean,
+                delivery_cap,
+                cover_rate,
             };
             if !datadir::has_identity(&dir) {
                 datadir::init(&dir, &datadir::InitOptions::default())?;
@@ -205,7 +241,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Before the address is printed: whoever reads it may stop the relay at once, and a
+    // SIGTERM must then stop it cleanly rather than kill it.
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let relay = sotto_relay::start(&dir, config).await?;
+    datadir::record_served_address(&dir, &relay.address);
     println!("{}", relay.address);
     if let Some(m) = relay.metrics_addr {
         eprintln!("sotto-relay: metrics on http://{m}/metrics");
@@ -222,8 +263,6 @@ async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
             relay.address.host
         );
     }
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let failed = tokio::select! {
         _ = term.recv() => false,
         _ = int.recv() => false,

@@ -320,11 +320,10 @@ async fn a_destination_that_is_down_is_a_clear_error_and_nothing_is_sent() {
     let r = sender
         .send_through(&b_address, creds.sender_id, None, 0, b"lost?".to_vec())
         .await;
-    let code = relay_err(r);
-    assert!(
-        matches!(code, ErrorCode::Unreachable | ErrorCode::Timeout),
-        "{code:?}"
-    );
+    // Its UDP port is closed: no answer to the connection (QUIC ignores ICMP), so no
+    // session and no RFWD — nothing was forwarded, which UNREACHABLE says (§ 10a.3, § 10a.7),
+    // not TIMEOUT ("outcome unknown").
+    assert_eq!(relay_err(r), ErrorCode::Unreachable);
     // The session with A is unharmed.
     sender.ping().await.unwrap();
 }
@@ -361,7 +360,8 @@ async fn a_destination_presenting_another_key_is_refused_with_identity() {
     })
     .await;
     // A's pooled session to the old B ends with it; until A has seen that close the
-    // forward may fail as UNREACHABLE, after it A dials again and sees the other key.
+    // forward may fail as UNREACHABLE, or TIMEOUT when the session broke under the RFWD;
+    // after it A dials again and sees the other key.
     let mut last = ErrorCode::Unreachable;
     for _ in 0..5 {
         last = relay_err(
@@ -369,7 +369,7 @@ async fn a_destination_presenting_another_key_is_refused_with_identity() {
                 .send_through(&b_address, creds.sender_id, None, 0, b"2".to_vec())
                 .await,
         );
-        if last != ErrorCode::Unreachable {
+        if !matches!(last, ErrorCode::Unreachable | ErrorCode::Timeout) {
             break;
         }
     }

@@ -457,6 +457,98 @@ const FAST_DELIVERY: [(&str, &str); 2] = [
     ("SOTTO_RELAY_DELIVERY_CAP", "200ms"),
 ];
 
+/// `run --delivery-mode/--delivery-mean/--delivery-cap/--cover-rate` override the
+/// environment, as `--listen` does: with an hour's delay in the environment, a SEND is
+/// held (GET answers nothing); with `--delivery-mode off` on top, GET gets it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_flags_of_run_override_the_environment() {
+    let slow = [
+        ("SOTTO_RELAY_DELIVERY_MEAN", "1h"),
+        ("SOTTO_RELAY_DELIVERY_CAP", "2h"),
+    ];
+    for (flags, held) in [
+        (&[][..], true),
+        (&["--delivery-mode", "off", "--cover-rate", "0"][..], false),
+        (
+            &["--delivery-mean", "1ms", "--delivery-cap", "2ms"][..],
+            false,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("relay");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--metrics", "off"];
+        args.extend_from_slice(flags);
+        let mut cmd = process::relay_command(&data, &args);
+        cmd.envs(slow);
+        let relay = process::spawn(cmd, &data).unwrap_or_else(|e| panic!("{e}"));
+        let (c, _pushes, _e) = connect(&relay.address).await;
+        let creds = c.create_queue(None).await.unwrap();
+        c.send(creds.sender_id, None, 0, b"flag".to_vec())
+            .await
+            .unwrap();
+        if held {
+            assert!(c.get(&creds).await.unwrap().is_none(), "{flags:?}");
+        } else {
+            eventually("the message is released", async || {
+                c.get(&creds).await.unwrap().is_some()
+            })
+            .await;
+        }
+        c.close().await;
+        let (status, log) = relay.terminate();
+        assert!(status.success(), "{status:?}\n{log}");
+    }
+}
+
+/// `sotto-relay address` prints what config.toml and its environment say, and warns, naming
+/// it, when the relay last started with another address (here: `--listen-tcp`, which adds
+/// the `?tcp` hint, and the port `--listen` chose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_warns_when_the_relay_served_another_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("127.0.0.1:{tcp_port}");
+    let cmd = process::relay_command(
+        &data,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "off",
+            "--listen-tcp",
+            &tcp,
+        ],
+    );
+    let relay = process::spawn(cmd, &data).unwrap_or_else(|e| panic!("{e}"));
+    let served = relay.address.to_string();
+    assert!(served.contains("?tcp="), "{served}");
+    let (status, log) = relay.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let mut address = Command::new(env!("CARGO_BIN_EXE_sotto-relay"));
+    address.arg("address").arg("--data").arg(&data);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SOTTO_RELAY_")) {
+        address.env_remove(k);
+    }
+    let out = address.output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !stdout.contains("?tcp"),
+        "config.toml has no TCP listener: {stdout}"
+    );
+    assert!(stderr.contains("warning"), "{stderr}");
+    assert!(
+        stderr.contains(&served),
+        "the warning names the served address: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -482,6 +574,12 @@ async fn default_logs_hold_no_address_id_key_or_message_and_sigterm_stops_cleanl
         assert!(log.contains(expected), "log lacks `{expected}`:\n{log}");
     }
     assert!(!log.contains("SENSITIVE"));
+    // The data directory was created by this run: its database was closed cleanly by
+    // `init`, so the first open does not verify every page as after a crash.
+    assert!(
+        !log.contains("verifying every page checksum"),
+        "a database just created is treated as not closed cleanly:\n{log}"
+    );
     assert!(
         !log.contains("127.0.0.2"),
         "the client's address is logged:\n{log}"

@@ -544,6 +544,69 @@ async fn hostile_input_inside_tls_closes_only_that_session() {
     .await;
 }
 
+/// `docs/protocol.md` § 4, § 4a: a client that ends its direction in order (`close_notify`)
+/// right after its last commands still gets their answers, then the relay's own
+/// `close_notify` at a record boundary (an orderly end, not a bare close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_notify_after_commands_is_answered_then_ended_in_order() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let (mut s, mut tls) = handshaken(&relay).await;
+        let new = Command::New {
+            recipient_auth_key: sotto_protocol::AuthSecretKey::generate(&mut rand::rngs::OsRng)
+                .public(),
+            recipient_dh_key: sotto_protocol::DhSecretKey::generate(&mut rand::rngs::OsRng)
+                .public(),
+            password: vec![],
+        };
+        let mut fb = FrameBuilder::new();
+        assert!(fb.push(&Transmission::command(
+            CorrId::from_u64(1),
+            None,
+            &Command::Ping
+        )));
+        assert!(fb.push(&Transmission::command(CorrId::from_u64(2), None, &new)));
+        tls.write_all(&s.send.encrypt_frame(&fb.finish()).unwrap())
+            .await
+            .unwrap();
+        tls.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            // One record, or the end of the stream at a record boundary.
+            let mut rec = vec![0u8; FRAME_LEN];
+            let mut filled = 0;
+            while filled < FRAME_LEN {
+                let n = tls
+                    .read(&mut rec[filled..])
+                    .await
+                    .expect("the relay ended the stream without close_notify");
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            assert_eq!(filled, FRAME_LEN, "the stream ended inside a record");
+            got.extend(
+                sotto_protocol::Frame::decode(&s.recv.decrypt_frame(&rec).unwrap()).unwrap(),
+            );
+        }
+        let answer = |corr: u64| {
+            got.iter()
+                .find(|t| t.corr_id == CorrId::from_u64(corr))
+                .map(|t| t.decode_response().unwrap())
+        };
+        assert_eq!(answer(1), Some(sotto_protocol::Response::Pong));
+        assert!(matches!(
+            answer(2),
+            Some(sotto_protocol::Response::Ids { .. })
+        ));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_pinning_another_key_sees_a_wrong_key_over_tcp() {
     bounded(async {

@@ -71,7 +71,15 @@ impl Writer {
 
     pub(crate) async fn shutdown(&mut self) -> Result<(), TransportError> {
         match self {
-            Writer::Quic(s) => s.finish().map_err(|_| TransportError::Closed),
+            Writer::Quic(s) => {
+                s.finish().map_err(|_| TransportError::Closed)?;
+                // Until the peer has acknowledged every byte of the stream: a QUIC close
+                // discards stream data not yet delivered, so closing right after `finish`
+                // could lose the last answers (`docs/protocol.md` § 4, orderly close). Ends
+                // early if the connection goes away; callers bound the wait.
+                let _ = s.stopped().await;
+                Ok(())
+            }
             Writer::Tcp(w) => w.shutdown().await,
         }
     }
@@ -214,8 +222,10 @@ impl FrameSender {
     }
 
     /// As [`FrameSender::finish`], and waits until the end of the stream has been handed to
-    /// the network (over TCP: `close_notify` written and the sending direction shut down),
-    /// so that closing the [`Link`] right after it cannot cut it off.
+    /// the network (over QUIC: every byte of the stream acknowledged by the peer; over TCP:
+    /// `close_notify` written and the sending direction shut down), so that closing the
+    /// [`Link`] right after it cannot cut it off. The wait lasts until the connection ends
+    /// if the peer never acknowledges: callers bound it.
     ///
     /// # Errors
     /// As [`FrameSender::finish`], or a write error.

@@ -40,6 +40,9 @@ struct Seen {
 struct Responder {
     address: RelayAddress,
     seen: mpsc::Receiver<Seen>,
+    /// Per ended session, the QUIC application error code the client closed it with
+    /// (`None`: ended another way).
+    closes: mpsc::Receiver<Option<u64>>,
     _endpoint: quinn::Endpoint,
 }
 
@@ -65,23 +68,31 @@ fn spawn_responder() -> Responder {
         tcp: None,
     };
     let (tx, seen) = mpsc::channel(4096);
+    let (close_tx, closes) = mpsc::channel(64);
     let ep = endpoint.clone();
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
             let key = key.clone();
             let tx = tx.clone();
+            let close_tx = close_tx.clone();
             tokio::spawn(async move {
                 let conn = incoming.await.unwrap();
-                let framed = transport::accept(conn, &key, Duration::from_secs(10))
+                let framed = transport::accept(conn.clone(), &key, Duration::from_secs(10))
                     .await
                     .unwrap();
                 respond(framed, tx).await;
+                let code = match conn.closed().await {
+                    quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+                    _ => None,
+                };
+                let _ = close_tx.send(code).await;
             });
         }
     });
     Responder {
         address,
         seen,
+        closes,
         _endpoint: endpoint,
     }
 }
@@ -193,6 +204,12 @@ async fn respond(framed: FramedConnection, seen: mpsc::Sender<Seen>) {
                     Some(_) => answer(Response::NoMsg),
                     None => answer(Response::Err(ErrorCode::Auth)),
                 },
+                Command::Key { .. } => {
+                    // Answered with a response that does not decode (error code 255).
+                    let mut bad = Transmission::response(t.corr_id, entity, &Response::Ok);
+                    bad.payload = vec![0x87, 0xff];
+                    answers.push(bad);
+                }
                 Command::Del => {
                     // Ends the session from the relay's side, unanswered.
                     connection.close(0u32.into(), b"");
@@ -420,6 +437,29 @@ async fn a_session_closed_by_the_relay_fails_waiters_and_says_so() {
         );
         assert!(client.is_closed());
         assert!(matches!(client.ping().await, Err(ClientError::Closed)));
+    })
+    .await;
+}
+
+/// `docs/protocol.md` § 9.3: a response the client cannot decode ends the session, and the
+/// client closes it with QUIC application error code 1 (protocol violation, § 4).
+#[tokio::test]
+async fn an_undecodable_response_ends_the_session_with_code_1() {
+    bounded(async {
+        let mut r = spawn_responder();
+        let (client, mut pushed) = connect(&r, &options()).await;
+        let creds = client.create_queue(None).await.unwrap();
+        let sender_key = sotto_protocol::AuthSecretKey::generate(&mut OsRng).public();
+        let err = client.secure(&creds, sender_key).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Closed | ClientError::Protocol(_)),
+            "{err:?}"
+        );
+        let Some(Pushed::Closed(reason)) = pushed.recv().await else {
+            panic!("expected Closed");
+        };
+        assert!(matches!(reason, ClientError::Protocol(_)), "{reason:?}");
+        assert_eq!(r.closes.recv().await.unwrap(), Some(1));
     })
     .await;
 }

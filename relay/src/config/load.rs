@@ -76,6 +76,14 @@ pub struct Overrides {
     pub listen_tcp: Option<String>,
     /// `--metrics`.
     pub metrics: Option<String>,
+    /// `--delivery-mode` (`delivery.mode`).
+    pub delivery_mode: Option<String>,
+    /// `--delivery-mean` (`delivery.mean`, a duration such as `"30s"`).
+    pub delivery_mean: Option<String>,
+    /// `--delivery-cap` (`delivery.cap`, a duration).
+    pub delivery_cap: Option<String>,
+    /// `--cover-rate` (`delivery.cover_rate`, frames per second, parsed as a number).
+    pub cover_rate: Option<String>,
 }
 
 impl Config {
@@ -114,6 +122,17 @@ impl Config {
         ] {
             if let Some(v) = v {
                 set_key(&mut table, key, toml::Value::String(v.clone()));
+            }
+        }
+        for (key, v) in [
+            ("delivery.mode", &overrides.delivery_mode),
+            ("delivery.mean", &overrides.delivery_mean),
+            ("delivery.cap", &overrides.delivery_cap),
+            ("delivery.cover_rate", &overrides.cover_rate),
+        ] {
+            if let Some(v) = v {
+                // As from the environment: a number stays a number.
+                set_key(&mut table, key, env_value(v));
             }
         }
         // Through text again, so that errors carry the key's position (`queues.quota`).
@@ -547,6 +566,34 @@ mod tests {
         assert_eq!(load("", &env, &o).unwrap().listen_tcp_addr(), None);
         let e = load("listen_tcp = \"5443\"\n", &[], &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("listen_tcp"), "{e}");
+    }
+
+    #[test]
+    fn delivery_flags_beat_env_and_file() {
+        let text = "[delivery]\nmode = \"rounds\"\nmean = \"1h\"\ncap = \"2h\"\n";
+        let env = [
+            ("SOTTO_RELAY_DELIVERY_MODE", "poisson"),
+            ("SOTTO_RELAY_DELIVERY_COVER_RATE", "1"),
+        ];
+        let o = Overrides {
+            delivery_mode: Some("poisson".into()),
+            delivery_mean: Some("100ms".into()),
+            delivery_cap: Some("1s".into()),
+            cover_rate: Some("2.5".into()),
+            ..Overrides::default()
+        };
+        let c = load(text, &env, &o).unwrap();
+        assert_eq!(c.delivery.mode, "poisson");
+        assert_eq!(c.delivery.mean, std::time::Duration::from_millis(100));
+        assert_eq!(c.delivery.cap, std::time::Duration::from_secs(1));
+        assert!((c.delivery.cover_rate - 2.5).abs() < f64::EPSILON);
+        // A bad flag value is named by its key, like a bad file or env value.
+        let o = Overrides {
+            cover_rate: Some("fast".into()),
+            ..Overrides::default()
+        };
+        let e = load("", &[], &o).unwrap_err();
+        assert!(e.to_string().contains("cover_rate"), "{e}");
     }
 
     #[test]

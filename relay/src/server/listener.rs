@@ -252,6 +252,10 @@ pub(super) async fn tcp_accept_loop(
     }
 }
 
+/// How much longer than `limits.handshake_timeout` [`serve`] waits for a handshake that
+/// bounds itself by it (see there).
+const HANDSHAKE_BACKSTOP: Duration = Duration::from_secs(1);
+
 /// One admitted connection, whichever the transport: the handshake (bounded by
 /// `limits.handshake_timeout`), then the session.
 async fn serve(
@@ -261,7 +265,11 @@ async fn serve(
     handshake: impl Future<Output = Result<FramedConnection, transport::TransportError>>,
 ) {
     let _guard = guard;
-    let timeout = shared.config.limits.handshake_timeout;
+    // The handshake bounds itself by `limits.handshake_timeout` and then closes with code 1
+    // (`docs/protocol.md` § 4, § 5.4: also after a decoy message 2). This bound, a little
+    // later, only catches what it does not bound (the QUIC handshake before it): cutting
+    // the handshake off here drops the connection, which QUIC closes with code 0.
+    let timeout = shared.config.limits.handshake_timeout + HANDSHAKE_BACKSTOP;
     // Boxed: the handshake's state (QUIC accept, Noise, a 16 KiB message buffer) is freed
     // when it ends instead of staying part of the session task for the session's lifetime.
     let handshake = Box::pin(handshake);
@@ -269,6 +277,10 @@ async fn serve(
         _ = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout(timeout, handshake) => match r {
             Ok(Ok(f)) => f,
+            Ok(Err(transport::TransportError::Timeout)) => {
+                shared.metrics.handshakes.with_label_values(&["timeout"]).inc();
+                return;
+            }
             Ok(Err(e)) => {
                 shared.metrics.handshakes.with_label_values(&["failed"]).inc();
                 tracing::debug!(peer = %shared.peer(remote), error = %e, "handshake failed");

@@ -245,6 +245,10 @@ impl Store {
             txn.open_table(BY_TIME).map_err(io)?;
         }
         txn.commit().map_err(io)?;
+        // Closed here, cleanly, and stamped as such: the first open of a database just
+        // created needs no full page-checksum pass (nor its log line).
+        drop(db);
+        recovery::write_clean_stamp(path);
         Ok(())
     }
 

@@ -209,28 +209,58 @@ impl Store {
             if release > now_ms {
                 continue;
             }
-            let msg = match open_message(&self.inner.keys, queue, seq, value)? {
-                OpenedMessage::Current(m) => m,
-                OpenedMessage::Legacy {
-                    header,
-                    release_at_ms,
-                    body,
-                } => {
-                    // Written by an earlier relay: seal it now with the queue's key.
-                    let queues = txn.open_table(QUEUES).map_err(|e| self.rd(&txn, e))?;
-                    let rec = match queues.get(queue).map_err(|e| self.rd(&txn, e))? {
-                        Some(r) => decode_queue_record(
-                            &self.inner.keys.open(&queue_ad(queue), r.value())?,
-                        )?,
-                        None => return Err(StoreError::Corrupt("message without queue".into())),
-                    };
-                    let sealed = SealedBody::seal(&rec.seal_key, &header.msg_id, &body);
-                    header.into_message(release_at_ms, sealed)
-                }
-            };
-            return Ok(Some(StoredMessage { seq, msg }));
+            return Ok(Some(self.opened(&txn, queue, seq, value)?));
         }
         Ok(None)
+    }
+
+    /// The message of a queue at position `seq`, if it is still stored (not acknowledged,
+    /// expired or deleted with its queue): a session delivers the message it has in flight
+    /// again with it.
+    ///
+    /// # Errors
+    /// Read or decryption failure.
+    pub fn message_at(
+        &self,
+        queue: &QueueRef,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let txn = self.read()?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.rd(&txn, e))?;
+        let Some(v) = t.get((*queue, seq)).map_err(|e| self.rd(&txn, e))? else {
+            return Ok(None);
+        };
+        Ok(Some(self.opened(&txn, queue, seq, v.value())?))
+    }
+
+    /// Opens the stored message `value` at (`queue`, `seq`) for delivery.
+    fn opened(
+        &self,
+        txn: &Reader,
+        queue: &QueueRef,
+        seq: u64,
+        value: &[u8],
+    ) -> Result<StoredMessage, StoreError> {
+        let msg = match open_message(&self.inner.keys, queue, seq, value)? {
+            OpenedMessage::Current(m) => m,
+            OpenedMessage::Legacy {
+                header,
+                release_at_ms,
+                body,
+            } => {
+                // Written by an earlier relay: seal it now with the queue's key.
+                let queues = txn.open_table(QUEUES).map_err(|e| self.rd(txn, e))?;
+                let rec = match queues.get(queue).map_err(|e| self.rd(txn, e))? {
+                    Some(r) => {
+                        decode_queue_record(&self.inner.keys.open(&queue_ad(queue), r.value())?)?
+                    }
+                    None => return Err(StoreError::Corrupt("message without queue".into())),
+                };
+                let sealed = SealedBody::seal(&rec.seal_key, &header.msg_id, &body);
+                header.into_message(release_at_ms, sealed)
+            }
+        };
+        Ok(StoredMessage { seq, msg })
     }
 
     /// Number of messages in a queue.

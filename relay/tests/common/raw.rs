@@ -16,7 +16,7 @@ pub struct RawSession {
     pub session: Session,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    _conn: quinn::Connection,
+    conn: quinn::Connection,
     _ep: quinn::Endpoint,
 }
 
@@ -37,7 +37,7 @@ impl RawSession {
             session: init.finish(&m2).unwrap(),
             send,
             recv,
-            _conn: conn,
+            conn,
             _ep: ep,
         }
     }
@@ -54,6 +54,51 @@ impl RawSession {
         }
         let rec = self.session.send.encrypt_frame(&fb.finish()).unwrap();
         self.send.write_all(&rec).await.unwrap();
+    }
+
+    /// Encrypts `plaintext` (any bytes, e.g. a malformed frame of the right length) as the
+    /// next record and sends it.
+    pub async fn send_plaintext(&mut self, plaintext: &[u8]) {
+        let rec = self.session.send.encrypt_frame(plaintext).unwrap();
+        self.send.write_all(&rec).await.unwrap();
+    }
+
+    /// Sends raw bytes on the stream, outside any record.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// Ends the client's direction of the stream (FIN) after what was written.
+    pub fn finish(&mut self) {
+        self.send.finish().unwrap();
+    }
+
+    /// The next record, decrypted and decoded; `None` when the relay ended the stream or
+    /// the connection instead (bounded).
+    pub async fn try_recv_frame(&mut self) -> Option<Vec<Transmission>> {
+        let mut rec = vec![0u8; FRAME_LEN];
+        match tokio::time::timeout(RECORD_BOUND, self.recv.read_exact(&mut rec))
+            .await
+            .expect("neither a frame nor the end of the stream")
+        {
+            Ok(()) => {
+                let plain = self.session.recv.decrypt_frame(&rec).unwrap();
+                Some(Frame::decode(&plain).unwrap())
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Waits (bounded) until the relay closes the connection and returns the QUIC
+    /// application error code it closed with (`None` for any other way of ending).
+    pub async fn close_code(&self) -> Option<u64> {
+        let reason = tokio::time::timeout(RECORD_BOUND, self.conn.closed())
+            .await
+            .expect("the relay did not close the connection");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
     }
 
     /// The next frame the relay sends, as its transmissions.

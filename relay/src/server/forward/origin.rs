@@ -267,12 +267,14 @@ impl Forwarder {
             Err(ClientError::Timeout) => Err(ErrorCode::Timeout),
             Err(ClientError::Protocol(_)) => Err(ErrorCode::Internal),
             Err(_) => {
-                // The session broke: forget it so the next FWD dials again.
+                // The session broke: forget it so the next FWD dials again. The RFWD may
+                // have reached the destination before it broke, so the outcome is unknown
+                // (TIMEOUT), not "nothing was forwarded" (UNREACHABLE, § 10a.7).
                 let mut guard = slot.client.lock().await;
                 if guard.as_ref().is_some_and(RelayClient::is_closed) {
                     *guard = None;
                 }
-                Err(ErrorCode::Unreachable)
+                Err(ErrorCode::Timeout)
             }
         }
     }
@@ -343,9 +345,11 @@ impl Forwarder {
                 .map_err(|e| connect_error(&e))?;
             Ok(client)
         };
+        // No session, so no RFWD was sent: nothing was forwarded, whatever stopped the dial
+        // (a closed UDP port looks like silence, since QUIC ignores ICMP).
         let client = tokio::time::timeout_at(deadline, dial)
             .await
-            .map_err(|_| ErrorCode::Timeout)??;
+            .map_err(|_| ErrorCode::Unreachable)??;
         *guard = Some(client.clone());
         Ok(client)
     }
@@ -412,13 +416,12 @@ impl Forwarder {
     }
 }
 
-/// The client-facing code for a failure to dial a destination.
+/// The client-facing code for a failure to dial a destination: IDENTITY when it proved
+/// another key, otherwise UNREACHABLE — also when it did not answer the connection or the
+/// handshake in time, since without a session no RFWD left (`docs/protocol.md` § 10a.3).
 fn connect_error(e: &ClientError) -> ErrorCode {
     match e {
         ClientError::Transport(TransportError::IdentityMismatch) => ErrorCode::Identity,
-        ClientError::Transport(TransportError::Timeout) | ClientError::Timeout => {
-            ErrorCode::Timeout
-        }
         _ => ErrorCode::Unreachable,
     }
 }
@@ -620,7 +623,7 @@ mod tests {
         );
         assert_eq!(
             connect_error(&ClientError::Transport(TransportError::Timeout)),
-            ErrorCode::Timeout
+            ErrorCode::Unreachable
         );
         assert_eq!(
             connect_error(&ClientError::Transport(TransportError::Resolve)),

@@ -22,7 +22,7 @@ use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use sotto_protocol::{FRAME_PLAINTEXT_LEN, Frame, FrameBuilder, Transmission};
 use sotto_timing::pacing::{Pacer, PacingPolicy, Tick};
-use sotto_transport::{self as transport, FrameReceiver, FrameSender};
+use sotto_transport::{self as transport, FrameReceiver, FrameSender, Link};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -80,10 +80,12 @@ impl Outgoing {
 }
 
 /// Reads records, decodes frames, and hands their transmissions to the session loop. A
-/// malformed or undecryptable record ends the session (the transport closes the connection
-/// with a protocol error).
+/// malformed or undecryptable record, and a frame that does not decode (§ 7, § 8 header
+/// rules), end the session with a protocol-error close (`docs/protocol.md` § 4: code 1; the
+/// transport closes for records, this closes for frames).
 pub(super) async fn read_frames(
     mut receiver: FrameReceiver,
+    connection: Link,
     tx: mpsc::Sender<Vec<Transmission>>,
     shared: Arc<Shared>,
 ) {
@@ -103,6 +105,10 @@ pub(super) async fn read_frames(
                     Err(e) => {
                         shared.metrics.protocol_errors.inc();
                         tracing::debug!(error = %e, "malformed frame; closing session");
+                        // At once: what the session would still send is of no use to a
+                        // broken peer, and the orderly close at the session's end (code 0)
+                        // must not be what it sees.
+                        connection.close(transport::CLOSE_PROTOCOL.into(), b"");
                         return;
                     }
                 }

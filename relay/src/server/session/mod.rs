@@ -153,7 +153,12 @@ pub(super) async fn run_session(shared: Arc<Shared>, framed: FramedConnection, i
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let (frames_tx, mut frames_rx) = mpsc::channel(IN_FRAMES);
     let subscribed = Arc::new(AtomicUsize::new(0));
-    let reader = tokio::spawn(frames::read_frames(receiver, frames_tx, shared.clone()));
+    let reader = tokio::spawn(frames::read_frames(
+        receiver,
+        connection.clone(),
+        frames_tx,
+        shared.clone(),
+    ));
     let writer = tokio::spawn(frames::write_frames(
         sender,
         out_rx,

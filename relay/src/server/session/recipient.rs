@@ -166,14 +166,26 @@ impl Session {
                     },
                 );
                 self.subscribed.store(self.subs.len(), Ordering::Relaxed);
-                self.in_flight.remove(&queue);
                 self.touch(queue, &rec);
                 self.reply(corr, Some(e), Response::Ok).await;
-                self.deliver(queue).await;
+                // The message in flight on this session (an earlier SUB's push, or a GET's
+                // answer) is pushed again, itself: the client holds it and will ACK its id,
+                // even if a message at a lower position was released meanwhile (§ 9.2).
+                match self.still_in_flight(&queue) {
+                    Ok(Some(m)) => self.send_msg(None, e, m.msg).await,
+                    Ok(None) => self.deliver(queue).await,
+                    Err(_) => {}
+                }
             }
             Command::Get => {
                 self.touch(queue, &rec);
-                match self.first_visible(&queue) {
+                // The same message again until it is acknowledged (§ 9.2), whatever was
+                // released since; otherwise the oldest released one.
+                let next = match self.still_in_flight(&queue) {
+                    Ok(None) => self.first_visible(&queue),
+                    other => other,
+                };
+                match next {
                     Ok(Some(m)) => {
                         self.in_flight.insert(queue, InFlight::of(&m));
                         self.send_msg(Some(corr), e, m.msg).await;
@@ -273,6 +285,26 @@ impl Session {
             v.retain(|&s| s != seq);
             if v.is_empty() {
                 self.acked_pending.remove(&queue);
+            }
+        }
+    }
+
+    /// The message in flight on `queue` in this session, if it is still stored; a message
+    /// that is gone (acknowledged through another session, expired, its queue deleted) is no
+    /// longer in flight.
+    fn still_in_flight(&mut self, queue: &QueueRef) -> Result<Option<StoredMessage>, ErrorCode> {
+        let Some(f) = self.in_flight.get(queue).copied() else {
+            return Ok(None);
+        };
+        match self.shared.store.message_at(queue, f.seq) {
+            Ok(Some(m)) if m.msg.msg_id == f.msg_id => Ok(Some(m)),
+            Ok(_) => {
+                self.in_flight.remove(queue);
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store read failed");
+                Err(ErrorCode::Internal)
             }
         }
     }
