@@ -67,6 +67,41 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Block a queue reported for abuse: it answers BLOCKED to every command and its
+    /// messages are deleted. Run it while the relay is stopped (see docs/operator.md,
+    /// "Abuse reports").
+    Block {
+        /// The invitation link (sotto:…), queue address (sotto://…#…) or queue id
+        /// (32 base64url characters) from the report.
+        target: String,
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Lift a block (the relay must be stopped); the queue is active again, empty.
+    Unblock {
+        /// What `block` was given, or an entry of `blocks list` (64 hex digits).
+        target: String,
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The block list.
+    Blocks {
+        #[command(subcommand)]
+        command: BlocksCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BlocksCmd {
+    /// Print how many queues are blocked, then one line per block: its entry (a keyed hash
+    /// of the queue's id, meaningless without storage.key) and when it was made.
+    List {
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
 }
 
 fn env(name: &str) -> Option<String> {
@@ -177,6 +212,30 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Block { target, data } => offline(data, |store, key| async move {
+            let b = sotto_relay::abuse::block(&store, &key, &target).await?;
+            if b.already {
+                println!("already blocked: {} (nothing changed)", b.entry);
+            } else {
+                println!(
+                    "blocked {}: {} message(s) deleted; every command on the queue is answered \
+                     BLOCKED once the relay is started again",
+                    b.entry, b.messages
+                );
+            }
+            Ok(())
+        }),
+        Cmd::Unblock { target, data } => offline(data, |store, key| async move {
+            let entry = sotto_relay::abuse::unblock(&store, &key, &target).await?;
+            println!("unblocked {entry}: the queue accepts commands again (it is empty)");
+            Ok(())
+        }),
+        Cmd::Blocks {
+            command: BlocksCmd::List { data },
+        } => offline(data, |store, _| async move {
+            print!("{}", sotto_relay::abuse::list(&store)?);
+            Ok(())
+        }),
         Cmd::Run {
             data,
             listen,
@@ -201,6 +260,34 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(serve(dir, config))
         }
     }
+}
+
+/// Runs `f` on the store of a stopped relay, then closes it cleanly.
+fn offline<F, Fut>(data: Option<PathBuf>, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(sotto_relay::store::Store, sotto_protocol::RelayPublicKey) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let dir = data.unwrap_or_else(datadir::default_dir);
+    if !datadir::has_identity(&dir) {
+        anyhow::bail!(
+            "{} holds no relay (no {}): give the relay's data directory with --data",
+            dir.display(),
+            datadir::RELAY_KEY_FILE
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let (store, key) = sotto_relay::abuse::open_offline(&dir)?;
+        let result = f(store.clone(), key).await;
+        if !store.close(std::time::Duration::from_secs(30)).await {
+            eprintln!("sotto-relay: warning: the store did not close within 30 s");
+        }
+        result
+    })
 }
 
 async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {
