@@ -594,4 +594,95 @@ mod tests {
         assert_eq!(store.counts().unwrap(), (0, 0));
         assert!(store.pending_after(0).unwrap().is_empty());
     }
+
+    #[tokio::test]
+    async fn a_block_empties_the_queue_refuses_writes_and_ends_with_unblock_or_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rec = record();
+        store
+            .write(WriteOp::CreateQueue(Box::new(rec.clone())))
+            .await
+            .unwrap();
+        let q = store.queue_ref(&rec.recipient_id);
+        for (id, release) in [(1, 1_000_000), (2, u64::MAX / 2)] {
+            let msg = message(id, 1_000_000, release);
+            let op = WriteOp::Append {
+                queue: q,
+                msg,
+                quota: 10,
+            };
+            assert!(matches!(
+                store.write(op).await.unwrap(),
+                WriteOutcome::Appended { .. }
+            ));
+        }
+        let block = WriteOp::Block { queue: q, now: 77 };
+        assert_eq!(
+            store.write(block.clone()).await.unwrap(),
+            WriteOutcome::BlockedNow {
+                messages: 2,
+                already: false
+            }
+        );
+        assert_eq!(store.counts().unwrap(), (1, 0));
+        assert!(store.pending_after(0).unwrap().is_empty());
+        assert_eq!(store.blocked().unwrap(), vec![(q, 77)]);
+        assert_eq!(store.blocked_count().unwrap(), 1);
+        assert_eq!(
+            store.queue(&rec.recipient_id).unwrap().unwrap().1.status,
+            QueueStatus::Blocked
+        );
+        let key = AuthSecretKey::generate(&mut OsRng).public();
+        for op in [
+            WriteOp::Append {
+                queue: q,
+                msg: message(3, 1_000_000, 1_000_000),
+                quota: 10,
+            },
+            WriteOp::SetSenderKey { queue: q, key },
+            WriteOp::Disable { queue: q },
+        ] {
+            assert_eq!(store.write(op).await.unwrap(), WriteOutcome::QueueBlocked);
+        }
+        assert_eq!(
+            store.write(block.clone()).await.unwrap(),
+            WriteOutcome::BlockedNow {
+                messages: 0,
+                already: true
+            }
+        );
+        assert_eq!(
+            store.write(WriteOp::Unblock { queue: q }).await.unwrap(),
+            WriteOutcome::Done
+        );
+        assert!(store.blocked().unwrap().is_empty());
+        assert_eq!(
+            store.queue(&rec.recipient_id).unwrap().unwrap().1.status,
+            QueueStatus::Active
+        );
+        assert_eq!(
+            store.write(WriteOp::Unblock { queue: q }).await.unwrap(),
+            WriteOutcome::NotBlocked
+        );
+        // Blocked again, then idle for too long: the sweep deletes it, and its entry.
+        store.write(block).await.unwrap();
+        let out = store
+            .write(WriteOp::Expire {
+                messages_before: 0,
+                queues_idle_before: u64::MAX,
+                max: 100,
+                scan_after: None,
+                scan: 100,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, WriteOutcome::Expired { queues: 1, .. }),
+            "{out:?}"
+        );
+        assert_eq!(store.counts().unwrap(), (0, 0));
+        assert_eq!(store.blocked_count().unwrap(), 0);
+        assert!(store.sender_queue_ref(&rec.sender_id).unwrap().is_none());
+    }
 }
