@@ -191,7 +191,7 @@ fn commands() -> Block {
         assert_eq!(Command::decode(&bytes).as_ref(), Ok(&c), "{k} round trip");
         b.hex(k, bytes);
     }
-    let resps: [(&'static str, Response); 10] = [
+    let resps: [(&'static str, Response); 11] = [
         (
             "resp_ids",
             Response::Ids {
@@ -216,6 +216,7 @@ fn commands() -> Block {
         ("resp_err_auth", Response::Err(ErrorCode::Auth)),
         ("resp_err_quota", Response::Err(ErrorCode::Quota)),
         ("resp_err_store", Response::Err(ErrorCode::Store)),
+        ("resp_err_blocked", Response::Err(ErrorCode::Blocked)),
         ("resp_drop", Response::Drop),
     ];
     for (k, r) in resps {

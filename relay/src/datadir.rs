@@ -119,6 +119,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
         config.listen = l.parse().with_context(|| {
             format!("invalid --listen `{l}`: expected an address such as 0.0.0.0:5443")
         })?;
+        config.metrics = metrics_for(config.listen.port());
     }
     config.validate()?;
     let (cert, tls_key) = sotto_transport::self_signed_cert(&config.host)?;
@@ -151,6 +152,21 @@ pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
     }
     crate::store::Store::create(&dir.join(DB_FILE), &storage)?;
     Ok(())
+}
+
+/// The metrics address `init --listen` writes for a relay on UDP port `port`: loopback, TCP
+/// port `port + 1` (the defaults 5443 and 5444 follow the same rule), so relays on one host
+/// with QUIC ports at least 2 apart never share a metrics port. If that port is taken right
+/// now (by a running relay or anything else), the next free one above it is used. Port 0
+/// (any free port) gives port 0. See `docs/operator.md`, "Several relays on one host".
+pub fn metrics_for(port: u16) -> String {
+    if port == 0 {
+        return "127.0.0.1:0".into();
+    }
+    let first = port.saturating_add(1);
+    let free = (first..=first.saturating_add(100))
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
+    format!("127.0.0.1:{}", free.unwrap_or(first))
 }
 
 /// Everything `run` loads from the data directory.
@@ -346,6 +362,46 @@ mod tests {
         fs::remove_file(dir.path().join(RELAY_KEY_FILE)).unwrap();
         let e = format!("{:#}", load_identity(dir.path()).unwrap_err());
         assert!(e.contains("relay.key"), "{e}");
+    }
+
+    #[test]
+    fn init_listen_puts_metrics_on_the_next_port_unless_it_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let init_on = |name: &str, listen: &str| {
+            let d = dir.path().join(name);
+            init(
+                &d,
+                &InitOptions {
+                    listen: Some(listen.into()),
+                    ..InitOptions::default()
+                },
+            )
+            .unwrap();
+            crate::config::Config::load(&d, |_| None, &crate::config::Overrides::default())
+                .unwrap()
+                .metrics
+        };
+        // A port pair nobody uses: the rule.
+        let port = (20_000u16..30_000)
+            .step_by(7)
+            .find(|p| {
+                std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", p + 2)).is_ok()
+            })
+            .unwrap();
+        assert_eq!(
+            init_on("a", &format!("0.0.0.0:{port}")),
+            format!("127.0.0.1:{}", port + 1)
+        );
+        // Taken (a relay running there): the next free port.
+        let _held = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+        assert_eq!(
+            init_on("b", &format!("0.0.0.0:{port}")),
+            format!("127.0.0.1:{}", port + 2)
+        );
+        assert_eq!(init_on("c", "127.0.0.1:0"), "127.0.0.1:0");
+        // Without --listen, the defaults (5443, 5444).
+        init(&dir.path().join("d"), &InitOptions::default()).unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The binary `sotto-relay` is a thin CLI over [`server::start`]; the library exists so that
 //! integration tests and the load tester can run a real relay in-process.
 
+pub mod abuse;
 pub mod config;
 pub mod datadir;
 pub mod metrics;

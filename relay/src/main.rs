@@ -81,6 +81,52 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Health check: dial this relay's QUIC listener on loopback (the configured `listen`
+    /// port), complete the Noise handshake against its key and PING it. Exit status 0 if it
+    /// answered, 1 otherwise (for container HEALTHCHECKs and monitoring).
+    Check {
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Block a queue reported for abuse: it answers BLOCKED to every command and its
+    /// messages are deleted. Run it while the relay is stopped (see docs/operator.md,
+    /// "Abuse reports").
+    Block {
+        /// The invitation link (sotto:…), queue address (sotto://…#…) or queue id
+        /// (32 base64url characters) from the report.
+        target: String,
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Lift a block (the relay must be stopped); the queue is active again, empty.
+    Unblock {
+        /// What `block` was given, or an entry of `blocks list` (64 hex digits).
+        target: String,
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The block list.
+    Blocks {
+        #[command(subcommand)]
+        command: BlocksCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BlocksCmd {
+    /// Print how many queues are blocked, then one line per block: its entry (a keyed hash
+    /// of the queue's id, meaningless without storage.key) and when it was made.
+    List {
+        /// Data directory [env: SOTTO_RELAY_DATA]
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
 }
 
 fn env(name: &str) -> Option<String> {
@@ -205,6 +251,46 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Check { data, timeout } => {
+            let dir = data.unwrap_or_else(datadir::default_dir);
+            let config = load_config(&dir, &Overrides::default())?;
+            let id = datadir::load_identity(&dir)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let took = rt.block_on(async {
+                tokio::time::timeout(timeout, check(&config, &id))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+            })?;
+            println!("ok: the relay answered PING in {} ms", took.as_millis());
+            Ok(())
+        }
+        Cmd::Block { target, data } => offline(data, |store, key| async move {
+            let b = sotto_relay::abuse::block(&store, &key, &target).await?;
+            if b.already {
+                println!("already blocked: {} (nothing changed)", b.entry);
+            } else {
+                println!(
+                    "blocked {}: {} message(s) deleted; every command on the queue is answered \
+                     BLOCKED once the relay is started again",
+                    b.entry, b.messages
+                );
+            }
+            Ok(())
+        }),
+        Cmd::Unblock { target, data } => offline(data, |store, key| async move {
+            let entry = sotto_relay::abuse::unblock(&store, &key, &target).await?;
+            println!("unblocked {entry}: the queue accepts commands again (it is empty)");
+            Ok(())
+        }),
+        Cmd::Blocks {
+            command: BlocksCmd::List { data },
+        } => offline(data, |store, _| async move {
+            print!("{}", sotto_relay::abuse::list(&store)?);
+            Ok(())
+        }),
         Cmd::Run {
             data,
             listen,
@@ -237,6 +323,75 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(serve(dir, config))
         }
     }
+}
+
+/// `check`: dials the relay on loopback at its `listen` port, PINGs it; how long it took.
+async fn check(config: &Config, id: &datadir::Identity) -> anyhow::Result<std::time::Duration> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let start = std::time::Instant::now();
+    let ip = match config.listen.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        a => a,
+    };
+    let port = config.listen.port();
+    if port == 0 {
+        anyhow::bail!("`listen` has port 0 (any free port): there is no fixed port to check");
+    }
+    let host = match ip {
+        IpAddr::V4(a) => sotto_protocol::address::Host::Ipv4(a),
+        IpAddr::V6(a) => sotto_protocol::address::Host::Ipv6(a),
+    };
+    let address = sotto_protocol::RelayAddress::new(id.relay_key.public(), host, port);
+    let bind: std::net::SocketAddr = if ip.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let quic = sotto_transport::QuicOptions::default();
+    let endpoint = sotto_transport::client_endpoint(bind, &quic)?;
+    let (client, _pushes) = sotto_transport::RelayClient::connect(
+        &endpoint,
+        &address,
+        &sotto_transport::ClientOptions::default(),
+    )
+    .await
+    .with_context(|| format!("cannot reach the relay at {}", address.host_port()))?;
+    client
+        .ping()
+        .await
+        .context("the relay did not answer PING")?;
+    client.close().await;
+    endpoint.wait_idle().await;
+    Ok(start.elapsed())
+}
+
+/// Runs `f` on the store of a stopped relay, then closes it cleanly.
+fn offline<F, Fut>(data: Option<PathBuf>, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(sotto_relay::store::Store, sotto_protocol::RelayPublicKey) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let dir = data.unwrap_or_else(datadir::default_dir);
+    if !datadir::has_identity(&dir) {
+        anyhow::bail!(
+            "{} holds no relay (no {}): give the relay's data directory with --data",
+            dir.display(),
+            datadir::RELAY_KEY_FILE
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let (store, key) = sotto_relay::abuse::open_offline(&dir)?;
+        let result = f(store.clone(), key).await;
+        if !store.close(std::time::Duration::from_secs(30)).await {
+            eprintln!("sotto-relay: warning: the store did not close within 30 s");
+        }
+        result
+    })
 }
 
 async fn serve(dir: PathBuf, config: Config) -> anyhow::Result<()> {

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub queues: IntGauge,
     /// Messages stored.
     pub stored_messages: IntGauge,
+    /// Queues blocked by the operator.
+    pub blocked_queues: IntGauge,
     /// Messages accepted (SEND answered OK).
     pub messages_sent: IntCounter,
     /// Messages delivered (MSG sent).
@@ -141,6 +143,10 @@ impl Metrics {
             errors: counter_vec("errors_total", "Error answers by code", "code")?,
             queues: gauge("queues", "Queues stored")?,
             stored_messages: gauge("stored_messages", "Messages stored (released or not)")?,
+            blocked_queues: gauge(
+                "blocked_queues",
+                "Queues blocked by the operator (sotto-relay block)",
+            )?,
             messages_sent: counter(
                 "messages_sent_total",
                 "Messages accepted (SEND answered OK)",

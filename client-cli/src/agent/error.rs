@@ -106,6 +106,14 @@ pub enum AgentError {
          (the message stays queued; `sotto delete {0}` forgets the contact)"
     )]
     QueueRefused(String),
+    /// The relay's operator blocked the contact's queue (ERR BLOCKED): nothing sent to it
+    /// arrives.
+    #[error(
+        "the relay operator blocked `{0}`'s queue: messages to them are refused there (the \
+         message stays queued). Ask `{0}` to move their queue to another relay \
+         (`sotto rotate`), or forget the contact with `sotto delete {0}`"
+    )]
+    QueueBlocked(String),
     /// Another process is doing this contact's outbox and did not finish in time.
     #[error("another sotto process is sending to `{0}`; try again")]
     Busy(String),

@@ -56,8 +56,11 @@ impl Agent {
             .request(&relay, async |c| c.delete(&creds).await)
             .await
         {
-            // Already gone.
-            Err(e) if e.relay_code() == Some(ErrorCode::Auth) => Ok(()),
+            // Already gone, or blocked by the relay's operator (unusable, and only the
+            // operator can remove it).
+            Err(e) if matches!(e.relay_code(), Some(ErrorCode::Auth | ErrorCode::Blocked)) => {
+                Ok(())
+            }
             r => r,
         }
     }

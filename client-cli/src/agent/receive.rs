@@ -501,6 +501,7 @@ impl Agent {
             first_error: None,
             complete: true,
             failed: HashSet::new(),
+            blocked: Vec::new(),
             now,
         };
         if self.net.is_paced() {
@@ -532,8 +533,41 @@ impl Agent {
         let Round {
             first_error,
             complete,
+            blocked,
             ..
         } = round;
+        if !blocked.is_empty() {
+            let st = self.store.read()?;
+            for (relay, id) in blocked {
+                let name = st
+                    .contacts
+                    .iter()
+                    .find(|c| c.recv.iter().any(|q| q.recipient_id == id))
+                    .map_or_else(
+                        || "a pending invitation".to_owned(),
+                        |c| format!("`{}`", c.name),
+                    );
+                let fix = st
+                    .contacts
+                    .iter()
+                    .find(|c| c.recv.iter().any(|q| q.recipient_id == id))
+                    .map_or_else(
+                        || "delete the invitation and make a new one on another relay".to_owned(),
+                        |c| {
+                            format!(
+                                "move it to another relay with `sotto rotate {} --via RELAY`",
+                                c.name
+                            )
+                        },
+                    );
+                let _ = on_event(&Event::Warning {
+                    message: format!(
+                        "the relay operator of {relay} blocked your queue for {name}: nothing \
+                         more arrives on it; {fix}"
+                    ),
+                });
+            }
+        }
         subs.complete = complete && first_error.is_none();
         if !subs.complete {
             // Re-check: everything may be live now.
@@ -623,6 +657,8 @@ struct Round {
     complete: bool,
     /// Relays that failed in this round (their other queues wait for the next one).
     failed: HashSet<String>,
+    /// Queues the relay answered BLOCKED for in this round, first time in the run.
+    blocked: Vec<QueueKey>,
     now: Instant,
 }
 
@@ -648,6 +684,14 @@ impl Round {
                 }
                 subs.retry.remove(&relay);
                 subs.down.remove(&relay);
+            }
+            Err(e) if e.relay_code() == Some(ErrorCode::Blocked) => {
+                // Blocked by the relay's operator: nothing will arrive on it, and asking
+                // again changes nothing. Reported once per run (see `sync_subscriptions`).
+                subs.live.insert(key.clone(), current.unwrap_or_default());
+                if subs.blocked.insert(key.clone()) {
+                    self.blocked.push(key);
+                }
             }
             Err(e) if e.relay_code() == Some(ErrorCode::Auth) => {
                 // The queue is gone (deleted by a rotation in another process, or
@@ -677,6 +721,8 @@ struct Subscriptions {
     retry: HashMap<String, (Instant, Duration)>,
     /// Relays reported unreachable (warned once per outage).
     down: HashSet<String>,
+    /// Queues their relay's operator blocked (warned once per run).
+    blocked: HashSet<QueueKey>,
     /// Every wanted queue has a live subscription.
     complete: bool,
 }

@@ -149,6 +149,9 @@ impl Agent {
                         Ok::<_, AgentError>(())
                     })?;
                     if let Err(source) = result {
+                        if source.relay_code() == Some(ErrorCode::Blocked) {
+                            return Err(AgentError::QueueBlocked(self.contact_name(contact)));
+                        }
                         if matches!(
                             source.relay_code(),
                             Some(ErrorCode::Auth | ErrorCode::Prohibited)

@@ -72,8 +72,10 @@ pub(super) fn prepare_send(
     let Some((queue, rec)) = found.filter(|_| authorised) else {
         return Err(Response::Err(ErrorCode::Auth));
     };
-    if rec.status != QueueStatus::Active {
-        return Err(Response::Err(ErrorCode::Prohibited));
+    match rec.status {
+        QueueStatus::Active => {}
+        QueueStatus::Off => return Err(Response::Err(ErrorCode::Prohibited)),
+        QueueStatus::Blocked => return Err(Response::Err(ErrorCode::Blocked)),
     }
     let prepared = new_send(shared, queue, &rec.seal_key, flags, &body);
     if let (Some(known), Some(key)) = (known, rec.sender_key) {
@@ -175,6 +177,7 @@ pub(super) async fn store_send(shared: &Shared, p: PreparedSend) -> Response {
         Ok(WriteOutcome::QuotaExceeded) => Response::Err(ErrorCode::Quota),
         Ok(WriteOutcome::NoQueue) => Response::Err(ErrorCode::Auth),
         Ok(WriteOutcome::Disabled) => Response::Err(ErrorCode::Prohibited),
+        Ok(WriteOutcome::QueueBlocked) => Response::Err(ErrorCode::Blocked),
         Ok(_) => Response::Err(ErrorCode::Internal),
         Err(e) => store_error(&e),
     }
@@ -202,6 +205,9 @@ pub(super) fn prepare_sender_key(
     let Some((queue, rec)) = found.filter(|_| valid) else {
         return Err(Response::Err(ErrorCode::Auth));
     };
+    if rec.status == QueueStatus::Blocked {
+        return Err(Response::Err(ErrorCode::Blocked));
+    }
     if rec.sender_key.is_some_and(|k| k != key) || rec.status != QueueStatus::Active {
         return Err(Response::Err(ErrorCode::Prohibited));
     }
@@ -216,6 +222,7 @@ pub(super) async fn simple_write(store: &Store, op: WriteOp) -> Response {
         Ok(WriteOutcome::KeyConflict | WriteOutcome::Disabled) => {
             Response::Err(ErrorCode::Prohibited)
         }
+        Ok(WriteOutcome::QueueBlocked) => Response::Err(ErrorCode::Blocked),
         Ok(_) => Response::Err(ErrorCode::Internal),
         Err(e) => store_error(&e),
     }

@@ -79,7 +79,7 @@ pub(super) async fn expiry_task(shared: Arc<Shared>) {
     }
 }
 
-/// Refreshes the queue and message gauges every 2 s.
+/// Refreshes the queue, message and blocked-queue gauges every 2 s.
 pub(super) async fn gauge_task(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -96,6 +96,12 @@ pub(super) async fn gauge_task(shared: Arc<Shared>) {
                 .metrics
                 .stored_messages
                 .set(i64::try_from(m).unwrap_or(i64::MAX));
+        }
+        if let Ok(b) = shared.store.blocked_count() {
+            shared
+                .metrics
+                .blocked_queues
+                .set(i64::try_from(b).unwrap_or(i64::MAX));
         }
     }
 }

@@ -204,7 +204,11 @@ pub async fn start_with(
             crate::metrics::serve(a, metrics.clone(), shutdown.clone())
                 .await
                 .with_context(|| {
-                    format!("cannot serve metrics on {a} (set --metrics off or another address)")
+                    format!(
+                        "cannot serve metrics on {a} (another relay on this \
+                         host?): set --metrics off or another address (`metrics` in config.toml; \
+                         see docs/operator.md, \"Several relays on one host\")"
+                    )
                 })?,
         ),
         None => None,

@@ -10,8 +10,9 @@ use redb::{ReadableTable, WriteTransaction};
 use sotto_protocol::AuthPublicKey;
 
 use super::records::{
-    BY_TIME, MESSAGES, PENDING, QUEUES, SENDERS, decode_queue_record, encode_message_value,
-    encode_queue_record, open_message, queue_ad, queue_record_state, split_release,
+    BLOCKED, BY_TIME, MESSAGES, PENDING, QUEUES, SENDERS, decode_queue_record,
+    encode_message_value, encode_queue_record, open_message, queue_ad, queue_record_state,
+    split_release,
 };
 use super::writer::Writer;
 use super::{NewMessage, QueueRecord, QueueRef, QueueStatus, StoreError, io};
@@ -81,6 +82,21 @@ pub enum WriteOp {
         /// The relay's clock, Unix seconds.
         now: u64,
     },
+    /// The operator blocks a queue (`sotto-relay block`): its status becomes
+    /// [`QueueStatus::Blocked`], every message it holds is deleted, and its reference is added
+    /// to the block list with the time `now` (Unix seconds).
+    Block {
+        /// Queue.
+        queue: QueueRef,
+        /// Unix seconds.
+        now: u64,
+    },
+    /// The operator lifts a block (`sotto-relay unblock`): the queue is active again (empty)
+    /// and leaves the block list.
+    Unblock {
+        /// Queue.
+        queue: QueueRef,
+    },
     /// Delete messages received before `messages_before` (Unix seconds), at most `max` per
     /// call, and sweep on through the queues for ones idle since before
     /// `queues_idle_before`: examine at most `scan` queue records after `scan_after` (from
@@ -119,6 +135,8 @@ impl WriteOp {
             | WriteOp::DeleteQueue { .. }
             | WriteOp::Append { .. }
             | WriteOp::Touch { .. }
+            | WriteOp::Block { .. }
+            | WriteOp::Unblock { .. }
             | WriteOp::RecordForward { .. } => true,
         }
     }
@@ -133,6 +151,17 @@ pub enum WriteOutcome {
     NoQueue,
     /// SEND to a disabled queue.
     Disabled,
+    /// The queue is blocked by the operator (SEND, KEY, SKEY, OFF refused).
+    QueueBlocked,
+    /// [`WriteOp::Block`]: the queue is blocked now.
+    BlockedNow {
+        /// Messages deleted with the block.
+        messages: u64,
+        /// Whether it was blocked already (nothing changed then).
+        already: bool,
+    },
+    /// [`WriteOp::Unblock`] of a queue that is not blocked (nothing changed).
+    NotBlocked,
     /// The queue is full.
     QuotaExceeded,
     /// A different sender key is already set.
@@ -216,8 +245,10 @@ impl Writer {
                 let Some(mut rec) = self.read_queue(txn, queue)? else {
                     return Ok(WriteOutcome::NoQueue);
                 };
-                if rec.status != QueueStatus::Active {
-                    return Ok(WriteOutcome::Disabled);
+                match rec.status {
+                    QueueStatus::Active => {}
+                    QueueStatus::Off => return Ok(WriteOutcome::Disabled),
+                    QueueStatus::Blocked => return Ok(WriteOutcome::QueueBlocked),
                 }
                 match rec.sender_key {
                     Some(k) if k == *key => Ok(WriteOutcome::Done),
@@ -233,7 +264,49 @@ impl Writer {
                 let Some(mut rec) = self.read_queue(txn, queue)? else {
                     return Ok(WriteOutcome::NoQueue);
                 };
+                if rec.status == QueueStatus::Blocked {
+                    return Ok(WriteOutcome::QueueBlocked);
+                }
                 rec.status = QueueStatus::Off;
+                self.write_queue(txn, queue, &rec)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::Block { queue, now } => {
+                let Some(mut rec) = self.read_queue(txn, queue)? else {
+                    return Ok(WriteOutcome::NoQueue);
+                };
+                let already = rec.status == QueueStatus::Blocked;
+                // Messages are deleted even when already blocked: a blocked queue holds none,
+                // and this makes a block that raced an append (there is none offline) whole.
+                let messages = self.delete_messages(txn, queue)?;
+                if !already {
+                    rec.status = QueueStatus::Blocked;
+                    self.write_queue(txn, queue, &rec)?;
+                    txn.open_table(BLOCKED)
+                        .map_err(io)?
+                        .insert(queue, *now)
+                        .map_err(io)?;
+                }
+                Ok(WriteOutcome::BlockedNow { messages, already })
+            }
+            WriteOp::Unblock { queue } => {
+                let listed = txn
+                    .open_table(BLOCKED)
+                    .map_err(io)?
+                    .remove(queue)
+                    .map_err(io)?
+                    .is_some();
+                let Some(mut rec) = self.read_queue(txn, queue)? else {
+                    return Ok(if listed {
+                        WriteOutcome::Done
+                    } else {
+                        WriteOutcome::NoQueue
+                    });
+                };
+                if rec.status != QueueStatus::Blocked {
+                    return Ok(WriteOutcome::NotBlocked);
+                }
+                rec.status = QueueStatus::Active;
                 self.write_queue(txn, queue, &rec)?;
                 Ok(WriteOutcome::Done)
             }
@@ -262,8 +335,10 @@ impl Writer {
                     }
                 };
                 let (status, last_active) = queue_record_state(&plain)?;
-                if status != QueueStatus::Active {
-                    return Ok(WriteOutcome::Disabled);
+                match status {
+                    QueueStatus::Active => {}
+                    QueueStatus::Off => return Ok(WriteOutcome::Disabled),
+                    QueueStatus::Blocked => return Ok(WriteOutcome::QueueBlocked),
                 }
                 let mut messages = txn.open_table(MESSAGES).map_err(io)?;
                 let count = messages
@@ -362,6 +437,20 @@ impl Writer {
             .map_err(io)?
             .remove(&self.keys.sender_ref(&rec.sender_id))
             .map_err(io)?;
+        if rec.status == QueueStatus::Blocked {
+            // Only the idle sweep deletes a blocked queue (its recipient's DEL is refused):
+            // the block list holds blocked queues that exist.
+            txn.open_table(BLOCKED)
+                .map_err(io)?
+                .remove(queue)
+                .map_err(io)?;
+        }
+        self.delete_messages(txn, queue)?;
+        Ok(())
+    }
+
+    /// Deletes every message of `queue` with its index entries; how many.
+    fn delete_messages(&self, txn: &WriteTransaction, queue: &QueueRef) -> Result<u64, StoreError> {
         let mut messages = txn.open_table(MESSAGES).map_err(io)?;
         let mut doomed = Vec::new();
         for e in messages
@@ -378,6 +467,7 @@ impl Writer {
         }
         let mut pending = txn.open_table(PENDING).map_err(io)?;
         let mut by_time = txn.open_table(BY_TIME).map_err(io)?;
+        let count = doomed.len() as u64;
         for (seq, release, received) in doomed {
             messages.remove((*queue, seq)).map_err(io)?;
             pending.remove((release, *queue, seq)).map_err(io)?;
@@ -385,7 +475,7 @@ impl Writer {
                 by_time.remove((r, *queue, seq)).map_err(io)?;
             }
         }
-        Ok(())
+        Ok(count)
     }
 }
 
@@ -503,5 +593,96 @@ mod tests {
         assert!(store.queue_by_sender(&rec.sender_id).unwrap().is_none());
         assert_eq!(store.counts().unwrap(), (0, 0));
         assert!(store.pending_after(0).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_block_empties_the_queue_refuses_writes_and_ends_with_unblock_or_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rec = record();
+        store
+            .write(WriteOp::CreateQueue(Box::new(rec.clone())))
+            .await
+            .unwrap();
+        let q = store.queue_ref(&rec.recipient_id);
+        for (id, release) in [(1, 1_000_000), (2, u64::MAX / 2)] {
+            let msg = message(id, 1_000_000, release);
+            let op = WriteOp::Append {
+                queue: q,
+                msg,
+                quota: 10,
+            };
+            assert!(matches!(
+                store.write(op).await.unwrap(),
+                WriteOutcome::Appended { .. }
+            ));
+        }
+        let block = WriteOp::Block { queue: q, now: 77 };
+        assert_eq!(
+            store.write(block.clone()).await.unwrap(),
+            WriteOutcome::BlockedNow {
+                messages: 2,
+                already: false
+            }
+        );
+        assert_eq!(store.counts().unwrap(), (1, 0));
+        assert!(store.pending_after(0).unwrap().is_empty());
+        assert_eq!(store.blocked().unwrap(), vec![(q, 77)]);
+        assert_eq!(store.blocked_count().unwrap(), 1);
+        assert_eq!(
+            store.queue(&rec.recipient_id).unwrap().unwrap().1.status,
+            QueueStatus::Blocked
+        );
+        let key = AuthSecretKey::generate(&mut OsRng).public();
+        for op in [
+            WriteOp::Append {
+                queue: q,
+                msg: message(3, 1_000_000, 1_000_000),
+                quota: 10,
+            },
+            WriteOp::SetSenderKey { queue: q, key },
+            WriteOp::Disable { queue: q },
+        ] {
+            assert_eq!(store.write(op).await.unwrap(), WriteOutcome::QueueBlocked);
+        }
+        assert_eq!(
+            store.write(block.clone()).await.unwrap(),
+            WriteOutcome::BlockedNow {
+                messages: 0,
+                already: true
+            }
+        );
+        assert_eq!(
+            store.write(WriteOp::Unblock { queue: q }).await.unwrap(),
+            WriteOutcome::Done
+        );
+        assert!(store.blocked().unwrap().is_empty());
+        assert_eq!(
+            store.queue(&rec.recipient_id).unwrap().unwrap().1.status,
+            QueueStatus::Active
+        );
+        assert_eq!(
+            store.write(WriteOp::Unblock { queue: q }).await.unwrap(),
+            WriteOutcome::NotBlocked
+        );
+        // Blocked again, then idle for too long: the sweep deletes it, and its entry.
+        store.write(block).await.unwrap();
+        let out = store
+            .write(WriteOp::Expire {
+                messages_before: 0,
+                queues_idle_before: u64::MAX,
+                max: 100,
+                scan_after: None,
+                scan: 100,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, WriteOutcome::Expired { queues: 1, .. }),
+            "{out:?}"
+        );
+        assert_eq!(store.counts().unwrap(), (0, 0));
+        assert_eq!(store.blocked_count().unwrap(), 0);
+        assert!(store.sender_queue_ref(&rec.sender_id).unwrap().is_none());
     }
 }

@@ -17,8 +17,8 @@ use sotto_protocol::{RecipientId, SenderId};
 
 use super::keys::Keys;
 use super::records::{
-    MESSAGES, OpenedMessage, PENDING, QUEUES, SENDERS, decode_queue_record, encode_queue_record,
-    open_message, queue_ad, split_release,
+    BLOCKED, MESSAGES, OpenedMessage, PENDING, QUEUES, SENDERS, decode_queue_record,
+    encode_queue_record, open_message, queue_ad, split_release,
 };
 use super::writer::Msg;
 use super::{QueueRecord, QueueRef, QueueStatus, SealedBody, Store, StoreError, StoredMessage, io};
@@ -312,6 +312,54 @@ impl Store {
             .len()
             .map_err(|e| self.rd(&txn, e))?;
         Ok((q, m))
+    }
+
+    /// The block list: every blocked queue's reference (a keyed hash) and when it was
+    /// blocked (Unix seconds), in reference order.
+    ///
+    /// # Errors
+    /// Read failure.
+    pub fn blocked(&self) -> Result<Vec<(QueueRef, u64)>, StoreError> {
+        let txn = self.read()?;
+        let t = match txn.open_table(BLOCKED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.rd(&txn, e)),
+        };
+        let mut out = Vec::new();
+        for e in t.iter().map_err(|e| self.rd(&txn, e))? {
+            let (k, v) = e.map_err(|e| self.rd(&txn, e))?;
+            out.push((k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// How many queues are blocked (the length of [`Store::blocked`]).
+    ///
+    /// # Errors
+    /// Read failure.
+    pub fn blocked_count(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        match txn.open_table(BLOCKED) {
+            Ok(t) => t.len().map_err(|e| self.rd(&txn, e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(self.rd(&txn, e)),
+        }
+    }
+
+    /// The reference of the queue whose sender id is `id`, if there is one (for the
+    /// operator's tools; sessions use [`Store::queue_by_sender`]).
+    ///
+    /// # Errors
+    /// Read failure.
+    pub fn sender_queue_ref(&self, id: &SenderId) -> Result<Option<QueueRef>, StoreError> {
+        let s = self.inner.keys.sender_ref(id);
+        let txn = self.read()?;
+        let senders = txn.open_table(SENDERS).map_err(|e| self.rd(&txn, e))?;
+        Ok(senders
+            .get(&s)
+            .map_err(|e| self.rd(&txn, e))?
+            .map(|v| v.value()))
     }
 
     /// Number of raw bytes stored for a queue's messages (for tests of encryption).

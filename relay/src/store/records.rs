@@ -30,6 +30,10 @@ pub(super) const PENDING: TableDefinition<'_, (u64, QueueRef, u64), ()> =
 pub(super) const BY_TIME: TableDefinition<'_, (u64, QueueRef, u64), ()> =
     TableDefinition::new("by_time");
 pub(super) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Queues blocked by the operator (`sotto-relay block`): the queue's reference (a keyed hash,
+/// never an id) → when it was blocked, Unix seconds. Created by the first block; a store
+/// without it has no blocked queue.
+pub(super) const BLOCKED: TableDefinition<'_, QueueRef, u64> = TableDefinition::new("blocked");
 
 const CHECK_PLAINTEXT: &[u8] = b"sotto relay store v1";
 const RECORD_VERSION: u8 = 1;
@@ -41,6 +45,9 @@ pub enum QueueStatus {
     Active,
     /// Disabled by its recipient (OFF).
     Off,
+    /// Blocked by the relay's operator: every command on it is answered `BLOCKED`, and it
+    /// holds no messages.
+    Blocked,
 }
 
 /// A queue as stored.
@@ -193,6 +200,7 @@ pub fn encode_queue_record(q: &QueueRecord) -> Vec<u8> {
     v.push(match q.status {
         QueueStatus::Active => 0,
         QueueStatus::Off => 1,
+        QueueStatus::Blocked => 2,
     });
     v.extend_from_slice(&q.created_at.to_be_bytes());
     v.extend_from_slice(&q.last_active.to_be_bytes());
@@ -227,6 +235,7 @@ pub fn decode_queue_record(b: &[u8]) -> Result<QueueRecord, StoreError> {
     let status = match r.u8().map_err(bad)? {
         0 => QueueStatus::Active,
         1 => QueueStatus::Off,
+        2 => QueueStatus::Blocked,
         _ => return Err(StoreError::Corrupt("queue record: bad status".into())),
     };
     let created_at = r.u64().map_err(bad)?;
@@ -252,6 +261,7 @@ pub(super) fn queue_record_state(b: &[u8]) -> Result<(QueueStatus, u64), StoreEr
     let status = match b.len().checked_sub(17).and_then(|at| b.get(at)) {
         Some(0) => QueueStatus::Active,
         Some(1) => QueueStatus::Off,
+        Some(2) => QueueStatus::Blocked,
         _ => return Err(StoreError::Corrupt("queue record: bad status".into())),
     };
     Ok((status, last_active))

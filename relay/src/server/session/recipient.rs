@@ -122,6 +122,12 @@ impl Session {
                 .reply(corr, Some(e), Response::Err(ErrorCode::Auth))
                 .await;
         };
+        if rec.status == QueueStatus::Blocked {
+            // Blocked by the operator: every command, once authenticated (§ 9.4).
+            return self
+                .reply(corr, Some(e), Response::Err(ErrorCode::Blocked))
+                .await;
+        }
         match cmd {
             Command::Key { sender_key } => {
                 self.push_simple_write(
