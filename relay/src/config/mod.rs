@@ -239,6 +239,15 @@ pub struct StoreConfig {
     pub unsafe_no_fsync: bool,
     /// redb page cache size in MiB.
     pub cache_mib: usize,
+    /// Global storage budget in MiB, estimated from what the store holds (one message
+    /// ≈ 16 KiB, one queue ≈ 0.5 KiB): at it, NEW and SEND answer STORE until deliveries
+    /// free room. 0: no budget (the disk reserve still applies).
+    pub max_mib: u64,
+    /// Free disk space in MiB that the store's file system keeps: below it, NEW and SEND
+    /// answer STORE. The store also keeps a reserve file of this size beside the database,
+    /// given up when the disk fills anyway, so that deliveries and deletions go on. 0: no
+    /// reserve.
+    pub reserve_mib: u64,
 }
 
 impl Default for StoreConfig {
@@ -247,6 +256,8 @@ impl Default for StoreConfig {
             max_batch: 256,
             unsafe_no_fsync: false,
             cache_mib: 64,
+            max_mib: 0,
+            reserve_mib: 64,
         }
     }
 }

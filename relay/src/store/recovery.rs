@@ -253,16 +253,17 @@ const REOPEN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writer {
     /// Closes and reopens the database (see the store's # Recovery from write failures). With
-    /// `force` false, only opens it if the slot is empty (an earlier reopen failed).
-    pub(super) fn recover(&mut self, force: bool) {
+    /// `force` false, only opens it if the slot is empty (an earlier reopen failed). With
+    /// `verify`, the reopen checks every page checksum (after a failing disk); without, redb
+    /// only repairs the file from its last durable commit (after a full disk, where nothing
+    /// was written behind redb's back). The caller applies again the deletions the reopen
+    /// undoes (`Writer::unsynced_deletions`).
+    pub(super) fn recover(&mut self, force: bool, verify: bool) {
         let old = self.slot.set(None);
         match old {
             Some(db) if force => {
                 // redb reopens the file at its last durable commit.
                 if self.policy.undo_relaxed() {
-                    tracing::warn!(
-                        "deletions committed without fsync are undone by the reopen: those messages will be delivered again"
-                    );
                     self.commits.send_modify(|c| c.flush_pending = false);
                 }
                 // Wait (bounded) for in-flight reads to drop their handles: redb locks the
@@ -295,7 +296,8 @@ impl Writer {
             }
             None => {}
         }
-        match guarded(|| self.slot.open(true)).and_then(|r| r.map_err(|e| e.to_string())) {
+        let started = Instant::now();
+        match guarded(|| self.slot.open(verify)).and_then(|r| r.map_err(|e| e.to_string())) {
             Ok(db) => {
                 match read_next_seq(&db) {
                     Some(seq) => (self.next_seq, self.seq_reserved) = (seq, seq),
@@ -306,7 +308,11 @@ impl Writer {
                     }
                 }
                 self.slot.set(Some(Arc::new(db)));
-                tracing::warn!("database reopened after a write failure; serving again");
+                tracing::warn!(
+                    verified = verify,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "database reopened after a write failure; serving again"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the database; will retry on the next write");
