@@ -202,6 +202,51 @@ async fn disk_full_refuses_sends_keeps_serving_reads_and_recovers_by_itself() {
     drop(fs);
 }
 
+/// The global budget (`store.max_mib`): one source cannot make the store hold more. At it
+/// NEW and SEND answer STORE (one log line, not one per command), GET and ACK go on, and
+/// draining makes room again. Needs no mount, so it runs everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_budget_refuses_new_and_send_and_draining_makes_room() {
+    let relay = TestRelay::start_with(|c| {
+        c.queues.quota = 100_000;
+        c.store.max_mib = 1;
+    })
+    .await;
+    let (c, _p, _e) = connect(&relay.address()).await;
+    let creds = c.create_queue(None).await.unwrap();
+    let mut ok = 0u64;
+    loop {
+        assert!(ok < 1000, "the budget never applied");
+        match c.send(creds.sender_id, None, 0, body(ok)).await {
+            Ok(()) => ok += 1,
+            Err(ClientError::Relay(ErrorCode::Store)) => break,
+            Err(e) => panic!("SEND {ok}: expected OK or STORE, got {e:?}"),
+        }
+    }
+    // 1 MiB at ≈ 16.4 KiB per message.
+    let fits = (1u64 << 20) / sotto_relay::store::STORED_MESSAGE_BYTES;
+    assert!(
+        (fits - 1..=fits + 1).contains(&ok),
+        "{ok} messages fitted, not ≈ {fits}"
+    );
+    assert!(matches!(
+        c.create_queue(None).await,
+        Err(ClientError::Relay(ErrorCode::Store))
+    ));
+    for i in 0..10 {
+        let m = c.get(&creds).await.unwrap().expect("a stored message");
+        assert_eq!(tag_of(&m.body), i);
+        assert!(c.ack(&creds, m.msg_id).await.unwrap());
+    }
+    c.send(creds.sender_id, None, 0, body(ok))
+        .await
+        .expect("SEND after deliveries made room");
+    c.create_queue(None)
+        .await
+        .expect("NEW after deliveries made room");
+    c.close().await;
+}
+
 /// Free bytes on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> u64 {
     let st = rustix::fs::statvfs(dir).unwrap();

@@ -24,6 +24,9 @@ pub(super) struct DbSlot {
     db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     cache_bytes: usize,
+    /// Tests: while set, every fsync of a database this slot opens fails with EIO.
+    #[cfg(test)]
+    pub(super) fail_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DbSlot {
@@ -49,10 +52,23 @@ impl DbSlot {
     /// ≈ 8 s from disk), so it runs only when the file may have changed since this store last
     /// closed it (see [`CLEAN_STAMP_SUFFIX`]).
     fn open(&self, verify: bool) -> Result<Database, redb::DatabaseError> {
-        Database::builder()
+        let mut builder = Database::builder();
+        builder
             .set_cache_size(self.cache_bytes)
-            .set_check_integrity_on_open(verify)
-            .open(&self.path)
+            .set_check_integrity_on_open(verify);
+        #[cfg(test)]
+        {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)?;
+            builder.create_with_backend(test_backend::FailingSyncs {
+                inner: redb::backends::FileBackend::new(file)?,
+                fail: self.fail_syncs.clone(),
+            })
+        }
+        #[cfg(not(test))]
+        builder.open(&self.path)
     }
 }
 
@@ -97,6 +113,8 @@ pub(super) fn open_database(
         db: std::sync::RwLock::new(None),
         path: path.to_owned(),
         cache_bytes,
+        #[cfg(test)]
+        fail_syncs: Arc::default(),
     });
     let db = guarded(|| slot.open(verify).map_err(|e| e.to_string()))
         .and_then(|r| r)
@@ -327,6 +345,69 @@ fn read_next_seq(db: &Database) -> Option<u64> {
     let meta = txn.open_table(META).ok()?;
     let v = meta.get("next_seq").ok()??;
     <[u8; 8]>::try_from(v.value()).ok().map(u64::from_be_bytes)
+}
+
+/// A file backend whose fsyncs fail on demand (EIO), for the tests of a failing disk.
+#[cfg(test)]
+mod test_backend {
+    use std::ops::Bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+
+    #[derive(Debug)]
+    pub(crate) struct FailingSyncs {
+        pub(crate) inner: FileBackend,
+        pub(crate) fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for FailingSyncs {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.inner.close()
+        }
+        fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_range(s, e)
+        }
+        fn try_lock_shared_range(
+            &self,
+            s: Bound<u64>,
+            e: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.try_lock_shared_range(s, e)
+        }
+        fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_range(s, e)
+        }
+        fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_shared_range(s, e)
+        }
+        fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.unlock_range(s, e)
+        }
+        fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.query_lock_range(s, e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -573,6 +573,8 @@ fn read_txn_counts(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
     use crate::store::recovery::clean_stamp_matches;
     use crate::store::test_support::*;
     use crate::store::*;
@@ -835,6 +837,55 @@ mod tests {
         assert!(clean_stamp_matches(&path));
         let store = open(dir.path());
         assert_eq!(store.message_count(&q).unwrap(), 1);
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    /// A failed fsync (EIO, not a full disk) is fatal for durability, as in PostgreSQL: the
+    /// write is not acknowledged, every later write is refused even once fsync works again,
+    /// reads go on, and the file is not stamped clean (the next start checks every page).
+    #[tokio::test]
+    async fn a_failed_fsync_makes_the_store_read_only_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let read_only = prometheus::IntGauge::new("o", "o").unwrap();
+        let opts = StoreOptions {
+            metrics: Some(StoreMetrics {
+                commit_seconds: histogram(),
+                batch_size: histogram(),
+                relaxed_commits: prometheus::IntCounter::new("r", "r").unwrap(),
+                full: prometheus::IntGauge::new("f", "f").unwrap(),
+                read_only: read_only.clone(),
+            }),
+            ..StoreOptions::default()
+        };
+        let store = open_with(dir.path(), opts, RELAXED_COMMIT_BOUND);
+        let path = store.path().to_owned();
+        let (q, acks) = queue_with_messages(&store, 2).await;
+        let send = |i| WriteOp::Append {
+            queue: q,
+            msg: message(i, 5_000_000, 5_000_000),
+            quota: 100,
+        };
+        store.inner.slot.fail_syncs.store(true, Ordering::Relaxed);
+        let r = store.write(send(7)).await;
+        assert!(matches!(r, Err(StoreError::Io(_))), "{r:?}");
+        assert_eq!(read_only.get(), 1);
+        // The disk answers again: the store still acknowledges nothing.
+        store.inner.slot.fail_syncs.store(false, Ordering::Relaxed);
+        let r = store.write(send(8)).await;
+        assert!(matches!(r, Err(StoreError::ReadOnly)), "{r:?}");
+        for ack in acks {
+            let r = store.write(ack).await;
+            assert!(matches!(r, Err(StoreError::ReadOnly)), "{r:?}");
+        }
+        assert_eq!(store.message_count(&q).unwrap(), 2, "reads go on");
+        assert!(store.close(Duration::from_secs(10)).await);
+        assert!(!clean_stamp_matches(&path), "no clean stamp after it");
+        let store = open(dir.path());
+        assert_eq!(
+            store.message_count(&q).unwrap(),
+            2,
+            "nothing refused is there"
+        );
         assert!(store.close(Duration::from_secs(10)).await);
     }
 
