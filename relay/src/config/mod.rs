@@ -103,6 +103,17 @@ impl std::fmt::Debug for Config {
     }
 }
 
+impl Config {
+    /// Whether `given` opens NEW on this relay: always when no `create_password` is set,
+    /// otherwise when it is the password. Compared as BLAKE3 hashes in constant time
+    /// (`blake3::Hash` equality), so that neither the password's bytes nor its length show
+    /// in how long a refusal takes.
+    pub fn create_password_matches(&self, given: &[u8]) -> bool {
+        self.create_password.is_empty()
+            || blake3::hash(self.create_password.as_bytes()) == blake3::hash(given)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -589,3 +600,20 @@ mod duration_text {
 }
 
 pub use load::{KEYS, Overrides, env_var};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_create_password_opens_new_only_when_it_is_the_same_bytes() {
+        let mut c = Config::default();
+        assert!(c.create_password_matches(b""), "no password: open relay");
+        assert!(c.create_password_matches(b"anything"));
+        c.create_password = "s3cret".into();
+        assert!(c.create_password_matches(b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret ", b"S3cret", b"s3cret\0"] {
+            assert!(!c.create_password_matches(wrong), "{wrong:?}");
+        }
+    }
+}
