@@ -111,7 +111,21 @@ pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
     let mut rng = rand::rngs::OsRng;
     let key = RelayStaticKey::generate(&mut rng);
     let storage = StorageKey::generate(&mut rng);
-    let mut config = Config::default();
+    // An existing config.toml is the operator's (it may hold create_password and every
+    // tuning): a new identity keeps it, rewritten only to apply --host/--listen.
+    let config_path = dir.join(CONFIG_FILE);
+    let keep_config = config_path.exists();
+    let mut config = if keep_config {
+        Config::load(dir, |_| None, &crate::config::Overrides::default()).with_context(|| {
+            format!(
+                "{} exists but cannot be read as the relay's configuration: fix it or move it aside",
+                config_path.display()
+            )
+        })?
+    } else {
+        Config::default()
+    };
+    let rewrite_config = !keep_config || opts.host.is_some() || opts.listen.is_some();
     if let Some(h) = &opts.host {
         config.host = h.clone();
     }
@@ -144,11 +158,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> anyhow::Result<()> {
     )?;
     write_secret(&dir.join(TLS_KEY_FILE), &tls_key)?;
     write_file(&dir.join(TLS_CERT_FILE), &cert, 0o644)?;
-    if !dir.join(CONFIG_FILE).exists() || opts.force {
-        write_secret(
-            &dir.join(CONFIG_FILE),
-            config.to_commented_toml().as_bytes(),
-        )?;
+    if rewrite_config {
+        write_secret(&config_path, config.to_commented_toml().as_bytes())?;
     }
     crate::store::Store::create(&dir.join(DB_FILE), &storage)?;
     Ok(())
@@ -196,6 +207,9 @@ impl std::fmt::Debug for Identity {
 /// # Errors
 /// A message naming the missing, unreadable or malformed file and what to do.
 pub fn load_identity(dir: &Path) -> anyhow::Result<Identity> {
+    for f in [RELAY_KEY_FILE, STORAGE_KEY_FILE, TLS_KEY_FILE] {
+        check_private(&dir.join(f))?;
+    }
     let relay_key = RelayStaticKey::from_bytes(read_key(&dir.join(RELAY_KEY_FILE))?);
     let storage_key = StorageKey::from_bytes(read_key(&dir.join(STORAGE_KEY_FILE))?);
     let tls_cert = read(&dir.join(TLS_CERT_FILE))?;
@@ -255,6 +269,33 @@ pub fn served_address(dir: &Path) -> Option<RelayAddress> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Refuses a secret file that every user of the machine may access (any "other" permission
+/// bit), as OpenSSH refuses such a private key, and warns when its group may read it.
+/// A missing file is left to the read that follows (its error names the fix).
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        bail!(
+            "{} holds a secret but every user of this machine may access it (mode {mode:03o}): \
+             run `chmod 600 {}`; if others may have read it, create a new identity with \
+             `sotto-relay init --force`",
+            path.display(),
+            path.display()
+        );
+    }
+    if mode & 0o070 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{mode:03o}"),
+            "a secret file is accessible to its group; run chmod 600 on it unless that is intended"
+        );
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -350,6 +391,57 @@ mod tests {
             load_identity(&d).unwrap().relay_key.public(),
             id1.relay_key.public()
         );
+    }
+
+    #[test]
+    fn init_force_keeps_the_operators_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init(d, &InitOptions::default()).unwrap();
+        let mut c = Config::load(d, |_| None, &crate::config::Overrides::default()).unwrap();
+        c.create_password = "private relay".into();
+        c.queues.quota = 7;
+        write_secret(&d.join(CONFIG_FILE), c.to_commented_toml().as_bytes()).unwrap();
+        let before = fs::read(d.join(CONFIG_FILE)).unwrap();
+        let force = InitOptions {
+            force: true,
+            ..InitOptions::default()
+        };
+        init(d, &force).unwrap();
+        assert_eq!(
+            fs::read(d.join(CONFIG_FILE)).unwrap(),
+            before,
+            "byte for byte"
+        );
+        // --host changes the host and nothing else.
+        init(
+            d,
+            &InitOptions {
+                host: Some("relay.example.org".into()),
+                ..force
+            },
+        )
+        .unwrap();
+        let after = Config::load(d, |_| None, &crate::config::Overrides::default()).unwrap();
+        assert_eq!(after.host, "relay.example.org");
+        assert_eq!(after.create_password, "private relay");
+        assert_eq!(after.queues.quota, 7);
+    }
+
+    #[test]
+    fn a_world_readable_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &InitOptions::default()).unwrap();
+        for f in [RELAY_KEY_FILE, STORAGE_KEY_FILE, TLS_KEY_FILE] {
+            let p = dir.path().join(f);
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            let e = load_identity(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(f) && e.contains("chmod 600"), "{e}");
+            // Group-readable is only warned about.
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+            load_identity(dir.path()).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        }
     }
 
     #[test]

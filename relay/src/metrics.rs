@@ -97,6 +97,10 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Commits made without fsync (ACK deletions, expiry).
     pub relaxed_commits: IntCounter,
+    /// 1 while the store is full and refuses new queues and messages.
+    pub store_full: IntGauge,
+    /// 1 once the store is read-only after a failed disk write or fsync.
+    pub store_read_only: IntGauge,
     /// Open sessions over TLS/TCP (counted in `sessions` too).
     pub sessions_tcp: IntGauge,
     /// Refusals by limit name ([`LIMITS`]).
@@ -212,6 +216,14 @@ impl Metrics {
             relaxed_commits: counter(
                 "store_relaxed_commits_total",
                 "Commits without fsync (ACK deletions, expiry), durable with the next durable commit or within 250 ms",
+            )?,
+            store_full: gauge(
+                "store_full",
+                "1 while the store is full (store.max_mib reached, or less free disk than store.reserve_mib): NEW and SEND answer STORE, reads and deletions go on",
+            )?,
+            store_read_only: gauge(
+                "store_read_only",
+                "1 once a write or fsync of the database failed without the disk being full: every write answers STORE until the relay is restarted",
             )?,
             sessions_tcp: gauge(
                 "sessions_tcp",

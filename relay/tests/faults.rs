@@ -116,6 +116,8 @@ async fn disk_full_refuses_sends_keeps_serving_reads_and_recovers_by_itself() {
 
     let mut config = test_config();
     config.queues.quota = 100_000;
+    // The default reserve (64 MiB) is larger than this whole file system.
+    config.store.reserve_mib = 1;
     let relay = sotto_relay::start(&data, config.clone()).await.unwrap();
     let (c, _pushes, _e) = connect(&relay.address).await;
     let creds = c.create_queue(None).await.unwrap();
@@ -197,6 +199,246 @@ async fn disk_full_refuses_sends_keeps_serving_reads_and_recovers_by_itself() {
     );
     c.close().await;
     relay.shutdown().await;
+    drop(fs);
+}
+
+/// The global budget (`store.max_mib`): one source cannot make the store hold more. At it
+/// NEW and SEND answer STORE (one log line, not one per command), GET and ACK go on, and
+/// draining makes room again. Needs no mount, so it runs everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_budget_refuses_new_and_send_and_draining_makes_room() {
+    let relay = TestRelay::start_with(|c| {
+        c.queues.quota = 100_000;
+        c.store.max_mib = 1;
+    })
+    .await;
+    let (c, _p, _e) = connect(&relay.address()).await;
+    let creds = c.create_queue(None).await.unwrap();
+    let mut ok = 0u64;
+    loop {
+        assert!(ok < 1000, "the budget never applied");
+        match c.send(creds.sender_id, None, 0, body(ok)).await {
+            Ok(()) => ok += 1,
+            Err(ClientError::Relay(ErrorCode::Store)) => break,
+            Err(e) => panic!("SEND {ok}: expected OK or STORE, got {e:?}"),
+        }
+    }
+    // 1 MiB at ≈ 16.4 KiB per message.
+    let fits = (1u64 << 20) / sotto_relay::store::STORED_MESSAGE_BYTES;
+    assert!(
+        (fits - 1..=fits + 1).contains(&ok),
+        "{ok} messages fitted, not ≈ {fits}"
+    );
+    assert!(matches!(
+        c.create_queue(None).await,
+        Err(ClientError::Relay(ErrorCode::Store))
+    ));
+    for i in 0..10 {
+        let m = c.get(&creds).await.unwrap().expect("a stored message");
+        assert_eq!(tag_of(&m.body), i);
+        assert!(c.ack(&creds, m.msg_id).await.unwrap());
+    }
+    c.send(creds.sender_id, None, 0, body(ok))
+        .await
+        .expect("SEND after deliveries made room");
+    c.create_queue(None)
+        .await
+        .expect("NEW after deliveries made room");
+    c.close().await;
+}
+
+/// Free bytes on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let st = rustix::fs::statvfs(dir).unwrap();
+    st.f_bavail * st.f_frsize
+}
+
+/// Fills the file system holding `dir` to the last byte with a file; returns its path.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler-all");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for chunk in [1 << 20, 4096, 512, 1] {
+        let buf = vec![7u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+    path
+}
+
+/// The audit's attack (issue 22, H1): one source fills the disk, then keeps sending NEW and
+/// SEND while a recipient drains its queue with GET and ACK. Before: every failing batch
+/// reopened the database with a full checksum pass, GETs answered INTERNAL meanwhile, and
+/// each reopen undid the ACKs already answered, so the same messages came again and again.
+/// Now: the relay refuses NEW and SEND before the disk is full (its reserve), then, with the
+/// disk filled to the last byte by someone else, GETs keep answering, every ACKed message
+/// is delivered once and never again (not even after a restart), and the same relay takes
+/// NEW and SEND again once the disk has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_keeps_reads_and_acks_and_one_source_cannot_fill_it() {
+    let Some(fs) = SmallFs::mount("32m") else {
+        eprintln!(
+            "SKIPPED full-disk attack test: this machine does not allow mounting a tmpfs (needs root). \
+             Run the suite as root to cover it."
+        );
+        return;
+    };
+    let started = std::time::Instant::now();
+    let data = fs.path().join("relay");
+    datadir::init(&data, &datadir::InitOptions::default()).unwrap();
+    let reserve: u64 = 2 << 20;
+    // Room that the operator frees at the end ("space returns").
+    let other_files = fs.path().join("other-files");
+    std::fs::write(&other_files, vec![1u8; 6 << 20]).unwrap();
+    let mut config = test_config();
+    config.queues.quota = 100_000;
+    config.store.reserve_mib = reserve >> 20;
+    let relay = sotto_relay::start(&data, config.clone()).await.unwrap();
+    let (a, _pa, _ea) = connect(&relay.address).await;
+    let creds = a.create_queue(None).await.unwrap();
+    let own = a.create_queue(None).await.unwrap();
+
+    // One source sends until refused: the relay stops it while the disk still has room.
+    let mut ok: Vec<u64> = Vec::new();
+    let mut tag = 0u64;
+    loop {
+        assert!(tag < 3000, "24 MiB never filled up");
+        match a.send(creds.sender_id, None, 0, body(tag)).await {
+            Ok(()) => ok.push(tag),
+            Err(ClientError::Relay(ErrorCode::Store)) => break,
+            Err(e) => panic!("SEND {tag}: expected OK or STORE, got {e:?}"),
+        }
+        tag += 1;
+    }
+    let free = free_bytes(fs.path());
+    eprintln!(
+        "one source: {} SENDs OK, then STORE with {} KiB still free",
+        ok.len(),
+        free >> 10
+    );
+    // The check runs before each commit: the last batch may take a little of the reserve.
+    assert!(
+        free >= reserve / 2,
+        "the relay let one source fill the disk ({free} bytes left)"
+    );
+    let reserve_file = data.join(format!(
+        "{}{}",
+        datadir::DB_FILE,
+        sotto_relay::store::RESERVE_SUFFIX
+    ));
+    assert_eq!(std::fs::metadata(&reserve_file).unwrap().len(), reserve);
+    assert!(
+        matches!(
+            a.create_queue(None).await,
+            Err(ClientError::Relay(ErrorCode::Store))
+        ),
+        "NEW on a full store"
+    );
+
+    // Someone else takes the rest, to the last byte.
+    let filler = fill_up(fs.path());
+    assert_eq!(free_bytes(fs.path()), 0);
+
+    // The source keeps trying NEW and SEND; another session drains with GET and ACK.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let (stop, address) = (stop.clone(), relay.address.clone());
+        // Into its own queue: once deliveries have freed room inside the file, some may fit.
+        let sender = own.sender_id;
+        tokio::spawn(async move {
+            let (c, _p, _e) = connect(&address).await;
+            let mut tries = 0u64;
+            let mut other = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for r in [
+                    c.create_queue(None).await.map(|_| ()),
+                    c.send(sender, None, 0, body(1 << 40)).await,
+                ] {
+                    tries += 1;
+                    match r {
+                        // NEW also meets its per-session rate limit.
+                        Ok(()) | Err(ClientError::Relay(ErrorCode::Store | ErrorCode::Limited)) => {
+                        }
+                        other_answer => other.push(format!("{other_answer:?}")),
+                    }
+                }
+            }
+            c.close().await;
+            (tries, other)
+        })
+    };
+    let (b, _pb, _eb) = connect(&relay.address).await;
+    let mut delivered: HashMap<u64, usize> = HashMap::new();
+    let mut gets = 0u64;
+    loop {
+        gets += 1;
+        let m = match b.get(&creds).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => panic!("GET {gets} on a full disk: {e:?}"),
+        };
+        *delivered.entry(tag_of(&m.body)).or_default() += 1;
+        assert!(
+            delivered.values().sum::<usize>() <= 2 * ok.len(),
+            "ACKed messages keep coming back"
+        );
+        // ACK answers OK (deleted) or STORE; never undone silently.
+        match b.ack(&creds, m.msg_id).await {
+            Ok(true) => {}
+            other => panic!("ACK on a full disk: {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (tries, other) = attacker.await.unwrap();
+    let deliveries: usize = delivered.values().sum();
+    let again: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "disk full: {gets} GETs answered, {deliveries} deliveries of {} messages, \
+         {tries} NEW/SEND tried, {} other answers",
+        delivered.len(),
+        other.len()
+    );
+    assert!(
+        other.is_empty(),
+        "NEW/SEND on a full disk: {:?}",
+        &other[..other.len().min(5)]
+    );
+    assert!(
+        again.is_empty(),
+        "ACKed messages delivered again: {again:?}"
+    );
+    let wanted: HashSet<u64> = ok.iter().copied().collect();
+    let got: HashSet<u64> = delivered.keys().copied().collect();
+    assert_eq!(got, wanted, "every stored message, once");
+
+    // Space returns: the same relay takes NEW and SEND again.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&other_files).unwrap();
+    eventually("SEND accepted again", async || {
+        a.send(creds.sender_id, None, 0, body(tag + 1))
+            .await
+            .is_ok()
+    })
+    .await;
+    let (n, _pn, _en) = connect(&relay.address).await;
+    n.create_queue(None).await.expect("NEW accepted again");
+    n.close().await;
+    assert_eq!(tag_of(&b.get(&creds).await.unwrap().unwrap().body), tag + 1);
+    a.close().await;
+    b.close().await;
+    relay.shutdown().await;
+
+    // After a restart nothing ACKed comes back.
+    let relay = sotto_relay::start(&data, config).await.unwrap();
+    let (c, _p, _e) = connect(&relay.address).await;
+    let creds = QueueCredentials {
+        relay: relay.address.clone(),
+        ..creds
+    };
+    assert_eq!(drain(&c, &creds).await, vec![tag + 1], "ACKs undone");
+    c.close().await;
+    relay.shutdown().await;
+    eprintln!("took {:?}", started.elapsed());
     drop(fs);
 }
 

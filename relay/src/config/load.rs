@@ -32,6 +32,8 @@ pub const KEYS: &[&str] = &[
     "store.max_batch",
     "store.unsafe_no_fsync",
     "store.cache_mib",
+    "store.max_mib",
+    "store.reserve_mib",
     "quic.idle_timeout",
     "quic.keep_alive",
     "quic.pad_to_mtu",

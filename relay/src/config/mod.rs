@@ -103,6 +103,17 @@ impl std::fmt::Debug for Config {
     }
 }
 
+impl Config {
+    /// Whether `given` opens NEW on this relay: always when no `create_password` is set,
+    /// otherwise when it is the password. Compared as BLAKE3 hashes in constant time
+    /// (`blake3::Hash` equality), so that neither the password's bytes nor its length show
+    /// in how long a refusal takes.
+    pub fn create_password_matches(&self, given: &[u8]) -> bool {
+        self.create_password.is_empty()
+            || blake3::hash(self.create_password.as_bytes()) == blake3::hash(given)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -239,6 +250,15 @@ pub struct StoreConfig {
     pub unsafe_no_fsync: bool,
     /// redb page cache size in MiB.
     pub cache_mib: usize,
+    /// Global storage budget in MiB, estimated from what the store holds (one message
+    /// ≈ 16 KiB, one queue ≈ 0.5 KiB): at it, NEW and SEND answer STORE until deliveries
+    /// free room. 0: no budget (the disk reserve still applies).
+    pub max_mib: u64,
+    /// Free disk space in MiB that the store's file system keeps: below it, NEW and SEND
+    /// answer STORE. The store also keeps a reserve file of this size beside the database,
+    /// given up when the disk fills anyway, so that deliveries and deletions go on. 0: no
+    /// reserve.
+    pub reserve_mib: u64,
 }
 
 impl Default for StoreConfig {
@@ -247,6 +267,8 @@ impl Default for StoreConfig {
             max_batch: 256,
             unsafe_no_fsync: false,
             cache_mib: 64,
+            max_mib: 0,
+            reserve_mib: 64,
         }
     }
 }
@@ -578,3 +600,20 @@ mod duration_text {
 }
 
 pub use load::{KEYS, Overrides, env_var};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_create_password_opens_new_only_when_it_is_the_same_bytes() {
+        let mut c = Config::default();
+        assert!(c.create_password_matches(b""), "no password: open relay");
+        assert!(c.create_password_matches(b"anything"));
+        c.create_password = "s3cret".into();
+        assert!(c.create_password_matches(b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret ", b"S3cret", b"s3cret\0"] {
+            assert!(!c.create_password_matches(wrong), "{wrong:?}");
+        }
+    }
+}

@@ -228,11 +228,18 @@ pub(super) async fn simple_write(store: &Store, op: WriteOp) -> Response {
     }
 }
 
-/// The answer to a store write that failed; the failure is logged.
+/// The answer to a store write that failed; the failure is logged, except a refusal of a
+/// full or read-only store (logged once, when the store changes state, not per command).
 pub(super) fn store_error(e: &StoreError) -> Response {
-    tracing::warn!(error = %e, "store write refused");
     match e {
-        StoreError::Io(_) => Response::Err(ErrorCode::Store),
-        _ => Response::Err(ErrorCode::Internal),
+        StoreError::Full | StoreError::ReadOnly => Response::Err(ErrorCode::Store),
+        StoreError::Io(_) => {
+            tracing::warn!(error = %e, "store write refused");
+            Response::Err(ErrorCode::Store)
+        }
+        _ => {
+            tracing::warn!(error = %e, "store write refused");
+            Response::Err(ErrorCode::Internal)
+        }
     }
 }

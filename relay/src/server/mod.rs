@@ -173,7 +173,11 @@ pub async fn start_with(
                 commit_seconds: metrics.commit_seconds.clone(),
                 batch_size: metrics.commit_batch.clone(),
                 relaxed_commits: metrics.relaxed_commits.clone(),
+                full: metrics.store_full.clone(),
+                read_only: metrics.store_read_only.clone(),
             }),
+            max_store_bytes: config.store.max_mib.saturating_mul(1 << 20),
+            reserve_bytes: config.store.reserve_mib.saturating_mul(1 << 20),
             ..StoreOptions::default()
         },
     )?;

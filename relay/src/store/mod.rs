@@ -41,9 +41,9 @@
 //! recovers the last durable one). No relaxed commit stays non-durable for longer than
 //! [`RELAXED_COMMIT_BOUND`]: the next batch after that is durable, and a writer that goes
 //! idle makes an empty durable commit when the bound runs out. On shutdown the last commit
-//! is made durable before the clean-close stamp is written. The consequence: after a crash
-//! (or a write failure, see below), a message whose ACK was answered in the last
-//! [`RELAXED_COMMIT_BOUND`] may be delivered again — at least once, never lost.
+//! is made durable before the clean-close stamp is written. The consequence: after a crash,
+//! a message whose ACK was answered in the last [`RELAXED_COMMIT_BOUND`] may be delivered
+//! again — at least once, never lost. (A write failure does not undo them: see # Full disk.)
 //!
 //! Such a batch is not even committed at once: the writer holds it for up to
 //! [`RELAXED_HOLD`] and puts it in front of the next batch, which usually carries SENDs and
@@ -55,17 +55,45 @@
 //! # Recovery from write failures (disk full, I/O errors)
 //! After an I/O error redb refuses every later operation on that `Database`
 //! (`StorageError::PreviousIo`), reads included, until it is closed and opened again. The
-//! writer therefore treats a failed batch as a reason to reopen: it answers nothing until it
-//! has taken the database out of the shared slot, waited for in-flight reads to drop their
-//! handles (redb locks the file, so a second `Database` cannot be opened beside the first),
-//! closed it and opened the file again (redb repairs it from the last durable commit if
-//! needed). Only then does it answer the failed batch with [`StoreError::Io`] — so by the
-//! time a client sees `ERR STORE`, reads are served again. Nothing of a failed batch is
-//! acknowledged. The reopen also undoes relaxed commits not yet made durable, as a crash
-//! would: those ACKed messages are delivered again. If the reopen itself fails, reads
-//! answer an error and every later batch (and any read, through [`Store`]'s reopen request)
-//! retries it: the relay recovers by itself once the disk is writable again, without a
-//! restart.
+//! writer therefore treats a failed batch that left redb latched as a reason to reopen: it
+//! answers nothing until it has taken the database out of the shared slot, waited for
+//! in-flight reads to drop their handles (redb locks the file, so a second `Database` cannot
+//! be opened beside the first), closed it and opened the file again (redb repairs it from the
+//! last durable commit). Reads that find the slot empty wait for it (up to 1 s) instead of
+//! failing. Only then does it answer the failed batch — so by the time a client sees
+//! `ERR STORE`, reads are served again. Nothing of a failed batch is acknowledged, except its
+//! ACK deletions, which are applied again (below). A failed batch that did not latch redb (a
+//! damaged record) needs no reopen. If the reopen itself fails, reads answer an error and
+//! every later batch (and any read, through [`Store`]'s reopen request) retries it: the relay
+//! recovers by itself once the disk is writable again, without a restart. What kind of
+//! failure it was decides the rest:
+//!
+//! # Full disk
+//! The store does not wait for ENOSPC: before each batch it re-evaluates whether it is
+//! *full* (`space`): the global budget ([`StoreOptions::max_store_bytes`]) reached, or less
+//! free space on the file system than the reserve ([`StoreOptions::reserve_bytes`]). While
+//! full, [`WriteOp::takes_room`] writes (new queues and messages) are refused with
+//! [`StoreError::Full`] before they reach redb, everything else goes on, and every commit is
+//! durable — so a failure cannot undo an answered ACK. One log line and the metric per change
+//! of state, never per write.
+//!
+//! If something else fills the disk anyway and a write fails with ENOSPC, the writer deletes
+//! the reserve file ([`RESERVE_SUFFIX`]) so that deletions and redb's repair have room,
+//! enters the full state, and reopens *without* the full checksum pass (nothing was written
+//! behind redb's back). The reopen undoes the relaxed commits made since the last durable one:
+//! their ACK deletions, already answered, are kept in memory by the writer and applied again
+//! at once in one durable commit, with the failed batch's own deletions. An ACKed message
+//! therefore comes back only if that commit fails too (then at least once, never lost).
+//!
+//! # Failing disk
+//! Any other I/O error (EIO from a write or an fsync) makes the store read-only until the
+//! process restarts ([`StoreError::ReadOnly`]), as PostgreSQL treats a failed fsync: after
+//! one, the kernel may have dropped dirty pages while reporting them clean, so the writer can
+//! no longer vouch for what it acknowledges. The reopen (with the full checksum pass) keeps
+//! reads going; every write is refused; no clean-close stamp is written, so the next start
+//! verifies every page. (Which call failed is not visible through redb; ENOSPC is the one
+//! error treated as a full disk, which on file systems that report it only at fsync — NFS,
+//! thin provisioning — is an accepted risk.)
 //!
 //! # Where things are
 //! - `records`: the tables, the stored types and their codecs (what is on disk, byte for
@@ -79,6 +107,7 @@
 //! - `replay`: the replay memory of forwarded requests ([`WriteOp::RecordForward`]).
 //! - `recovery`: the database handle and every (re)opening of it: the checks at open, the
 //!   clean-close stamp, the reopen after a write failure (# Recovery from write failures).
+//! - `space`: the full state: budget, free-space reserve, reserve file (# Full disk).
 
 mod commit_policy;
 mod expiry;
@@ -88,6 +117,7 @@ mod reader;
 mod records;
 mod recovery;
 mod replay;
+mod space;
 #[cfg(test)]
 mod test_support;
 mod writer;
@@ -101,6 +131,7 @@ pub use records::{
 };
 pub use recovery::CLEAN_STAMP_SUFFIX;
 pub use replay::MAX_SEEN_FORWARDS;
+pub use space::{RESERVE_SUFFIX, STORED_MESSAGE_BYTES, STORED_QUEUE_BYTES};
 pub use writer::{CommitStats, StoreMetrics, WRITE_QUEUE};
 
 use std::path::{Path, PathBuf};
@@ -149,6 +180,17 @@ pub enum StoreError {
     /// committed.
     #[error("database write failed: {0}")]
     Io(String),
+    /// A new queue or message refused because the store is full: the storage budget is
+    /// reached or the disk is nearly full (see the store's # Full disk). Nothing was written.
+    #[error("store full: new queues and messages are refused until deliveries free room")]
+    Full,
+    /// Every write refused: a write or fsync of the database failed in a way that is not a
+    /// full disk, so what is on disk can no longer be vouched for (see the store's # Failing
+    /// disk). Reads go on; a restart is needed to accept writes again.
+    #[error(
+        "store is read-only after a failed disk write or fsync: check the disk and the kernel log, then restart the relay"
+    )]
+    ReadOnly,
     /// The writer has stopped (shutdown).
     #[error("store is shut down")]
     Closed,
@@ -171,6 +213,14 @@ pub struct StoreOptions {
     pub metrics: Option<StoreMetrics>,
     /// How long a relaxed-only batch waits for the next one ([`RELAXED_HOLD`]).
     pub relaxed_hold: Duration,
+    /// Global storage budget in bytes, as estimated from what the database holds
+    /// ([`STORED_MESSAGE_BYTES`] per message, [`STORED_QUEUE_BYTES`] per queue): at it, new
+    /// queues and messages are refused ([`StoreError::Full`]). 0: no budget.
+    pub max_store_bytes: u64,
+    /// Free space the database's file system must keep, and the size of the emergency
+    /// reserve file ([`RESERVE_SUFFIX`]): below it, new queues and messages are refused.
+    /// 0: neither.
+    pub reserve_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -181,6 +231,8 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             metrics: None,
             relaxed_hold: RELAXED_HOLD,
+            max_store_bytes: 0,
+            reserve_bytes: 0,
         }
     }
 }

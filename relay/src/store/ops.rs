@@ -140,6 +140,13 @@ impl WriteOp {
             | WriteOp::RecordForward { .. } => true,
         }
     }
+
+    /// Whether the write makes the store hold more: a new queue or a new message. Only these
+    /// are refused while the store is full (see the store's # Full disk); everything else,
+    /// deletions above all, goes on.
+    pub fn takes_room(&self) -> bool {
+        matches!(self, WriteOp::CreateQueue(_) | WriteOp::Append { .. })
+    }
 }
 
 /// What a write did.

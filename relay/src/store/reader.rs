@@ -23,6 +23,10 @@ use super::records::{
 use super::writer::Msg;
 use super::{QueueRecord, QueueRef, QueueStatus, SealedBody, Store, StoreError, StoredMessage, io};
 
+/// Longest a read waits for a reopen in progress before it fails (see
+/// [`Store::wait_for_reopen`]).
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A read transaction with the database handle it came from. Field order matters: the
 /// transaction is dropped before the handle.
 struct Reader {
@@ -63,7 +67,7 @@ impl Store {
     /// reopened, or latched after an I/O error) the writer is asked to reopen it and the read
     /// fails with [`StoreError::Io`].
     fn read(&self) -> Result<Reader, StoreError> {
-        let Some(db) = self.inner.slot.get() else {
+        let Some(db) = self.inner.slot.get().or_else(|| self.wait_for_reopen()) else {
             let _ = self.inner.writer.try_send(Msg::Reopen(None));
             return Err(StoreError::Io(
                 "the database is being reopened after a write failure".into(),
@@ -80,6 +84,20 @@ impl Store {
                 Err(io(e))
             }
         }
+    }
+
+    /// Waits (at most [`READ_WAIT`], on this thread) for the writer to put the database back
+    /// in the slot: a reopen after a full disk takes milliseconds, and a GET that waits for it
+    /// is better than one that fails.
+    fn wait_for_reopen(&self) -> Option<Arc<Database>> {
+        let deadline = std::time::Instant::now() + READ_WAIT;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if let Some(db) = self.inner.slot.get() {
+                return Some(db);
+            }
+        }
+        None
     }
 
     /// Maps a read error; asks the writer to reopen a database that redb has latched after an

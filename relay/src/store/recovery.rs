@@ -24,6 +24,9 @@ pub(super) struct DbSlot {
     db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     cache_bytes: usize,
+    /// Tests: while set, every fsync of a database this slot opens fails with EIO.
+    #[cfg(test)]
+    pub(super) fail_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DbSlot {
@@ -49,10 +52,23 @@ impl DbSlot {
     /// ≈ 8 s from disk), so it runs only when the file may have changed since this store last
     /// closed it (see [`CLEAN_STAMP_SUFFIX`]).
     fn open(&self, verify: bool) -> Result<Database, redb::DatabaseError> {
-        Database::builder()
+        let mut builder = Database::builder();
+        builder
             .set_cache_size(self.cache_bytes)
-            .set_check_integrity_on_open(verify)
-            .open(&self.path)
+            .set_check_integrity_on_open(verify);
+        #[cfg(test)]
+        {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)?;
+            builder.create_with_backend(test_backend::FailingSyncs {
+                inner: redb::backends::FileBackend::new(file)?,
+                fail: self.fail_syncs.clone(),
+            })
+        }
+        #[cfg(not(test))]
+        builder.open(&self.path)
     }
 }
 
@@ -97,6 +113,8 @@ pub(super) fn open_database(
         db: std::sync::RwLock::new(None),
         path: path.to_owned(),
         cache_bytes,
+        #[cfg(test)]
+        fail_syncs: Arc::default(),
     });
     let db = guarded(|| slot.open(verify).map_err(|e| e.to_string()))
         .and_then(|r| r)
@@ -253,16 +271,17 @@ const REOPEN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writer {
     /// Closes and reopens the database (see the store's # Recovery from write failures). With
-    /// `force` false, only opens it if the slot is empty (an earlier reopen failed).
-    pub(super) fn recover(&mut self, force: bool) {
+    /// `force` false, only opens it if the slot is empty (an earlier reopen failed). With
+    /// `verify`, the reopen checks every page checksum (after a failing disk); without, redb
+    /// only repairs the file from its last durable commit (after a full disk, where nothing
+    /// was written behind redb's back). The caller applies again the deletions the reopen
+    /// undoes (`Writer::unsynced_deletions`).
+    pub(super) fn recover(&mut self, force: bool, verify: bool) {
         let old = self.slot.set(None);
         match old {
             Some(db) if force => {
                 // redb reopens the file at its last durable commit.
                 if self.policy.undo_relaxed() {
-                    tracing::warn!(
-                        "deletions committed without fsync are undone by the reopen: those messages will be delivered again"
-                    );
                     self.commits.send_modify(|c| c.flush_pending = false);
                 }
                 // Wait (bounded) for in-flight reads to drop their handles: redb locks the
@@ -295,7 +314,8 @@ impl Writer {
             }
             None => {}
         }
-        match guarded(|| self.slot.open(true)).and_then(|r| r.map_err(|e| e.to_string())) {
+        let started = Instant::now();
+        match guarded(|| self.slot.open(verify)).and_then(|r| r.map_err(|e| e.to_string())) {
             Ok(db) => {
                 match read_next_seq(&db) {
                     Some(seq) => (self.next_seq, self.seq_reserved) = (seq, seq),
@@ -306,7 +326,11 @@ impl Writer {
                     }
                 }
                 self.slot.set(Some(Arc::new(db)));
-                tracing::warn!("database reopened after a write failure; serving again");
+                tracing::warn!(
+                    verified = verify,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "database reopened after a write failure; serving again"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the database; will retry on the next write");
@@ -321,6 +345,69 @@ fn read_next_seq(db: &Database) -> Option<u64> {
     let meta = txn.open_table(META).ok()?;
     let v = meta.get("next_seq").ok()??;
     <[u8; 8]>::try_from(v.value()).ok().map(u64::from_be_bytes)
+}
+
+/// A file backend whose fsyncs fail on demand (EIO), for the tests of a failing disk.
+#[cfg(test)]
+mod test_backend {
+    use std::ops::Bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+
+    #[derive(Debug)]
+    pub(crate) struct FailingSyncs {
+        pub(crate) inner: FileBackend,
+        pub(crate) fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for FailingSyncs {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.inner.close()
+        }
+        fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_range(s, e)
+        }
+        fn try_lock_shared_range(
+            &self,
+            s: Bound<u64>,
+            e: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.try_lock_shared_range(s, e)
+        }
+        fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_range(s, e)
+        }
+        fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_shared_range(s, e)
+        }
+        fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.unlock_range(s, e)
+        }
+        fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.query_lock_range(s, e)
+        }
+    }
 }
 
 #[cfg(test)]

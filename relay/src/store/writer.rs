@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commit_policy::{Commit, CommitPolicy};
 use super::keys::Keys;
-use super::records::META;
+use super::records::{MESSAGES, META, QUEUES};
 use super::recovery::{DbSlot, write_clean_stamp};
+use super::space::SpaceGuard;
 use super::{StoreError, StoreOptions, WriteOp, WriteOutcome, io};
 
 /// Bound of the writer's input channel. Each waiting job holds at most one message
@@ -39,6 +40,10 @@ pub struct StoreMetrics {
     pub batch_size: prometheus::Histogram,
     /// Relaxed (non-fsynced) commits.
     pub relaxed_commits: prometheus::IntCounter,
+    /// 1 while the store is full (new queues and messages refused), 0 otherwise.
+    pub full: prometheus::IntGauge,
+    /// 1 once the store is read-only after a failed disk write or fsync (until restart).
+    pub read_only: prometheus::IntGauge,
 }
 
 /// Commits the writer has made since the store was opened (see
@@ -94,6 +99,19 @@ pub(super) struct Writer {
     pub(super) policy: CommitPolicy,
     /// Published after every commit (see [`Store::commit_stats`](super::Store::commit_stats)).
     pub(super) commits: watch::Sender<CommitStats>,
+    /// The full state: budget, free space, reserve file (see the store's # Full disk).
+    space: SpaceGuard,
+    /// Messages and queues in the database as of the last commit (for the budget).
+    counts: (u64, u64),
+    /// Set after a failed write that is not a full disk (see the store's # Failing disk):
+    /// every later write is refused. Never cleared: only a restart leaves it.
+    pub(super) read_only: bool,
+    /// The ACK deletions of the relaxed commits made since the last durable commit, already
+    /// answered: a reopen after a failed write would undo them, so the writer applies them
+    /// again (see the store's # Full disk). Emptied by every durable commit, so it holds at
+    /// most what arrives within [`RELAXED_COMMIT_BOUND`](super::RELAXED_COMMIT_BOUND)
+    /// (≈ 80 bytes each).
+    unsynced_deletions: Vec<WriteOp>,
 }
 
 /// What [`spawn`] hands back: the writer's input channel, a receiver that fires once the
@@ -117,7 +135,19 @@ pub(super) fn spawn(
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (done_tx, done_rx) = oneshot::channel();
     let (commits_tx, commits_rx) = watch::channel(CommitStats::default());
+    let counts = slot.get().map_or((0, 0), |db| read_counts(&db));
+    let mut space = SpaceGuard::new(
+        path,
+        opts.max_store_bytes,
+        opts.reserve_bytes,
+        opts.metrics.as_ref().map(|m| m.full.clone()),
+    );
+    space.update(counts.0, counts.1);
     let writer = Writer {
+        space,
+        counts,
+        read_only: false,
+        unsynced_deletions: Vec::new(),
         slot,
         keys,
         next_seq,
@@ -217,17 +247,26 @@ impl Writer {
             // Only the instance that is in the slot now counts as latched.
             let current = self.slot.get().map(|db| Arc::as_ptr(&db) as usize);
             match current {
-                Some(id) if latched.contains(&id) => self.recover(true),
+                Some(id) if latched.contains(&id) => {
+                    // A read failed (redb latched it after an I/O error of a read).
+                    self.recover(true, true);
+                    let undone = std::mem::take(&mut self.unsynced_deletions);
+                    self.redo_deletions(&undone, &[]);
+                }
                 Some(_) => {}
-                None => self.recover(false),
+                // An earlier reopen failed. After a full disk the file needs no checksum pass.
+                None => self.recover(false, !self.space.full()),
             }
+            let jobs = self.refuse(jobs);
             if jobs.is_empty() {
                 continue;
             }
             let started = Instant::now();
+            // Full: no commit may be undone by a reopen that a failing write would need.
+            let can_relax = timer.is_some() && !self.space.full();
             let kind = self
                 .policy
-                .kind(jobs.iter().map(|j| &j.op), timer.is_some(), started);
+                .kind(jobs.iter().map(|j| &j.op), can_relax, started);
             // A relaxed-only batch waits for the next one to carry it (see the store's
             // # Durability), unless its hold has run out or it is as large as a batch gets.
             if self.policy.holds(kind, jobs.len(), waited_out, closed) {
@@ -248,6 +287,13 @@ impl Writer {
                         m.batch_size.observe(jobs.len() as f64);
                     }
                     self.committed(kind, started_for_bound);
+                    if kind == Commit::Relaxed && !self.opts.unsafe_no_fsync {
+                        self.unsynced_deletions.extend(
+                            jobs.iter()
+                                .filter(|j| matches!(j.op, WriteOp::DeleteMessage { .. }))
+                                .map(|j| j.op.clone()),
+                        );
+                    }
                     for (job, out) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(out));
                     }
@@ -257,13 +303,33 @@ impl Writer {
                     // Nothing of the batch is committed: positions are reused.
                     (self.next_seq, self.seq_reserved) = seq_before;
                     tracing::error!(error = %e, writes = jobs.len(), "store commit failed; writes refused");
-                    if matches!(e, StoreError::Io(_)) {
-                        // redb refuses all further use of a database after an I/O error:
-                        // reopen before answering, so that reads work again by the time the
-                        // client sees the error.
-                        self.recover(true);
+                    // The batch's own deletions are applied again with the undone ones: an
+                    // ACK answered early must not come back because a SEND beside it failed.
+                    let (deletions, others): (Vec<Job>, Vec<Job>) = jobs
+                        .into_iter()
+                        .partition(|j| matches!(j.op, WriteOp::DeleteMessage { .. }));
+                    let ops: Vec<WriteOp> = deletions.iter().map(|j| j.op.clone()).collect();
+                    let redone = self.after_failure(&e, &ops);
+                    // A write refused for want of room is answered as one (STORE, not logged
+                    // per command).
+                    let e = if self.space.full() && !self.read_only {
+                        StoreError::Full
+                    } else {
+                        e
+                    };
+                    match redone {
+                        Some(outcomes) => {
+                            for (job, out) in deletions.into_iter().zip(outcomes) {
+                                let _ = job.reply.send(Ok(out));
+                            }
+                        }
+                        None => {
+                            for job in deletions {
+                                let _ = job.reply.send(Err(e.clone()));
+                            }
+                        }
                     }
-                    for job in jobs {
+                    for job in others {
                         let _ = job.reply.send(Err(e.clone()));
                     }
                 }
@@ -283,6 +349,9 @@ impl Writer {
     /// Records a successful commit and publishes the counts.
     fn committed(&mut self, kind: Commit, started: Instant) {
         let pending = self.policy.committed(kind, started);
+        if kind == Commit::Durable {
+            self.unsynced_deletions.clear();
+        }
         if kind == Commit::Relaxed
             && let Some(m) = &self.opts.metrics
         {
@@ -319,10 +388,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed (making deletions durable)");
-                if matches!(e, StoreError::Io(_)) {
-                    self.recover(true);
-                }
-                false
+                self.after_failure(&e, &[]).is_some()
             }
         }
     }
@@ -347,14 +413,168 @@ impl Writer {
                 .map_err(io)?;
             self.seq_reserved = reserved;
         }
+        let counts = read_txn_counts(&txn)?;
         txn.commit().map_err(io)?;
+        self.counts = counts;
         Ok(outcomes)
     }
+
+    /// Answers the writes the store refuses now, and returns the others: every write while
+    /// read-only, new queues and messages while full (re-evaluated here, once per batch).
+    fn refuse(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        if jobs.is_empty() {
+            return jobs;
+        }
+        if self.read_only {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::ReadOnly));
+            }
+            return Vec::new();
+        }
+        if !self.space.update(self.counts.0, self.counts.1) {
+            return jobs;
+        }
+        let (refused, kept): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| j.op.takes_room());
+        for job in refused {
+            let _ = job.reply.send(Err(StoreError::Full));
+        }
+        kept
+    }
+
+    /// After a failed commit: if redb has latched the database (an I/O error, see the
+    /// store's # Full disk and # Failing disk), tells a full disk from a failing one, reopens,
+    /// and on a full disk applies again, durably, the answered deletions the reopen undid
+    /// with `extra` (the failed batch's own). Returns the outcomes of `extra` if they are
+    /// committed now.
+    fn after_failure(&mut self, e: &StoreError, extra: &[WriteOp]) -> Option<Vec<WriteOutcome>> {
+        if !self.latched() {
+            // Not an I/O error (a damaged record, a collision): the database is fine and
+            // nothing was committed; the deletions can go again on their own.
+            return self.redo_deletions(&[], extra);
+        }
+        if self.space.write_failed(&e.to_string()) {
+            // The file is as redb left it at its last commit: no page was altered behind its
+            // back, so redb's own repair suffices and the full checksum pass is not needed.
+            self.recover(true, false);
+        } else {
+            if !self.read_only {
+                tracing::error!(
+                    error = %e,
+                    "a write or fsync of the database failed and the disk is not full: the store is read-only from now on (reads go on); check the disk, then restart the relay"
+                );
+                if let Some(m) = &self.opts.metrics {
+                    m.read_only.set(1);
+                }
+            }
+            // As PostgreSQL after a failed fsync: what the kernel holds for the file may not
+            // be on disk, so nothing more is acknowledged as durable. The reopen (with the
+            // full checksum pass) lets reads go on.
+            self.read_only = true;
+            self.recover(true, true);
+            return None;
+        }
+        let undone = std::mem::take(&mut self.unsynced_deletions);
+        self.redo_deletions(&undone, extra)
+    }
+
+    /// Applies `undone` and `extra` (deletions) in one durable commit. Returns the outcomes of
+    /// `extra`, or `None` if the commit failed (those ACKed messages are delivered again).
+    fn redo_deletions(
+        &mut self,
+        undone: &[WriteOp],
+        extra: &[WriteOp],
+    ) -> Option<Vec<WriteOutcome>> {
+        if undone.is_empty() && extra.is_empty() {
+            return Some(Vec::new());
+        }
+        let started = Instant::now();
+        let result = self.slot.get().ok_or(StoreError::Closed).and_then(|db| {
+            let txn = db.begin_write().map_err(io)?;
+            for op in undone {
+                self.apply(&txn, op)?;
+            }
+            let mut outcomes = Vec::with_capacity(extra.len());
+            for op in extra {
+                outcomes.push(self.apply(&txn, op)?);
+            }
+            let counts = read_txn_counts(&txn)?;
+            txn.commit().map_err(io)?;
+            self.counts = counts;
+            Ok(outcomes)
+        });
+        match result {
+            Ok(outcomes) => {
+                self.committed(Commit::Durable, started);
+                if !undone.is_empty() {
+                    tracing::info!(
+                        deletions = undone.len(),
+                        "answered deletions undone by the reopen were applied again"
+                    );
+                }
+                Some(outcomes)
+            }
+            Err(e) => {
+                if !undone.is_empty() {
+                    tracing::warn!(
+                        error = %e,
+                        deletions = undone.len(),
+                        "cannot apply again the deletions undone by the reopen: those messages will be delivered again"
+                    );
+                }
+                if self.latched() {
+                    self.recover(true, false);
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether redb refuses the database in the slot (latched after an I/O error), or the
+    /// slot is empty.
+    fn latched(&self) -> bool {
+        let Some(db) = self.slot.get() else {
+            return true;
+        };
+        // redb checks its latch first thing here (a read may still be served from its cache);
+        // the writer holds no other write transaction, so this does not wait. Dropped at once:
+        // an empty transaction rolls back without writing.
+        match db.try_begin_write() {
+            Ok(_) => false,
+            Err(e) => matches!(
+                redb::Error::from(e),
+                redb::Error::PreviousIo | redb::Error::DatabaseClosed | redb::Error::Io(_)
+            ),
+        }
+    }
+}
+
+/// Messages and queues in the database, as a read of it sees them (0 if it cannot be read).
+fn read_counts(db: &redb::Database) -> (u64, u64) {
+    use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+    let count = || -> Result<(u64, u64), redb::Error> {
+        let txn = db.begin_read()?;
+        Ok((
+            txn.open_table(MESSAGES)?.len()?,
+            txn.open_table(QUEUES)?.len()?,
+        ))
+    };
+    count().unwrap_or((0, 0))
+}
+
+/// Messages and queues as `txn` would commit them (redb keeps each table's length: no scan).
+fn read_txn_counts(txn: &redb::WriteTransaction) -> Result<(u64, u64), StoreError> {
+    use redb::ReadableTableMetadata as _;
+    let messages = txn.open_table(MESSAGES).map_err(io)?.len().map_err(io)?;
+    let queues = txn.open_table(QUEUES).map_err(io)?.len().map_err(io)?;
+    Ok((messages, queues))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
     use crate::store::recovery::clean_stamp_matches;
     use crate::store::test_support::*;
     use crate::store::*;
@@ -373,6 +593,8 @@ mod tests {
                 commit_seconds: commit_seconds.clone(),
                 batch_size: batch_size.clone(),
                 relaxed_commits: relaxed_commits.clone(),
+                full: prometheus::IntGauge::new("f", "f").unwrap(),
+                read_only: prometheus::IntGauge::new("o", "o").unwrap(),
             }),
             ..StoreOptions::default()
         };
@@ -615,6 +837,55 @@ mod tests {
         assert!(clean_stamp_matches(&path));
         let store = open(dir.path());
         assert_eq!(store.message_count(&q).unwrap(), 1);
+        assert!(store.close(Duration::from_secs(10)).await);
+    }
+
+    /// A failed fsync (EIO, not a full disk) is fatal for durability, as in PostgreSQL: the
+    /// write is not acknowledged, every later write is refused even once fsync works again,
+    /// reads go on, and the file is not stamped clean (the next start checks every page).
+    #[tokio::test]
+    async fn a_failed_fsync_makes_the_store_read_only_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let read_only = prometheus::IntGauge::new("o", "o").unwrap();
+        let opts = StoreOptions {
+            metrics: Some(StoreMetrics {
+                commit_seconds: histogram(),
+                batch_size: histogram(),
+                relaxed_commits: prometheus::IntCounter::new("r", "r").unwrap(),
+                full: prometheus::IntGauge::new("f", "f").unwrap(),
+                read_only: read_only.clone(),
+            }),
+            ..StoreOptions::default()
+        };
+        let store = open_with(dir.path(), opts, RELAXED_COMMIT_BOUND);
+        let path = store.path().to_owned();
+        let (q, acks) = queue_with_messages(&store, 2).await;
+        let send = |i| WriteOp::Append {
+            queue: q,
+            msg: message(i, 5_000_000, 5_000_000),
+            quota: 100,
+        };
+        store.inner.slot.fail_syncs.store(true, Ordering::Relaxed);
+        let r = store.write(send(7)).await;
+        assert!(matches!(r, Err(StoreError::Io(_))), "{r:?}");
+        assert_eq!(read_only.get(), 1);
+        // The disk answers again: the store still acknowledges nothing.
+        store.inner.slot.fail_syncs.store(false, Ordering::Relaxed);
+        let r = store.write(send(8)).await;
+        assert!(matches!(r, Err(StoreError::ReadOnly)), "{r:?}");
+        for ack in acks {
+            let r = store.write(ack).await;
+            assert!(matches!(r, Err(StoreError::ReadOnly)), "{r:?}");
+        }
+        assert_eq!(store.message_count(&q).unwrap(), 2, "reads go on");
+        assert!(store.close(Duration::from_secs(10)).await);
+        assert!(!clean_stamp_matches(&path), "no clean stamp after it");
+        let store = open(dir.path());
+        assert_eq!(
+            store.message_count(&q).unwrap(),
+            2,
+            "nothing refused is there"
+        );
         assert!(store.close(Duration::from_secs(10)).await);
     }
 

@@ -15,7 +15,6 @@ use sotto_protocol::{
     AuthPublicKey, Command, CorrId, DhSecretKey, EntityId, ErrorCode, MessageId, RecipientId,
     Response, SenderId, Transmission,
 };
-use subtle::ConstantTimeEq as _;
 
 use super::{Completion, InFlight, Session, Sub};
 use crate::server::commands::store_error;
@@ -40,8 +39,7 @@ impl Session {
                 .reply(corr, None, Response::Err(ErrorCode::Limited))
                 .await;
         }
-        let expected = self.shared.config.create_password.as_bytes();
-        if !expected.is_empty() && !bool::from(expected.ct_eq(password.as_slice())) {
+        if !self.shared.config.create_password_matches(&password) {
             return self.reply(corr, None, Response::Err(ErrorCode::Auth)).await;
         }
         let mut rng = rand::rngs::OsRng;
