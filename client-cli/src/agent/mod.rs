@@ -196,6 +196,16 @@ impl Agent {
         }
     }
 
+    /// Another agent on this open profile, as if a second process had opened it (its own
+    /// connections and outbox leases; the same options and send-through relay), without the
+    /// passphrase and without deriving the key again: e.g. one that receives while this one
+    /// sends.
+    pub fn reopen(&self) -> Self {
+        let mut agent = Self::with_store(self.store.clone(), self.opts.clone());
+        agent.through = self.through.clone();
+        agent
+    }
+
     /// The profile directory.
     pub fn home(&self) -> &Path {
         self.store.dir()
