@@ -34,6 +34,7 @@ use sotto_client::agent::{
     Agent, AgentError, AgentOptions, ContactInfo, ContactStatus, Event as AgentEvent, KdfParams,
     ReceiveOptions, StoreError,
 };
+use sotto_client::timing::TrafficPolicy;
 use sotto_client::{ClientOptions, Socks5Proxy};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -132,7 +133,7 @@ pub enum SottoError {
     /// given is given again by the next receive.
     #[error("{0}")]
     ListenerFailed(String),
-    /// The profile was closed ([`Profile::close`]).
+    /// The profile was closed ([`Profile::shutdown`]).
     #[error("{0}")]
     Closed(String),
     /// Anything else: unusable stored data, an internal failure.
@@ -240,7 +241,7 @@ impl Worker {
                             }
                         }
                     }
-                    // Every handle was dropped: close as `Profile::close` would.
+                    // Every handle was dropped: close as `Profile::shutdown` would.
                     agent.close().await;
                 });
             })
@@ -305,6 +306,13 @@ pub struct ProfileOptions {
     /// the profile's ([`Profile::set_socks5`]).
     #[uniffi(default = None)]
     pub socks5: Option<String>,
+    /// What [`Profile::receive`] does with its connections so that someone watching the
+    /// network cannot tell when this device sends: `off` (the default), `desktop` or
+    /// `low-bandwidth`, as `sotto listen --policy` (`docs/client.md` § Traffic policy).
+    /// Under a policy, send with [`Profile::queue_message`] while receiving, so that the
+    /// message leaves in one of the paced frames; [`Profile::send`] is never paced.
+    #[uniffi(default = "off")]
+    pub traffic_policy: String,
     /// For tests only: derive the profile key with the cheapest Argon2id cost, which offers
     /// no protection to the profile file. Only used by [`create_profile`].
     #[uniffi(default = false)]
@@ -317,6 +325,7 @@ impl Default for ProfileOptions {
             connect_timeout_secs: 10,
             auto_delay_secs: 2.0,
             socks5: None,
+            traffic_policy: "off".into(),
             insecure_fast_kdf: false,
         }
     }
@@ -329,6 +338,15 @@ pub fn default_profile_options() -> ProfileOptions {
 }
 
 impl ProfileOptions {
+    fn traffic(&self) -> Result<TrafficPolicy, SottoError> {
+        TrafficPolicy::named(&self.traffic_policy).ok_or_else(|| {
+            SottoError::InvalidArgument(format!(
+                "unknown traffic policy `{}`: use off, desktop or low-bandwidth",
+                self.traffic_policy
+            ))
+        })
+    }
+
     fn agent_options(&self) -> Result<AgentOptions, SottoError> {
         if !(self.auto_delay_secs.is_finite() && (0.0..3600.0).contains(&self.auto_delay_secs)) {
             return Err(SottoError::InvalidArgument(
@@ -542,8 +560,12 @@ pub async fn create_profile(
 ) -> Result<Arc<Profile>, SottoError> {
     let passphrase = Zeroizing::new(passphrase);
     let opts = options.agent_options()?;
+    let traffic = options.traffic()?;
     check_passphrase(&passphrase)?;
-    off_thread(move || Agent::create(&PathBuf::from(home), passphrase.as_bytes(), opts)).await
+    off_thread(traffic, move || {
+        Agent::create(&PathBuf::from(home), passphrase.as_bytes(), opts)
+    })
+    .await
 }
 
 /// Opens the encrypted profile in the directory `home`.
@@ -559,13 +581,17 @@ pub async fn open_profile(
 ) -> Result<Arc<Profile>, SottoError> {
     let passphrase = Zeroizing::new(passphrase);
     let opts = options.agent_options()?;
+    let traffic = options.traffic()?;
     check_passphrase(&passphrase)?;
-    off_thread(move || Agent::open(&PathBuf::from(home), passphrase.as_bytes(), opts)).await
+    off_thread(traffic, move || {
+        Agent::open(&PathBuf::from(home), passphrase.as_bytes(), opts)
+    })
+    .await
 }
 
 /// Runs `make` (Argon2id: a third of a second or more) on a thread of its own, then starts
 /// the profile's workers.
-async fn off_thread<F>(make: F) -> Result<Arc<Profile>, SottoError>
+async fn off_thread<F>(traffic: TrafficPolicy, make: F) -> Result<Arc<Profile>, SottoError>
 where
     F: FnOnce() -> Result<Agent, AgentError> + Send + 'static,
 {
@@ -573,7 +599,11 @@ where
     std::thread::Builder::new()
         .name("sotto-open".into())
         .spawn(move || {
-            let _ = tx.send(make().map_err(SottoError::from).and_then(Profile::new));
+            let _ = tx.send(
+                make()
+                    .map_err(SottoError::from)
+                    .and_then(|agent| Profile::new(agent, traffic)),
+            );
         })
         .map_err(|e| SottoError::Internal(format!("cannot start a thread: {e}")))?;
     rx.await
@@ -602,6 +632,8 @@ pub struct Profile {
     commands: Worker,
     /// The agent of [`Profile::receive`].
     receiver: Worker,
+    /// The receiving agent's traffic policy.
+    traffic: TrafficPolicy,
     /// Whether a receive runs (or waits for the receiving agent).
     receiving: Arc<AtomicBool>,
     /// Stops the running receive.
@@ -609,12 +641,13 @@ pub struct Profile {
 }
 
 impl Profile {
-    fn new(agent: Agent) -> Result<Arc<Self>, SottoError> {
-        let receiver = agent.reopen();
+    fn new(agent: Agent, traffic: TrafficPolicy) -> Result<Arc<Self>, SottoError> {
+        let receiver = agent.reopen(traffic);
         Ok(Arc::new(Self {
             home: agent.home().display().to_string(),
             commands: Worker::start("sotto-agent", agent)?,
             receiver: Worker::start("sotto-receiver", receiver)?,
+            traffic,
             receiving: Arc::new(AtomicBool::new(false)),
             stop: StdMutex::new(None),
         }))
@@ -711,12 +744,13 @@ impl Profile {
         &self,
         relay: Option<String>,
     ) -> Result<Option<String>, SottoError> {
+        let traffic = self.traffic;
         let (set, fresh) = self
             .commands
             .call(move |a| {
                 Box::pin(async move {
                     let r = a.set_send_through(relay.as_deref())?;
-                    Ok((r.map(|r| r.to_string()), a.reopen()))
+                    Ok((r.map(|r| r.to_string()), a.reopen(traffic)))
                 })
             })
             .await?;
@@ -932,7 +966,7 @@ impl Profile {
     /// Stops receiving, waits for the calls under way, and closes every connection. Later
     /// calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
     /// profile.
-    pub async fn close(&self) {
+    pub async fn shutdown(&self) {
         self.stop_receiving();
         self.receiver.close().await;
         self.commands.close().await;

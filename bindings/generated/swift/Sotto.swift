@@ -826,13 +826,6 @@ public protocol ProfileProtocol: AnyObject, Sendable {
     func addRelay(address: String, createPassword: String?) async throws  -> String
     
     /**
-     * Stops receiving, waits for the calls under way, and closes every connection. Later
-     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
-     * profile.
-     */
-    func close() async 
-    
-    /**
      * Contacts and pending invitations.
      *
      * # Errors
@@ -960,6 +953,13 @@ public protocol ProfileProtocol: AnyObject, Sendable {
     func setSocks5(proxy: String?) async throws 
     
     /**
+     * Stops receiving, waits for the calls under way, and closes every connection. Later
+     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
+     * profile.
+     */
+    func shutdown() async 
+    
+    /**
      * The profile's SOCKS5 proxy (`HOST:PORT`), through which every relay connection goes
      * (over TCP, relay names resolved by the proxy), if one is set.
      *
@@ -1080,28 +1080,6 @@ open func addRelay(address: String, createPassword: String? = nil)async throws  
             freeFunc: ffi_sotto_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterString.lift,
             errorHandler: FfiConverterTypeSottoError_lift
-        )
-}
-    
-    /**
-     * Stops receiving, waits for the calls under way, and closes every connection. Later
-     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
-     * profile.
-     */
-open func close()async   {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_sotto_ffi_fn_method_profile_close(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
-            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
-            freeFunc: ffi_sotto_ffi_rust_future_free_void,
-            liftFunc: { $0 },
-            errorHandler: nil
-            
         )
 }
     
@@ -1408,6 +1386,28 @@ open func setSocks5(proxy: String?)async throws   {
 }
     
     /**
+     * Stops receiving, waits for the calls under way, and closes every connection. Later
+     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
+     * profile.
+     */
+open func shutdown()async   {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_sotto_ffi_fn_method_profile_shutdown(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_sotto_ffi_rust_future_poll_void,
+            completeFunc: ffi_sotto_ffi_rust_future_complete_void,
+            freeFunc: ffi_sotto_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: nil
+            
+        )
+}
+    
+    /**
      * The profile's SOCKS5 proxy (`HOST:PORT`), through which every relay connection goes
      * (over TCP, relay names resolved by the proxy), if one is set.
      *
@@ -1609,6 +1609,14 @@ public struct ProfileOptions: Equatable, Hashable {
      */
     public var socks5: String?
     /**
+     * What [`Profile::receive`] does with its connections so that someone watching the
+     * network cannot tell when this device sends: `off` (the default), `desktop` or
+     * `low-bandwidth`, as `sotto listen --policy` (`docs/client.md` § Traffic policy).
+     * Under a policy, send with [`Profile::queue_message`] while receiving, so that the
+     * message leaves in one of the paced frames; [`Profile::send`] is never paced.
+     */
+    public var trafficPolicy: String
+    /**
      * For tests only: derive the profile key with the cheapest Argon2id cost, which offers
      * no protection to the profile file. Only used by [`create_profile`].
      */
@@ -1630,12 +1638,20 @@ public struct ProfileOptions: Equatable, Hashable {
          * the profile's ([`Profile::set_socks5`]).
          */socks5: String? = nil, 
         /**
+         * What [`Profile::receive`] does with its connections so that someone watching the
+         * network cannot tell when this device sends: `off` (the default), `desktop` or
+         * `low-bandwidth`, as `sotto listen --policy` (`docs/client.md` § Traffic policy).
+         * Under a policy, send with [`Profile::queue_message`] while receiving, so that the
+         * message leaves in one of the paced frames; [`Profile::send`] is never paced.
+         */trafficPolicy: String = "off", 
+        /**
          * For tests only: derive the profile key with the cheapest Argon2id cost, which offers
          * no protection to the profile file. Only used by [`create_profile`].
          */insecureFastKdf: Bool = false) {
         self.connectTimeoutSecs = connectTimeoutSecs
         self.autoDelaySecs = autoDelaySecs
         self.socks5 = socks5
+        self.trafficPolicy = trafficPolicy
         self.insecureFastKdf = insecureFastKdf
     }
 
@@ -1658,6 +1674,7 @@ public struct FfiConverterTypeProfileOptions: FfiConverterRustBuffer {
                 connectTimeoutSecs: FfiConverterUInt64.read(from: &buf), 
                 autoDelaySecs: FfiConverterDouble.read(from: &buf), 
                 socks5: FfiConverterOptionString.read(from: &buf), 
+                trafficPolicy: FfiConverterString.read(from: &buf), 
                 insecureFastKdf: FfiConverterBool.read(from: &buf)
         )
     }
@@ -1666,6 +1683,7 @@ public struct FfiConverterTypeProfileOptions: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.connectTimeoutSecs, into: &buf)
         FfiConverterDouble.write(value.autoDelaySecs, into: &buf)
         FfiConverterOptionString.write(value.socks5, into: &buf)
+        FfiConverterString.write(value.trafficPolicy, into: &buf)
         FfiConverterBool.write(value.insecureFastKdf, into: &buf)
     }
 }
@@ -2224,7 +2242,7 @@ enum SottoError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case ListenerFailed(message: String)
     
     /**
-     * The profile was closed ([`Profile::close`]).
+     * The profile was closed ([`Profile::shutdown`]).
      */
     case Closed(message: String)
     
@@ -2687,9 +2705,6 @@ private let initializationResult: InitializationResult = {
     if (uniffi_sotto_ffi_checksum_method_profile_add_relay() != 25316) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_sotto_ffi_checksum_method_profile_close() != 17882) {
-        return InitializationResult.apiChecksumMismatch
-    }
     if (uniffi_sotto_ffi_checksum_method_profile_contacts() != 387) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2727,6 +2742,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_profile_set_socks5() != 54605) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_method_profile_shutdown() != 21270) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_profile_socks5() != 3999) {

@@ -299,11 +299,6 @@ uint64_t uniffi_sotto_ffi_fn_method_profile_accept(uint64_t ptr, RustBuffer link
 uint64_t uniffi_sotto_ffi_fn_method_profile_add_relay(uint64_t ptr, RustBuffer address, RustBuffer create_password
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_CLOSE
-uint64_t uniffi_sotto_ffi_fn_method_profile_close(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_CONTACTS
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_CONTACTS
 uint64_t uniffi_sotto_ffi_fn_method_profile_contacts(uint64_t ptr
@@ -367,6 +362,11 @@ uint64_t uniffi_sotto_ffi_fn_method_profile_set_send_through(uint64_t ptr, RustB
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_SET_SOCKS5
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_SET_SOCKS5
 uint64_t uniffi_sotto_ffi_fn_method_profile_set_socks5(uint64_t ptr, RustBuffer proxy
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_SHUTDOWN
+uint64_t uniffi_sotto_ffi_fn_method_profile_shutdown(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_METHOD_PROFILE_SOCKS5
@@ -691,12 +691,6 @@ uint16_t uniffi_sotto_ffi_checksum_method_profile_add_relay(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_CLOSE
-uint16_t uniffi_sotto_ffi_checksum_method_profile_close(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_CONTACTS
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_CONTACTS
 uint16_t uniffi_sotto_ffi_checksum_method_profile_contacts(void
@@ -772,6 +766,12 @@ uint16_t uniffi_sotto_ffi_checksum_method_profile_set_send_through(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_SET_SOCKS5
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_SET_SOCKS5
 uint16_t uniffi_sotto_ffi_checksum_method_profile_set_socks5(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_METHOD_PROFILE_SHUTDOWN
+uint16_t uniffi_sotto_ffi_checksum_method_profile_shutdown(void
     
 );
 #endif

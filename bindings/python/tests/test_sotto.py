@@ -89,12 +89,12 @@ def test_two_profiles_exchange_messages_both_ways(tmp_path, relays, options):
         assert msg.seq >= 1 and msg.timestamp > 0
 
         # The profile is on disk, encrypted: it opens again with its passphrase.
-        await alice.close()
+        await alice.shutdown()
         reopened = await sotto.open_profile(str(tmp_path / "alice"), "alice's passphrase", options)
         assert await reopened.relays() == [relays[0]]
         assert [c.name for c in await reopened.contacts()] == ["bob"]
-        await reopened.close()
-        await bob.close()
+        await reopened.shutdown()
+        await bob.shutdown()
 
     asyncio.run(main())
 
@@ -118,8 +118,8 @@ def test_send_while_receiving(tmp_path, relays, options):
         with pytest.raises(sotto.SottoError.ReceiverBusy):
             c = Collector(alice, lambda e: False)
             await asyncio.gather(alice.receive(c, wait_secs=1.0), alice.receive(c, wait_secs=1.0))
-        await alice.close()
-        await bob.close()
+        await alice.shutdown()
+        await bob.shutdown()
 
     asyncio.run(main())
 
@@ -128,7 +128,7 @@ def test_wrong_passphrase_raises_a_clear_exception(tmp_path, options):
     async def main():
         home = str(tmp_path / "p")
         p = await sotto.create_profile(home, "right", options)
-        await p.close()
+        await p.shutdown()
         with pytest.raises(sotto.SottoError.WrongPassphrase) as e:
             await sotto.open_profile(home, "wrong", options)
         assert "wrong passphrase" in str(e.value)
@@ -139,6 +139,9 @@ def test_wrong_passphrase_raises_a_clear_exception(tmp_path, options):
             await sotto.create_profile(home, "right", options)
         with pytest.raises(sotto.SottoError.InvalidArgument):
             await sotto.open_profile(home, "", options)
+        with pytest.raises(sotto.SottoError.InvalidArgument) as e:
+            await sotto.open_profile(home, "right", sotto.ProfileOptions(traffic_policy="loud"))
+        assert "unknown traffic policy" in str(e.value)
 
     asyncio.run(main())
 
@@ -173,7 +176,7 @@ def test_bad_link_and_other_errors_raise_clear_exceptions(tmp_path, relays, opti
         with pytest.raises(sotto.SottoError.InvitationUsed):
             await third.accept(link, "p")
         for x in (p, other, third):
-            await x.close()
+            await x.shutdown()
         with pytest.raises(sotto.SottoError.Closed):
             await p.contacts()
 
@@ -196,7 +199,7 @@ def test_a_failing_listener_loses_no_message(tmp_path, relays, options):
         assert "the app's database is full" in str(e.value)
         events = await receive_until(bob, message_from("alice", "keep me"))
         assert sum(isinstance(e, sotto.Event.MESSAGE) for e in events) == 1
-        await alice.close()
-        await bob.close()
+        await alice.shutdown()
+        await bob.shutdown()
 
     asyncio.run(main())

@@ -197,11 +197,15 @@ impl Agent {
     }
 
     /// Another agent on this open profile, as if a second process had opened it (its own
-    /// connections and outbox leases; the same options and send-through relay), without the
-    /// passphrase and without deriving the key again: e.g. one that receives while this one
-    /// sends.
-    pub fn reopen(&self) -> Self {
-        let mut agent = Self::with_store(self.store.clone(), self.opts.clone());
+    /// connections and outbox leases; the same options and send-through relay, but the
+    /// traffic policy `traffic`), without the passphrase and without deriving the key
+    /// again: e.g. one that receives under a policy while this one sends.
+    pub fn reopen(&self, traffic: TrafficPolicy) -> Self {
+        let opts = AgentOptions {
+            traffic,
+            ..self.opts.clone()
+        };
+        let mut agent = Self::with_store(self.store.clone(), opts);
         agent.through = self.through.clone();
         agent
     }

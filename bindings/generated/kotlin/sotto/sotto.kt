@@ -716,8 +716,6 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_profile_add_relay(
     ): Int
-    external fun uniffi_sotto_ffi_checksum_method_profile_close(
-    ): Int
     external fun uniffi_sotto_ffi_checksum_method_profile_contacts(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_profile_delete(
@@ -743,6 +741,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_sotto_ffi_checksum_method_profile_set_send_through(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_profile_set_socks5(
+    ): Int
+    external fun uniffi_sotto_ffi_checksum_method_profile_shutdown(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_profile_socks5(
     ): Int
@@ -785,8 +785,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_sotto_ffi_fn_method_profile_add_relay(`ptr`: Long,`address`: RustBuffer.ByValue,`createPassword`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_sotto_ffi_fn_method_profile_close(`ptr`: Long,
-    ): Long
     external fun uniffi_sotto_ffi_fn_method_profile_contacts(`ptr`: Long,
     ): Long
     external fun uniffi_sotto_ffi_fn_method_profile_delete(`ptr`: Long,`contact`: RustBuffer.ByValue,
@@ -812,6 +810,8 @@ internal object UniffiLib {
     external fun uniffi_sotto_ffi_fn_method_profile_set_send_through(`ptr`: Long,`relay`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_sotto_ffi_fn_method_profile_set_socks5(`ptr`: Long,`proxy`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_sotto_ffi_fn_method_profile_shutdown(`ptr`: Long,
     ): Long
     external fun uniffi_sotto_ffi_fn_method_profile_socks5(`ptr`: Long,
     ): Long
@@ -960,9 +960,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_sotto_ffi_checksum_method_profile_add_relay() and 0xFFFF) != 25316) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_sotto_ffi_checksum_method_profile_close() and 0xFFFF) != 17882) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
     if ((lib.uniffi_sotto_ffi_checksum_method_profile_contacts() and 0xFFFF) != 387) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1000,6 +997,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_profile_set_socks5() and 0xFFFF) != 54605) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_method_profile_shutdown() and 0xFFFF) != 21270) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_profile_socks5() and 0xFFFF) != 3999) {
@@ -1829,13 +1829,6 @@ public interface ProfileInterface {
     suspend fun `addRelay`(`address`: kotlin.String, `createPassword`: kotlin.String? = null): kotlin.String
     
     /**
-     * Stops receiving, waits for the calls under way, and closes every connection. Later
-     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
-     * profile.
-     */
-    suspend fun `close`()
-    
-    /**
      * Contacts and pending invitations.
      *
      * # Errors
@@ -1961,6 +1954,13 @@ public interface ProfileInterface {
      * [`SottoError::InvalidArgument`], profile errors.
      */
     suspend fun `setSocks5`(`proxy`: kotlin.String?)
+    
+    /**
+     * Stops receiving, waits for the calls under way, and closes every connection. Later
+     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
+     * profile.
+     */
+    suspend fun `shutdown`()
     
     /**
      * The profile's SOCKS5 proxy (`HOST:PORT`), through which every relay connection goes
@@ -2149,32 +2149,6 @@ open class Profile: Disposable, AutoCloseable, ProfileInterface
         { FfiConverterString.lift(it) },
         // Error FFI converter
         SottoException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * Stops receiving, waits for the calls under way, and closes every connection. Later
-     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
-     * profile.
-     */
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `close`() {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_sotto_ffi_fn_method_profile_close(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
-        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
-        // lift function
-        { },
-        
-        // Error FFI converter
-        UniffiNullRustCallStatusErrorHandler,
     )
     }
 
@@ -2567,6 +2541,32 @@ open class Profile: Disposable, AutoCloseable, ProfileInterface
 
     
     /**
+     * Stops receiving, waits for the calls under way, and closes every connection. Later
+     * calls fail with [`SottoError::Closed`]. Messages not sent yet stay queued in the
+     * profile.
+     */
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `shutdown`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_sotto_ffi_fn_method_profile_shutdown(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_sotto_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_sotto_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        UniffiNullRustCallStatusErrorHandler,
+    )
+    }
+
+    
+    /**
      * The profile's SOCKS5 proxy (`HOST:PORT`), through which every relay connection goes
      * (over TCP, relay names resolved by the proxy), if one is set.
      *
@@ -2743,6 +2743,15 @@ data class ProfileOptions (
     var `socks5`: kotlin.String? = null 
     , 
     /**
+     * What [`Profile::receive`] does with its connections so that someone watching the
+     * network cannot tell when this device sends: `off` (the default), `desktop` or
+     * `low-bandwidth`, as `sotto listen --policy` (`docs/client.md` § Traffic policy).
+     * Under a policy, send with [`Profile::queue_message`] while receiving, so that the
+     * message leaves in one of the paced frames; [`Profile::send`] is never paced.
+     */
+    var `trafficPolicy`: kotlin.String = "off" 
+    , 
+    /**
      * For tests only: derive the profile key with the cheapest Argon2id cost, which offers
      * no protection to the profile file. Only used by [`create_profile`].
      */
@@ -2766,6 +2775,7 @@ public object FfiConverterTypeProfileOptions: FfiConverterRustBuffer<ProfileOpti
             FfiConverterULong.read(buf),
             FfiConverterDouble.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
             FfiConverterBoolean.read(buf),
         )
     }
@@ -2774,6 +2784,7 @@ public object FfiConverterTypeProfileOptions: FfiConverterRustBuffer<ProfileOpti
             FfiConverterULong.allocationSize(value.`connectTimeoutSecs`) +
             FfiConverterDouble.allocationSize(value.`autoDelaySecs`) +
             FfiConverterOptionalString.allocationSize(value.`socks5`) +
+            FfiConverterString.allocationSize(value.`trafficPolicy`) +
             FfiConverterBoolean.allocationSize(value.`insecureFastKdf`)
     )
 
@@ -2781,6 +2792,7 @@ public object FfiConverterTypeProfileOptions: FfiConverterRustBuffer<ProfileOpti
             FfiConverterULong.write(value.`connectTimeoutSecs`, buf)
             FfiConverterDouble.write(value.`autoDelaySecs`, buf)
             FfiConverterOptionalString.write(value.`socks5`, buf)
+            FfiConverterString.write(value.`trafficPolicy`, buf)
             FfiConverterBoolean.write(value.`insecureFastKdf`, buf)
     }
 }
@@ -3371,7 +3383,7 @@ sealed class SottoException(message: String): kotlin.Exception(message) {
         class ListenerFailed(message: String) : SottoException(message)
         
     /**
-     * The profile was closed ([`Profile::close`]).
+     * The profile was closed ([`Profile::shutdown`]).
      */
         class Closed(message: String) : SottoException(message)
         
