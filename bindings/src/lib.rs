@@ -972,3 +972,102 @@ impl Profile {
         self.commands.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_keep_their_meaning_and_the_clis_message() {
+        let e = SottoError::from(AgentError::Store(StoreError::WrongPassphrase));
+        assert!(matches!(&e, SottoError::WrongPassphrase(m) if m.starts_with("wrong passphrase")));
+        let e = SottoError::from(AgentError::UnknownContact("bob".into()));
+        assert!(matches!(&e, SottoError::UnknownContact(m) if m.contains("`bob`")));
+        let e = SottoError::from(AgentError::InvitationKeys);
+        assert!(matches!(e, SottoError::BadInvitation(_)));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let mut o = ProfileOptions::default();
+        assert_eq!(
+            o.agent_options().unwrap().auto_delay_mean,
+            Duration::from_secs(2)
+        );
+        assert_eq!(o.traffic().unwrap(), TrafficPolicy::OFF);
+        o.auto_delay_secs = f64::NAN;
+        assert!(matches!(
+            o.agent_options(),
+            Err(SottoError::InvalidArgument(_))
+        ));
+        o.auto_delay_secs = 0.0;
+        o.socks5 = Some("not a proxy".into());
+        assert!(matches!(
+            o.agent_options(),
+            Err(SottoError::InvalidArgument(_))
+        ));
+        o.socks5 = Some("127.0.0.1:9050".into());
+        assert!(o.agent_options().unwrap().client.socks5.is_some());
+        o.traffic_policy = "desktop".into();
+        assert!(o.traffic().unwrap().send.is_some());
+        o.traffic_policy = "loud".into();
+        assert!(matches!(o.traffic(), Err(SottoError::InvalidArgument(_))));
+        assert!(seconds("wait_secs", Some(-1.0)).is_err());
+        assert_eq!(
+            seconds("wait_secs", Some(1.5)).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn events_convert_field_for_field() {
+        let e = AgentEvent::Message {
+            contact: "alice".into(),
+            text: "hi".into(),
+            seq: 3,
+            timestamp: 1_700_000_000,
+        };
+        assert_eq!(
+            Event::from(&e),
+            Event::Message {
+                contact: "alice".into(),
+                text: "hi".into(),
+                seq: 3,
+                timestamp: 1_700_000_000
+            }
+        );
+        let e = AgentEvent::Rejected { contact: None };
+        assert_eq!(Event::from(&e), Event::Rejected { contact: None });
+    }
+
+    /// A profile made and opened through the bindings' own path (threads, workers), with
+    /// no relay: its calls answer, and a shut-down profile says so.
+    #[test]
+    fn a_profile_opens_answers_and_shuts_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p").display().to_string();
+        let opts = ProfileOptions {
+            insecure_fast_kdf: true,
+            ..ProfileOptions::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let p = create_profile(home.clone(), "pass".into(), opts.clone())
+                .await
+                .unwrap();
+            assert_eq!(p.relays().await.unwrap(), Vec::<String>::new());
+            assert!(matches!(
+                p.invite(None, None).await,
+                Err(SottoError::NoRelay(_))
+            ));
+            p.shutdown().await;
+            assert!(matches!(p.contacts().await, Err(SottoError::Closed(_))));
+            let wrong = open_profile(home.clone(), "wrong".into(), opts.clone()).await;
+            assert!(matches!(wrong, Err(SottoError::WrongPassphrase(_))));
+            let again = open_profile(home, "pass".into(), opts).await.unwrap();
+            assert!(again.contacts().await.unwrap().is_empty());
+        });
+    }
+}
