@@ -5,7 +5,7 @@
 #   bindings/scripts/build-python.sh [--release] [OUT_DIR]
 #
 # OUT_DIR (default: $CARGO_TARGET_DIR/python, or target/python) receives
-#   package/sotto/__init__.py, package/sotto/libsotto_ffi.so   (importable with PYTHONPATH)
+#   package/sotto/{__init__,_ffi}.py, package/sotto/libsotto_ffi.so  (importable with PYTHONPATH)
 #   dist/sotto-VERSION-py3-none-PLATFORM.whl                   (pip install it)
 # and the wheel's path is printed on the last line.
 set -euo pipefail
@@ -31,7 +31,8 @@ trap 'rm -rf "$gen"' EXIT
 
 rm -rf "$out/package" "$out/dist"
 mkdir -p "$out/package/sotto" "$out/dist"
-cp "$gen/sotto.py" "$out/package/sotto/__init__.py"
+cp "$gen/sotto.py" "$out/package/sotto/_ffi.py"
+cp bindings/python/package_init.py "$out/package/sotto/__init__.py"
 # The debug information is most of a debug build's size; the package does without it.
 if command -v strip >/dev/null 2>&1; then
     strip --strip-debug -o "$out/package/sotto/libsotto_ffi.so" "$lib"

@@ -24,7 +24,7 @@
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -199,6 +199,43 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
 /// receive, as a crash at that moment would.
 struct ListenerAbort(String);
 
+/// How many of the library's threads are calling into the host right now: answering a
+/// call (which runs the host's continuation, through UniFFI's waker) or calling the
+/// listener. See [`settle_host_calls`].
+static IN_HOST: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a call into the host while alive.
+struct InHost;
+
+impl InHost {
+    fn enter() -> Self {
+        IN_HOST.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for InHost {
+    fn drop(&mut self) {
+        IN_HOST.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits, at most `timeout_ms` milliseconds, until no thread of the library is calling into
+/// the host; `true` if none is. The Python package calls it at interpreter exit (`atexit`),
+/// because CPython ends a foreign thread that asks for the GIL once finalisation has begun
+/// in a way that aborts the process; apps need not call it.
+#[uniffi::export]
+pub fn settle_host_calls(timeout_ms: u32) -> bool {
+    let end = std::time::Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+    while IN_HOST.load(Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 /// A job for a [`Worker`]: a call on its agent.
 type Job = Box<dyn for<'a> FnOnce(&'a mut Agent) -> LocalBoxFuture<'a, ()> + Send>;
 
@@ -272,11 +309,21 @@ impl Worker {
                         Err(_) => SottoError::Internal("internal error: the call panicked".into()),
                     }),
                 };
+                let _in_host = InHost::enter();
                 let _ = tx.send(result);
             })
         });
         self.orders.send(Order::Run(job)).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` on the agent after the calls before it, without waiting for it (nothing
+    /// happens if the worker has stopped).
+    fn post<F>(&self, f: F)
+    where
+        F: for<'a> FnOnce(&'a mut Agent) -> LocalBoxFuture<'a, ()> + Send + 'static,
+    {
+        let _ = self.orders.send(Order::Run(Box::new(f)));
     }
 
     /// Closes the agent and stops the worker, once the calls before are done.
@@ -599,11 +646,11 @@ where
     std::thread::Builder::new()
         .name("sotto-open".into())
         .spawn(move || {
-            let _ = tx.send(
-                make()
-                    .map_err(SottoError::from)
-                    .and_then(|agent| Profile::new(agent, traffic)),
-            );
+            let result = make()
+                .map_err(SottoError::from)
+                .and_then(|agent| Profile::new(agent, traffic));
+            let _in_host = InHost::enter();
+            let _ = tx.send(result);
         })
         .map_err(|e| SottoError::Internal(format!("cannot start a thread: {e}")))?;
     rx.await
@@ -754,15 +801,10 @@ impl Profile {
                 })
             })
             .await?;
-        // The receiving agent is made again, after the receive under way if any.
+        // The receiving agent is made again once the receive under way, if any, is over
+        // (not waited for: it may run until stopped).
         self.receiver
-            .call(move |a| {
-                Box::pin(async move {
-                    std::mem::replace(a, fresh).close().await;
-                    Ok(())
-                })
-            })
-            .await?;
+            .post(move |a| Box::pin(async move { std::mem::replace(a, fresh).close().await }));
         Ok(set)
     }
 
@@ -939,7 +981,11 @@ impl Profile {
                         stop_before_ack: false,
                     };
                     a.receive(opts, |e| {
-                        if let Err(ListenerError::Failed(why)) = listener.on_event(Event::from(e)) {
+                        let handled = {
+                            let _in_host = InHost::enter();
+                            listener.on_event(Event::from(e))
+                        };
+                        if let Err(ListenerError::Failed(why)) = handled {
                             // Unwinds out of the receive loop before the event is marked
                             // handled; `Worker::call` makes it `ListenerFailed`.
                             std::panic::resume_unwind(Box::new(ListenerAbort(why)));

@@ -471,6 +471,22 @@ private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
+    typealias FfiType = UInt32
+    typealias SwiftType = UInt32
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt32 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
     typealias FfiType = UInt64
     typealias SwiftType = UInt64
@@ -2671,6 +2687,20 @@ public func openProfile(home: String, passphrase: String, options: ProfileOption
             errorHandler: FfiConverterTypeSottoError_lift
         )
 }
+/**
+ * Waits, at most `timeout_ms` milliseconds, until no thread of the library is calling into
+ * the host; `true` if none is. The Python package calls it at interpreter exit (`atexit`),
+ * because CPython ends a foreign thread that asks for the GIL once finalisation has begun
+ * in a way that aborts the process; apps need not call it.
+ */
+public func settleHostCalls(timeoutMs: UInt32) -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_sotto_ffi_fn_func_settle_host_calls(
+        FfiConverterUInt32.lower(timeoutMs),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -2694,6 +2724,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_func_open_profile() != 60553) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_sotto_ffi_checksum_func_settle_host_calls() != 15870) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_sotto_ffi_checksum_method_eventlistener_on_event() != 23002) {

@@ -395,6 +395,11 @@ RustBuffer uniffi_sotto_ffi_fn_func_default_profile_options(RustCallStatus *_Non
 uint64_t uniffi_sotto_ffi_fn_func_open_profile(RustBuffer home, RustBuffer passphrase, RustBuffer options
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_FUNC_SETTLE_HOST_CALLS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_FN_FUNC_SETTLE_HOST_CALLS
+int8_t uniffi_sotto_ffi_fn_func_settle_host_calls(uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_FFI_SOTTO_FFI_RUSTBUFFER_ALLOC
 #define UNIFFI_FFIDEF_FFI_SOTTO_FFI_RUSTBUFFER_ALLOC
 RustBuffer ffi_sotto_ffi_rustbuffer_alloc(uint64_t size, RustCallStatus *_Nonnull out_status
@@ -670,6 +675,12 @@ uint16_t uniffi_sotto_ffi_checksum_func_default_profile_options(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_FUNC_OPEN_PROFILE
 #define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_FUNC_OPEN_PROFILE
 uint16_t uniffi_sotto_ffi_checksum_func_open_profile(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_FUNC_SETTLE_HOST_CALLS
+#define UNIFFI_FFIDEF_UNIFFI_SOTTO_FFI_CHECKSUM_FUNC_SETTLE_HOST_CALLS
+uint16_t uniffi_sotto_ffi_checksum_func_settle_host_calls(void
     
 );
 #endif

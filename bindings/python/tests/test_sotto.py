@@ -203,3 +203,54 @@ def test_a_failing_listener_loses_no_message(tmp_path, relays, options):
         await bob.shutdown()
 
     asyncio.run(main())
+
+
+class Inbox(sotto.EventListener):
+    """Hands each event to the asyncio loop, for receives that run in the background."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def on_event(self, event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def next(self, match, timeout: float = 30.0):
+        while True:
+            event = await asyncio.wait_for(self.queue.get(), timeout=timeout)
+            if match(event):
+                return event
+
+
+def test_rotate_then_delete(tmp_path, relays, options):
+    """Bob moves the queue he receives Alice's messages on to relay a; messages follow it.
+    Then he deletes Alice."""
+
+    async def main():
+        alice, bob = await make_pair(tmp_path, relays, options)
+        loop = asyncio.get_running_loop()
+        a_in, b_in = Inbox(loop), Inbox(loop)
+        a_rx = asyncio.ensure_future(alice.receive(a_in))
+        b_rx = asyncio.ensure_future(bob.receive(b_in))
+
+        await bob.rotate("alice", relays[0])
+        with pytest.raises(sotto.SottoError.Rotating):
+            await bob.rotate("alice", relays[0])
+        await a_in.next(lambda e: e == sotto.Event.MOVED(contact="bob"))
+        await b_in.next(lambda e: e == sotto.Event.ROTATED(contact="alice"))
+        await alice.send("bob", "to your new queue")
+        await b_in.next(message_from("alice", "to your new queue"))
+        [c] = await bob.contacts()
+        # The old queue, on relay b, is deleted shortly after the rotation (automatically).
+        assert relays[0].split("@", 1)[1] in c.receive_relays
+
+        await bob.delete("alice")
+        assert await bob.contacts() == []
+        with pytest.raises(sotto.SottoError.UnknownContact):
+            await bob.send("alice", "gone")
+        for p, rx in ((alice, a_rx), (bob, b_rx)):
+            p.stop_receiving()
+            await rx
+            await p.shutdown()
+
+    asyncio.run(main())

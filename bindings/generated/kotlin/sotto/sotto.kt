@@ -710,6 +710,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_sotto_ffi_checksum_func_open_profile(
     ): Int
+    external fun uniffi_sotto_ffi_checksum_func_settle_host_calls(
+    ): Int
     external fun uniffi_sotto_ffi_checksum_method_eventlistener_on_event(
     ): Int
     external fun uniffi_sotto_ffi_checksum_method_profile_accept(
@@ -823,6 +825,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_sotto_ffi_fn_func_open_profile(`home`: RustBuffer.ByValue,`passphrase`: RustBuffer.ByValue,`options`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_sotto_ffi_fn_func_settle_host_calls(`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun ffi_sotto_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_sotto_ffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -949,6 +953,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_func_open_profile() and 0xFFFF) != 60553) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_sotto_ffi_checksum_func_settle_host_calls() and 0xFFFF) != 15870) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_sotto_ffi_checksum_method_eventlistener_on_event() and 0xFFFF) != 23002) {
@@ -1234,6 +1241,29 @@ private class JavaLangRefCleanable(
     val cleanable: java.lang.ref.Cleaner.Cleanable
 ) : UniffiCleaner.Cleanable {
     override fun clean() = cleanable.clean()
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterUInt: FfiConverter<UInt, Int> {
+    override fun lift(value: Int): UInt {
+        return value.toUInt()
+    }
+
+    override fun read(buf: ByteBuffer): UInt {
+        return lift(buf.getInt())
+    }
+
+    override fun lower(value: UInt): Int {
+        return value.toInt()
+    }
+
+    override fun allocationSize(value: UInt) = 4UL
+
+    override fun write(value: UInt, buf: ByteBuffer) {
+        buf.putInt(value.toInt())
+    }
 }
 
 /**
@@ -3745,5 +3775,22 @@ public object FfiConverterSequenceTypeContact: FfiConverterRustBuffer<List<Conta
         SottoException.ErrorHandler,
     )
     }
+
+        /**
+         * Waits, at most `timeout_ms` milliseconds, until no thread of the library is calling into
+         * the host; `true` if none is. The Python package calls it at interpreter exit (`atexit`),
+         * because CPython ends a foreign thread that asks for the GIL once finalisation has begun
+         * in a way that aborts the process; apps need not call it.
+         */ fun `settleHostCalls`(`timeoutMs`: kotlin.UInt): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_sotto_ffi_fn_func_settle_host_calls(
+    
+        
+        FfiConverterUInt.lower(`timeoutMs`),_status)
+}
+    )
+    }
+    
 
 
