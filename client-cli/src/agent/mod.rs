@@ -196,6 +196,20 @@ impl Agent {
         }
     }
 
+    /// Another agent on this open profile, as if a second process had opened it (its own
+    /// connections and outbox leases; the same options and send-through relay, but the
+    /// traffic policy `traffic`), without the passphrase and without deriving the key
+    /// again: e.g. one that receives under a policy while this one sends.
+    pub fn reopen(&self, traffic: TrafficPolicy) -> Self {
+        let opts = AgentOptions {
+            traffic,
+            ..self.opts.clone()
+        };
+        let mut agent = Self::with_store(self.store.clone(), opts);
+        agent.through = self.through.clone();
+        agent
+    }
+
     /// The profile directory.
     pub fn home(&self) -> &Path {
         self.store.dir()

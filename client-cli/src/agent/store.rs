@@ -114,6 +114,7 @@ pub enum StoreError {
 }
 
 /// The open profile: its directory, key and header.
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
     key: Zeroizing<[u8; 32]>,
