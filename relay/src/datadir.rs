@@ -273,11 +273,15 @@ pub fn served_address(dir: &Path) -> Option<RelayAddress> {
 
 /// Refuses a secret file that every user of the machine may access (any "other" permission
 /// bit), as OpenSSH refuses such a private key, and warns when its group may read it.
-/// A missing file is left to the read that follows (its error names the fix).
+/// A missing file, or something that is not a regular file, is left to the read that
+/// follows (its error names the fix).
 fn check_private(path: &Path) -> anyhow::Result<()> {
     let Ok(meta) = fs::metadata(path) else {
         return Ok(());
     };
+    if !meta.is_file() {
+        return Ok(());
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o007 != 0 {
         bail!(

@@ -983,7 +983,11 @@ async fn unreadable_or_damaged_key_files_refuse_to_start() {
     }
     for file in [datadir::RELAY_KEY_FILE, datadir::STORAGE_KEY_FILE] {
         let dir = initialised_datadir();
-        std::fs::write(dir.path().join(file), "damaged!").unwrap();
+        // Damaged, but private as the relay wrote it: the mode check passes and the
+        // content is what is refused.
+        let p = dir.path().join(file);
+        std::fs::write(&p, "damaged!").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let stderr = refuses_to_start(dir.path());
         assert_names(&stderr, file, "Restore it from your backup");
     }
