@@ -170,7 +170,8 @@ impl From<AgentError> for SottoError {
             AgentError::Rotating(_) => Self::Rotating(m),
             AgentError::NotDelivered { .. } => Self::NotDelivered(m),
             AgentError::QueueRefused(_) => Self::QueueRefused(m),
-            AgentError::Busy(_) => Self::Busy(m),
+            AgentError::Busy { .. } => Self::Busy(m),
+            AgentError::TimedOut { .. } => Self::NotDelivered(m),
             _ => Self::Internal(m),
         }
     }

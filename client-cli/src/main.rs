@@ -3,7 +3,9 @@
 //! and turns errors into one line on stderr and a non-zero exit status.
 //!
 //! Exit status: 0 success, 1 error, 2 usage error (clap), 3 the test hook
-//! `SOTTO_TEST_STOP_BEFORE_ACK` stopped `recv` before acknowledging a message.
+//! `SOTTO_TEST_STOP_BEFORE_ACK` stopped `recv` before acknowledging a message, 130 / 143 a
+//! command other than `recv` and `listen` ended by SIGINT / SIGTERM (those two end
+//! normally, with 0). A second signal ends the process at once.
 
 use std::io::Write as _;
 use std::ops::ControlFlow;
@@ -45,7 +47,9 @@ struct Cli {
         default_value_t = 2.0
     )]
     auto_delay: f64,
-    /// Seconds to wait for a relay to answer a connection attempt.
+    /// Seconds to wait for a relay: for connecting (QUIC, then TLS over TCP if QUIC has
+    /// not answered after min(3, SECS/2) seconds, within the same SECS), and for `send` and
+    /// `accept` in all — they exit non-zero after SECS at most, the message queued.
     #[arg(
         long,
         global = true,
@@ -245,6 +249,69 @@ enum CliError {
     Usage(String),
     #[error("could not read the passphrase: {0}")]
     Prompt(std::io::Error),
+    /// Ended by a signal while the command was under way.
+    #[error("interrupted{}", if *.queued { "; the message stays queued and is sent by the next `sotto send`, `recv` or `listen`" } else { "" })]
+    Interrupted {
+        /// The signal.
+        signal: Signal,
+        /// Whether a message was queued (`send`).
+        queued: bool,
+    },
+}
+
+/// The signals that end a command cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Int,
+    Term,
+}
+
+impl Signal {
+    /// The shell's exit status for a process ended by it: 128 + its number.
+    fn exit_status(self) -> u8 {
+        match self {
+            Signal::Int => 130,
+            Signal::Term => 143,
+        }
+    }
+}
+
+/// How long closing connections may take once a signal came: the relays notice the rest.
+const CLOSE_AFTER_SIGNAL: Duration = Duration::from_millis(200);
+
+/// How long `listen` waits, after a signal, for its relays to confirm the end of its paced
+/// links (so that its frame counts are what they received).
+const DISCONNECT_AFTER_SIGNAL: Duration = Duration::from_millis(700);
+
+/// After a signal, how long `recv` / `listen` have to stop at their next step before
+/// they are cut off (at an await point: nothing is shown twice, see `docs/client.md`).
+const STOP_GRACE: Duration = Duration::from_millis(150);
+
+/// Waits for SIGINT or SIGTERM, records which, and cancels `token`; a second one ends the
+/// process at once.
+fn watch_signals(
+    token: CancellationToken,
+) -> Result<std::sync::Arc<std::sync::OnceLock<Signal>>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let which = std::sync::Arc::new(std::sync::OnceLock::new());
+    let setup = |e| CliError::Usage(format!("cannot watch signals: {e}"));
+    let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
+    let mut term = signal(SignalKind::terminate()).map_err(setup)?;
+    let seen = which.clone();
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = int.recv() => Signal::Int,
+            _ = term.recv() => Signal::Term,
+        };
+        let _ = seen.set(first);
+        token.cancel();
+        let second = tokio::select! {
+            _ = int.recv() => Signal::Int,
+            _ = term.recv() => Signal::Term,
+        };
+        std::process::exit(i32::from(second.exit_status()));
+    });
+    Ok(which)
 }
 
 fn main() -> ExitCode {
@@ -264,6 +331,10 @@ fn main() -> ExitCode {
         Err(CliError::Agent(AgentError::StoppedBeforeAck)) => {
             eprintln!("sotto: test hook: stopped before acknowledging a message");
             ExitCode::from(3)
+        }
+        Err(e @ CliError::Interrupted { signal, .. }) => {
+            eprintln!("sotto: {e}");
+            ExitCode::from(signal.exit_status())
         }
         Err(e) => {
             eprintln!("sotto: {e}");
@@ -323,6 +394,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         auto_delay_mean: Duration::from_secs_f64(cli.auto_delay),
         kdf: KdfParams::DEFAULT,
         send_tap: None,
+        send_timeout: Some(Duration::from_secs(cli.timeout.max(1))),
         stop_after_send: false,
         traffic,
     };
@@ -341,12 +413,37 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if let Some(through) = &cli.through {
         agent.override_send_through(through)?;
     }
-    let result = command(&mut agent, cli.command).await;
-    agent.close().await;
+    let interrupt = CancellationToken::new();
+    let signal = watch_signals(interrupt.clone())?;
+    let queues = matches!(cli.command, Command::Send { queue: false, .. });
+    let result = if matches!(cli.command, Command::Recv { .. } | Command::Listen { .. }) {
+        // They stop by themselves on the signal.
+        command(&mut agent, cli.command, interrupt.clone()).await
+    } else {
+        tokio::select! {
+            // The command first: its first step (queueing a message) happens even if a
+            // signal is already there.
+            biased;
+            r = command(&mut agent, cli.command, interrupt.clone()) => r,
+            () = interrupt.cancelled() => Err(CliError::Interrupted {
+                signal: signal.get().copied().unwrap_or(Signal::Int),
+                queued: queues,
+            }),
+        }
+    };
+    if interrupt.is_cancelled() {
+        let _ = tokio::time::timeout(CLOSE_AFTER_SIGNAL, agent.close()).await;
+    } else {
+        agent.close().await;
+    }
     result
 }
 
-async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
+async fn command(
+    agent: &mut Agent,
+    command: Command,
+    interrupt: CancellationToken,
+) -> Result<(), CliError> {
     match command {
         Command::Init => {}
         Command::Relay { command } => match command {
@@ -433,11 +530,11 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
             let opts = ReceiveOptions {
                 wait: Some(Duration::from_secs(wait)),
                 idle: idle.map(Duration::from_secs),
-                stop: None,
+                stop: Some(interrupt),
                 stop_before_ack: std::env::var_os("SOTTO_TEST_STOP_BEFORE_ACK")
                     .is_some_and(|v| v == "1"),
             };
-            agent.receive(opts, |e| print_event(e, json)).await?;
+            receive_until_stopped(agent, opts, json).await?;
         }
         Command::Listen { json, .. } => {
             let paced = agent.traffic_policy().send.is_some();
@@ -447,23 +544,23 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
                     describe_policy(agent.traffic_policy())
                 );
             }
-            let stop = CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                on_signal.cancel();
-            });
             let opts = ReceiveOptions {
                 wait: None,
                 idle: None,
-                stop: Some(stop),
+                stop: Some(interrupt),
                 stop_before_ack: false,
             };
-            let received = agent.receive(opts, |e| print_event(e, json)).await;
+            let received = receive_until_stopped(agent, opts, json).await;
             if paced {
                 // Ends every paced link once its relay has read all it was sent, so that
-                // the counts below are what the relays received.
-                agent.disconnect().await;
+                // the counts below are what the relays received; within the time a
+                // signal leaves (a relay that does not answer is not waited for).
+                if tokio::time::timeout(DISCONNECT_AFTER_SIGNAL, agent.disconnect())
+                    .await
+                    .is_err()
+                {
+                    eprintln!("sotto: a relay did not confirm the end of its link in time");
+                }
                 print_traffic(&agent.traffic_stats(), json);
             }
             received?;
@@ -489,8 +586,12 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
                     if let Some(s) = &c.send_relay {
                         l.push_str(&format!("  sends to {s}"));
                     }
-                    if c.queued > 0 {
-                        l.push_str(&format!("  ({} queued)", c.queued));
+                    match (&c.last_failure, c.queued) {
+                        (Some(why), n) if n > 0 => {
+                            l.push_str(&format!("  ({n} queued; last attempt failed: {why})"));
+                        }
+                        (_, 0) => {}
+                        (_, n) => l.push_str(&format!("  ({n} queued)")),
                     }
                     l
                 };
@@ -511,6 +612,27 @@ async fn command(agent: &mut Agent, command: Command) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// [`Agent::receive`] printing its events, until it returns or, once `opts.stop` is
+/// cancelled (a signal), [`STOP_GRACE`] later at most: it is then cut off at an await
+/// point, between two steps — a text persisted and shown is marked shown in the same step,
+/// and one not acknowledged yet comes again and is recognised — so nothing is shown twice
+/// or lost.
+async fn receive_until_stopped(
+    agent: &mut Agent,
+    opts: ReceiveOptions,
+    json: bool,
+) -> Result<(), AgentError> {
+    let stop = opts.stop.clone().unwrap_or_default();
+    tokio::select! {
+        biased;
+        r = agent.receive(opts, |e| print_event(e, json)) => r,
+        () = async {
+            stop.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => Ok(()),
+    }
 }
 
 /// Prints one event. Texts go to stdout; notices to stderr (JSON mode: everything but
@@ -552,6 +674,10 @@ fn print_event(e: &Event, json: bool) -> ControlFlow<()> {
                  dropping or delaying messages",
                 duration_words(*after_secs)
             );
+            Ok(())
+        }
+        (Event::Reconnected { relay }, false) => {
+            eprintln!("sotto: reconnected to relay {relay}");
             Ok(())
         }
         (Event::Rejected { contact }, false) => {

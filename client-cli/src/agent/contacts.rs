@@ -51,6 +51,11 @@ pub struct ContactInfo {
     pub send_relay: Option<String>,
     /// Outbox items waiting.
     pub queued: usize,
+    /// Why the last attempt at this contact's outbox failed, if the last attempt failed
+    /// (e.g. `relay 127.0.0.1:5223 unreachable: …`).
+    pub last_failure: Option<String>,
+    /// When that was (Unix seconds).
+    pub last_failure_at: Option<u64>,
 }
 
 impl Agent {
@@ -185,13 +190,14 @@ impl Agent {
             Ok((id, item))
         });
         let (contact, item) = self.delete_queue_on_error(&creds, res).await?;
-        match self.flush_contact(contact, Some(item), true).await {
+        match self.flush_within(contact, item).await {
             // The invitation's queue is secured by someone else, or gone: undo.
             Err(AgentError::QueueRefused(_)) => {
                 self.store.update(|st| {
                     st.remove_contact(contact);
                     Ok::<_, AgentError>(())
                 })?;
+                self.store.remove_outbox_lock(contact);
                 self.delete_queue_best_effort(&creds).await;
                 Err(AgentError::InvitationUsed)
             }
@@ -218,13 +224,18 @@ impl Agent {
         for q in &queues {
             self.delete_queue(q).await?;
         }
-        self.store.update(|st| {
-            if let Some(id) = st.contact_by_name(name).map(|c| c.id) {
+        let removed = self.store.update(|st| {
+            let id = st.contact_by_name(name).map(|c| c.id);
+            if let Some(id) = id {
                 st.remove_contact(id);
             }
             st.invitations.retain(|i| i.name != name);
-            Ok::<_, AgentError>(())
-        })
+            Ok::<_, AgentError>(id)
+        })?;
+        if let Some(id) = removed {
+            self.store.remove_outbox_lock(id);
+        }
+        Ok(())
     }
 
     /// Contacts and pending invitations.
@@ -258,6 +269,8 @@ impl Agent {
                         .unwrap_or_else(|_| "?".into())
                 }),
                 queued: st.outbox_len(c.id),
+                last_failure: c.last_failure.as_ref().map(|f| f.reason.clone()),
+                last_failure_at: c.last_failure.as_ref().map(|f| f.at_ms / 1000),
             })
             .collect();
         out.extend(st.invitations.iter().map(|i| ContactInfo {
@@ -266,6 +279,8 @@ impl Agent {
             receive_relays: vec![host(&i.queue.relay)],
             send_relay: None,
             queued: 0,
+            last_failure: None,
+            last_failure_at: None,
         }));
         Ok(out)
     }

@@ -114,9 +114,36 @@ pub enum AgentError {
          (`sotto rotate`), or forget the contact with `sotto delete {0}`"
     )]
     QueueBlocked(String),
-    /// Another process is doing this contact's outbox and did not finish in time.
-    #[error("another sotto process is sending to `{0}`; try again")]
-    Busy(String),
+    /// Another process (or agent) is doing this contact's outbox right now (it holds the
+    /// contact's outbox lock) and had not sent this message within half the send timeout.
+    /// The message stays queued.
+    #[error(
+        "{}",
+        if *receiving {
+            format!("the running `sotto listen` or `sotto recv` (process {pid}) is sending to `{contact}` and sends this message too; it stays queued until then")
+        } else {
+            format!("another `sotto send` (process {pid}) is sending to `{contact}` right now; this message stays queued and is sent by the next `sotto send`, `recv` or `listen`")
+        }
+    )]
+    Busy {
+        /// The contact.
+        contact: String,
+        /// The holder's process id (0: unknown).
+        pid: u32,
+        /// Whether the holder is receiving (and so does due items by itself).
+        receiving: bool,
+    },
+    /// `send` did not finish within its bound (`--timeout`): a relay was slow or
+    /// unreachable. The message stays queued.
+    #[error(
+        "not delivered to `{contact}` within {secs} s (a relay is slow or unreachable); it stays queued and is retried by the next `sotto send` or `sotto recv`"
+    )]
+    TimedOut {
+        /// The contact.
+        contact: String,
+        /// The bound, in whole seconds.
+        secs: u64,
+    },
     /// Unusable stored data.
     #[error(transparent)]
     State(#[from] StateError),
@@ -131,6 +158,16 @@ pub enum AgentError {
     /// [`AgentOptions::stop_after_send`](super::AgentOptions::stop_after_send).
     #[error("stopped after a SEND was accepted, before recording it (test hook)")]
     StoppedAfterSend,
+}
+
+impl AgentError {
+    pub(super) fn busy(contact: String, holder: super::store::LockHolder) -> Self {
+        AgentError::Busy {
+            contact,
+            pid: holder.pid,
+            receiving: holder.receiving,
+        }
+    }
 }
 
 impl From<WireError> for AgentError {

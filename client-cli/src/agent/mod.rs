@@ -31,9 +31,9 @@
 //! - `error` ([`AgentError`]), `timing` (clock, automatic-send delay, retry pauses).
 //!
 //! Below them, without I/O and tested without a relay: `state` (the profile's content),
-//! `inbound` (what one received message does to it), `outbox` (queueing and leasing work),
+//! `inbound` (what one received message does to it), `outbox` (queueing work and taking it in order),
 //! [`wire`] (message and envelope encoding), [`invitation`] (the link), [`secret`]. With
-//! I/O: `store` (the encrypted profile file and its locks), [`net`] (one connection per
+//! I/O: `store` (the encrypted profile file and its locks, the outbox locks among them), [`net`] (one connection per
 //! relay).
 //!
 //! # Metadata
@@ -71,8 +71,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore as _;
-use rand::rngs::OsRng;
 use sotto_protocol::RelayAddress;
 use sotto_timing::TrafficPolicy;
 use sotto_timing::loops::LoopStats;
@@ -110,11 +108,15 @@ pub struct AgentOptions {
     pub kdf: KdfParams,
     /// See [`SendTap`].
     pub send_tap: Option<SendTap>,
+    /// Bound on [`Agent::send`] (and the sends of [`Agent::accept`]) as a whole: connecting,
+    /// the outbox items before the message, the message. `None`: `client.connect_timeout`
+    /// plus `client.request_timeout`. The `sotto` CLI sets it to `--timeout`.
+    pub send_timeout: Option<Duration>,
     /// **Test hook**: after the relay answered OK to a message's SEND, stop with
-    /// [`AgentError::StoppedAfterSend`] *before* the profile records it as sent, and mark
-    /// its outbox lease as expired — what a process killed at that moment looks like once
-    /// its lease (two minutes) has passed. The next agent on the profile sends the same
-    /// ciphertext again; the recipient must show it once.
+    /// [`AgentError::StoppedAfterSend`] *before* the profile records it as sent — what a
+    /// process killed at that moment looks like (its outbox lock ends with it). The next
+    /// agent on the profile sends the same ciphertext again; the recipient must show it
+    /// once.
     pub stop_after_send: bool,
     /// What the agent does with its links (`docs/client.md` § Traffic policy). With
     /// `send` set, every connection is paced with it and asks its relay for `relay_cover`,
@@ -132,6 +134,7 @@ impl Default for AgentOptions {
             auto_delay_mean: DEFAULT_AUTO_DELAY_MEAN,
             kdf: KdfParams::DEFAULT,
             send_tap: None,
+            send_timeout: None,
             stop_after_send: false,
             traffic: TrafficPolicy::OFF,
         }
@@ -143,8 +146,9 @@ pub struct Agent {
     store: Store,
     opts: AgentOptions,
     net: Net,
-    /// Random id of this instance, for outbox leases.
-    owner: u64,
+    /// Whether [`Agent::receive`] is running (written into outbox locks it takes, so that
+    /// a `send` that finds one knows its item will be done).
+    receiving: bool,
     /// Contacts whose outbox failed: not before this instant, and the current backoff.
     backoff: HashMap<u64, (Instant, Duration)>,
     /// Relay that SENDs and SKEYs go through (FWD): the profile's default, or this run's
@@ -189,7 +193,7 @@ impl Agent {
             store,
             opts,
             net,
-            owner: OsRng.next_u64(),
+            receiving: false,
             backoff: HashMap::new(),
             through: None,
             loop_stats: LoopStats::default(),
@@ -197,7 +201,7 @@ impl Agent {
     }
 
     /// Another agent on this open profile, as if a second process had opened it (its own
-    /// connections and outbox leases; the same options and send-through relay, but the
+    /// connections and outbox locks; the same options and send-through relay, but the
     /// traffic policy `traffic`), without the passphrase and without deriving the key
     /// again: e.g. one that receives under a policy while this one sends.
     pub fn reopen(&self, traffic: TrafficPolicy) -> Self {
@@ -213,6 +217,13 @@ impl Agent {
     /// The profile directory.
     pub fn home(&self) -> &Path {
         self.store.dir()
+    }
+
+    /// [`AgentOptions::send_timeout`], or its default.
+    pub fn send_timeout(&self) -> Duration {
+        self.opts
+            .send_timeout
+            .unwrap_or(self.opts.client.connect_timeout + self.opts.client.request_timeout)
     }
 
     /// Closes every connection (pending outbox items stay in the profile).
@@ -247,6 +258,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("auto_delay_mean", &self.auto_delay_mean)
             .field("kdf", &self.kdf)
             .field("send_tap", &self.send_tap.is_some())
+            .field("send_timeout", &self.send_timeout)
             .field("stop_after_send", &self.stop_after_send)
             .field("traffic", &self.traffic)
             .finish()

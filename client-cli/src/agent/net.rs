@@ -269,9 +269,10 @@ impl Net {
     }
 
     /// Runs `op` on the client for `relay`; if the session is broken (closed, lost, timed
-    /// out), connects again and retries, up to [`ATTEMPTS`] times in all. A request that
-    /// timed out may have reached the relay: callers make their requests idempotent or
-    /// harmless to repeat.
+    /// out), connects again and retries, up to [`ATTEMPTS`] times in all. The connects of
+    /// one request share one `connect_timeout` between them, so that an unreachable relay
+    /// costs one timeout, not one per attempt. A request that timed out may have reached
+    /// the relay: callers make their requests idempotent or harmless to repeat.
     ///
     /// # Errors
     /// [`NetError::Request`] for an answer, [`NetError::Unreachable`] /
@@ -281,16 +282,30 @@ impl Net {
         F: AsyncFnMut(RelayClient) -> Result<T, ClientError>,
     {
         let mut last = None;
+        let mut connect_left = self.opts.connect_timeout;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            let client = match self.client(relay).await {
-                Ok((c, _)) => c,
-                Err(e @ NetError::WrongKey { .. }) => return Err(e),
-                Err(e) => {
+            if connect_left.is_zero() {
+                break;
+            }
+            let started = tokio::time::Instant::now();
+            let connected = tokio::time::timeout(connect_left, self.client(relay)).await;
+            connect_left = connect_left.saturating_sub(started.elapsed());
+            let client = match connected {
+                Ok(Ok((c, _))) => c,
+                Ok(Err(e @ NetError::WrongKey { .. })) => return Err(e),
+                Ok(Err(e)) => {
                     last = Some(e);
                     continue;
+                }
+                Err(_) => {
+                    last = Some(NetError::Unreachable {
+                        relay: relay.host_port(),
+                        source: ClientError::Timeout,
+                    });
+                    break;
                 }
             };
             match op(client).await {

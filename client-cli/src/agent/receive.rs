@@ -28,7 +28,7 @@ use super::inbound::process;
 use super::net::{self, NetError};
 use super::state::{QueueOwner, RecvQueue, StateError};
 use super::store::ReceiverLock;
-use super::timing::{millis, next_backoff, now_ms};
+use super::timing::{jittered, millis, next_backoff, now_ms};
 use super::traffic::{Background, Loops};
 use super::wire;
 use super::{Agent, AgentError};
@@ -98,6 +98,12 @@ pub enum Event {
         /// The policy's `overdue_after`, in seconds.
         after_secs: u64,
     },
+    /// A relay reported unreachable (a [`Event::Warning`]) is reachable again: its
+    /// subscriptions (or link) are back, and the outbox goes on.
+    Reconnected {
+        /// The relay (`host:port`).
+        relay: String,
+    },
 }
 
 /// How long [`Agent::receive`] runs.
@@ -135,6 +141,7 @@ impl Agent {
         F: FnMut(&Event) -> ControlFlow<()>,
     {
         let _receiver: ReceiverLock = self.store.lock_receiver()?;
+        self.receiving = true;
         let loop_policy = self.opts.traffic.loops;
         let mut loops = loop_policy.is_on().then(|| Loops::new(loop_policy));
         let mut bg: JoinSet<Background> = JoinSet::new();
@@ -144,6 +151,7 @@ impl Agent {
         if let Some(l) = &loops {
             self.loops_finished(l);
         }
+        self.receiving = false;
         result
     }
 
@@ -283,11 +291,17 @@ impl Agent {
             }
             match self.net.client(&relay).await {
                 Ok(_) => {
-                    subs.down.remove(&text);
+                    subs.retry.remove(&text);
+                    if subs.down.remove(&text) {
+                        let _ = on_event(&Event::Reconnected {
+                            relay: relay.host_port(),
+                        });
+                    }
                 }
                 Err(e) => {
                     let pause = next_backoff(subs.retry.get(&text).map(|(_, p)| *p));
-                    subs.retry.insert(text.clone(), (now + pause, pause));
+                    subs.retry
+                        .insert(text.clone(), (now + jittered(pause), pause));
                     if subs.down.insert(text) {
                         let _ = on_event(&Event::Warning {
                             message: e.to_string(),
@@ -683,7 +697,13 @@ impl Round {
                     subs.live.insert(key, serial);
                 }
                 subs.retry.remove(&relay);
-                subs.down.remove(&relay);
+                if subs.down.remove(&relay) {
+                    let _ = on_event(&Event::Reconnected {
+                        relay: relay
+                            .parse::<RelayAddress>()
+                            .map_or(relay.clone(), |r| r.host_port()),
+                    });
+                }
             }
             Err(e) if e.relay_code() == Some(ErrorCode::Blocked) => {
                 // Blocked by the relay's operator: nothing will arrive on it, and asking
@@ -701,7 +721,8 @@ impl Round {
             Err(e) => {
                 self.failed.insert(relay.clone());
                 let pause = next_backoff(subs.retry.get(&relay).map(|(_, p)| *p));
-                subs.retry.insert(relay.clone(), (self.now + pause, pause));
+                subs.retry
+                    .insert(relay.clone(), (self.now + jittered(pause), pause));
                 if subs.down.insert(relay) {
                     let _ = on_event(&Event::Warning {
                         message: e.to_string(),

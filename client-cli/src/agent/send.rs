@@ -1,10 +1,12 @@
-//! Sending: a text from the person ([`Agent::send`]), and doing the outbox over the
-//! network — a contact's items in order under a lease, each a SKEY, a SEND (the padded
+//! Sending: a text from the person ([`Agent::send`], bounded in time), and doing the
+//! outbox over the network — a contact's items in order under the contact's outbox lock
+//! (an OS lock: it ends with the process holding it), each a SKEY, a SEND (the padded
 //! envelope, directly or forwarded through the send-through relay) or a DEL — with the
-//! growing pause between retries of a contact whose outbox failed ([`Agent::flush_due`]).
+//! growing pause between retries of a contact whose outbox failed ([`Agent::flush_due`]),
+//! and the reason of the last failure kept for `contacts`.
 //!
 //! It does not decide what goes into the outbox (the operations that queue items, and
-//! `inbound` for automatic replies) nor how an item is encrypted and leased (`outbox`).
+//! `inbound` for automatic replies) nor how an item is encrypted (`outbox`).
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -14,19 +16,29 @@ use tokio::time::Instant;
 
 use super::contacts::sendable_contact;
 use super::net::NetError;
-use super::outbox::{Claim, LEASE, claim_next, enqueue_message, expire_lease, finish};
-use super::state::{self, Action};
-use super::timing::{next_backoff, now_ms};
+use super::outbox::{Claim, claim_next, enqueue_message, finish};
+use super::state::{self, Action, Failure};
+use super::store::{LockHolder, OutboxLock};
+use super::timing::{jittered, next_backoff, now_ms};
 use super::wire::{self, MAX_TEXT_LEN, Payload};
 use super::{Agent, AgentError, Event};
 
+/// How often a `send` that found its contact's outbox lock taken looks again.
+const BUSY_POLL: Duration = Duration::from_millis(100);
+
 impl Agent {
-    /// Sends a text; returns once the relay answered OK (the message is durable there).
+    /// Sends a text; returns once the relay answered OK (the message is durable there), or
+    /// once another agent that is receiving (`sotto listen`) has sent it. Ends within
+    /// [`AgentOptions::send_timeout`](super::AgentOptions::send_timeout) in any case; the
+    /// message is queued first, so every error after that leaves it queued for the next
+    /// `send`, `receive` or `flush_due`.
     ///
     /// # Errors
     /// [`AgentError::UnknownContact`], [`AgentError::ContactPending`],
-    /// [`AgentError::TooLong`], [`AgentError::OutboxFull`], [`AgentError::NotDelivered`]
-    /// (the message stays queued).
+    /// [`AgentError::TooLong`], [`AgentError::OutboxFull`] (nothing queued);
+    /// [`AgentError::NotDelivered`], [`AgentError::TimedOut`], [`AgentError::Busy`],
+    /// [`AgentError::QueueRefused`], [`AgentError::QueueBlocked`] (the message stays
+    /// queued).
     pub async fn send(&mut self, name: &str, text: &str) -> Result<(), AgentError> {
         if text.len() > MAX_TEXT_LEN {
             return Err(AgentError::TooLong(text.len()));
@@ -41,7 +53,24 @@ impl Agent {
             let item = enqueue_message(st, &pickle_key, id, payload, now_ms(), false)?;
             Ok((id, item))
         })?;
-        self.flush_contact(contact, Some(item), true).await
+        self.flush_within(contact, item).await
+    }
+
+    /// [`Agent::flush_contact`] up to and including `item`, within the send timeout; a
+    /// timeout is recorded as the contact's last failure like any other.
+    pub(super) async fn flush_within(&mut self, contact: u64, item: u64) -> Result<(), AgentError> {
+        let bound = self.send_timeout();
+        match tokio::time::timeout(bound, self.flush_contact(contact, Some(item), true)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let e = AgentError::TimedOut {
+                    contact: self.contact_name(contact),
+                    secs: bound.as_secs_f64().ceil() as u64,
+                };
+                self.record_failure(contact, &e)?;
+                Err(e)
+            }
+        }
     }
 
     /// Puts a text in the contact's outbox and returns without sending it: a running
@@ -84,7 +113,7 @@ impl Agent {
     where
         F: FnMut(&Event) -> ControlFlow<()>,
     {
-        let due = self.store.read()?.due_contacts(now_ms(), self.owner);
+        let due = self.store.read()?.due_contacts(now_ms());
         let now = Instant::now();
         for c in due {
             if self.backoff.get(&c).is_some_and(|(until, _)| now < *until) {
@@ -94,10 +123,13 @@ impl Agent {
                 Ok(()) => {
                     self.backoff.remove(&c);
                 }
+                // Another process is doing this contact's items: they get done.
+                Err(AgentError::Busy { .. }) => {}
                 Err(e @ (AgentError::Store(_) | AgentError::State(_))) => return Err(e),
                 Err(e) => {
                     let pause = next_backoff(self.backoff.get(&c).map(|(_, p)| *p));
-                    self.backoff.insert(c, (Instant::now() + pause, pause));
+                    self.backoff
+                        .insert(c, (Instant::now() + jittered(pause), pause));
                     let _ = on_event(&Event::Warning {
                         message: e.to_string(),
                     });
@@ -107,40 +139,118 @@ impl Agent {
         Ok(())
     }
 
-    /// Does the contact's outbox items in order: all of them up to and including `until`
-    /// (whether due or not: the person is sending anyway), or, with `until = None`, those
-    /// that are due (`include_not_due` = false) or all.
+    /// Does the contact's outbox items in order, under its outbox lock: all of them up to
+    /// and including `until` (whether due or not: the person is sending anyway), or, with
+    /// `until = None`, those that are due (`include_not_due` = false) or all. The outcome
+    /// is recorded as the contact's last failure (or clears it).
+    ///
+    /// If another agent holds the lock: with `until`, waits (within the caller's bound) for
+    /// it to have done item `until` or to let go; otherwise returns [`AgentError::Busy`]
+    /// at once.
     pub(super) async fn flush_contact(
         &mut self,
         contact: u64,
         until: Option<u64>,
         include_not_due: bool,
     ) -> Result<(), AgentError> {
-        let owner = self.owner;
-        let busy_deadline = Instant::now() + LEASE;
+        let Some(_lock) = self.lock_outbox(contact, until).await? else {
+            // Another agent did it.
+            return Ok(());
+        };
+        let result = self.flush_locked(contact, until, include_not_due).await;
+        match &result {
+            Ok(()) => self.store.update(|st| {
+                if let Some(c) = st.contact_mut(contact) {
+                    c.last_failure = None;
+                }
+                Ok::<_, AgentError>(())
+            })?,
+            Err(AgentError::Store(_) | AgentError::State(_) | AgentError::StoppedAfterSend) => {}
+            Err(e) => self.record_failure(contact, e)?,
+        }
+        result
+    }
+
+    /// Keeps `e` as the reason of the contact's last failed attempt.
+    fn record_failure(&self, contact: u64, e: &AgentError) -> Result<(), AgentError> {
+        let reason = match e {
+            AgentError::NotDelivered { source, .. } => source.to_string(),
+            e => e.to_string(),
+        };
+        self.store.update(|st| {
+            if let Some(c) = st.contact_mut(contact) {
+                c.last_failure = Some(Failure {
+                    at_ms: now_ms(),
+                    reason,
+                });
+            }
+            Ok::<_, AgentError>(())
+        })
+    }
+
+    /// Takes the contact's outbox lock. `None`: another agent held it and has done item
+    /// `until` meanwhile.
+    async fn lock_outbox(
+        &self,
+        contact: u64,
+        until: Option<u64>,
+    ) -> Result<Option<OutboxLock>, AgentError> {
+        let me = LockHolder {
+            pid: std::process::id(),
+            receiving: self.receiving,
+        };
+        let deadline = Instant::now() + self.send_timeout() / 2;
         loop {
-            let claim = self.store.update(|st| {
-                let now = now_ms();
-                Ok::<_, AgentError>(claim_next(st, contact, until, include_not_due, owner, now))
-            })?;
+            let holder = match self.store.try_lock_outbox(contact, me)? {
+                Ok(lock) => return Ok(Some(lock)),
+                Err(holder) => holder,
+            };
+            let name = self.contact_name(contact);
+            let Some(item) = until else {
+                return Err(AgentError::busy(name, holder));
+            };
+            {
+                let st = self.store.read()?;
+                if st.contact(contact).is_none() {
+                    return Err(AgentError::UnknownContact(name));
+                }
+                if !st.outbox.iter().any(|i| i.id == item) {
+                    return Ok(None);
+                }
+            }
+            // A receiving holder does our item at its next step; a sending one lets go
+            // when it has done its own items. Either way not for long, and never silently.
+            if Instant::now() >= deadline {
+                return Err(AgentError::busy(name, holder));
+            }
+            tokio::time::sleep(BUSY_POLL).await;
+        }
+    }
+
+    /// The loop of [`Agent::flush_contact`], under the lock.
+    async fn flush_locked(
+        &mut self,
+        contact: u64,
+        until: Option<u64>,
+        include_not_due: bool,
+    ) -> Result<(), AgentError> {
+        loop {
+            let claim = claim_next(
+                &self.store.read()?,
+                contact,
+                until,
+                include_not_due,
+                now_ms(),
+            );
             match claim {
                 Claim::Done => return Ok(()),
-                Claim::Busy => {
-                    if Instant::now() >= busy_deadline {
-                        return Err(AgentError::Busy(self.contact_name(contact)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
                 Claim::Item(id, action) => {
                     let result = self.execute(&action).await;
                     if result.is_ok()
                         && self.opts.stop_after_send
                         && matches!(*action, Action::Send { .. })
                     {
-                        self.store.update(|st| {
-                            expire_lease(st, id);
-                            Ok::<_, AgentError>(())
-                        })?;
+                        // As if the process died here: the lock goes with it.
                         return Err(AgentError::StoppedAfterSend);
                     }
                     let ok = result.is_ok();

@@ -250,6 +250,19 @@ pub struct Contact {
     pub inbox: Vec<InboxEntry>,
     /// A rotation of our receive queue is under way.
     pub rotating: bool,
+    /// Why the last attempt at this contact's outbox failed, if it did (cleared when one
+    /// succeeds).
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+}
+
+/// A failed attempt at a contact's outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// What went wrong, as the person was told.
+    pub reason: String,
 }
 
 /// What became of a decrypted message.
@@ -284,6 +297,7 @@ impl Contact {
             seen: VecDeque::new(),
             inbox: Vec::new(),
             rotating: false,
+            last_failure: None,
         }
     }
 
@@ -326,16 +340,6 @@ impl Contact {
     }
 }
 
-/// A lease on an outbox item: one process is doing it; others leave it alone until the
-/// lease ends (so a crashed process's lease lapses).
-#[derive(Clone, Copy, Serialize, Deserialize)]
-pub struct Lease {
-    /// Random id of the agent instance holding it.
-    pub owner: u64,
-    /// Unix milliseconds at which it lapses.
-    pub until_ms: u64,
-}
-
 /// A network action waiting to be done.
 #[derive(Serialize, Deserialize)]
 pub struct OutboxItem {
@@ -347,8 +351,6 @@ pub struct OutboxItem {
     pub not_before_ms: u64,
     /// Whether the action is automatic (a response to receiving) rather than asked for.
     pub automatic: bool,
-    /// Who is doing it now, if anyone.
-    pub lease: Option<Lease>,
     /// What to do.
     pub action: Action,
 }
@@ -470,15 +472,15 @@ impl State {
         self.outbox.iter().filter(|i| i.contact == contact).count()
     }
 
-    /// Contacts whose next item is due at `now_ms` and not leased by another agent.
-    pub fn due_contacts(&self, now_ms: u64, owner: u64) -> Vec<u64> {
+    /// Contacts whose next item is due at `now_ms`.
+    pub fn due_contacts(&self, now_ms: u64) -> Vec<u64> {
         let mut ids: Vec<u64> = self.outbox.iter().map(|i| i.contact).collect();
         ids.sort_unstable();
         ids.dedup();
         ids.into_iter()
             .filter(|&c| {
                 self.first_item_of(c)
-                    .is_some_and(|i| i.not_before_ms <= now_ms && leasable(i, now_ms, owner))
+                    .is_some_and(|i| i.not_before_ms <= now_ms)
             })
             .collect()
     }
@@ -490,10 +492,7 @@ impl State {
         ids.dedup();
         ids.into_iter()
             .filter_map(|c| self.first_item_of(c))
-            .map(|i| {
-                i.lease
-                    .map_or(i.not_before_ms, |l| i.not_before_ms.max(l.until_ms))
-            })
+            .map(|i| i.not_before_ms)
             .min()
     }
 
@@ -502,12 +501,6 @@ impl State {
         self.contacts.retain(|c| c.id != id);
         self.outbox.retain(|i| i.contact != id);
     }
-}
-
-/// Whether `owner` may take (or already holds) the item's lease at `now_ms`.
-pub fn leasable(item: &OutboxItem, now_ms: u64, owner: u64) -> bool {
-    item.lease
-        .is_none_or(|l| l.owner == owner || l.until_ms <= now_ms)
 }
 
 /// Opens a contact's Olm session from its pickle ([`Contact::session`]).
@@ -561,6 +554,7 @@ mod tests {
             seen: VecDeque::new(),
             inbox: Vec::new(),
             rotating: false,
+            last_failure: None,
         }
     }
 
@@ -620,34 +614,26 @@ mod tests {
     }
 
     #[test]
-    fn outbox_items_are_taken_in_order_per_contact_and_leases_lapse() {
+    fn outbox_items_are_taken_in_order_per_contact() {
         let mut s = State::default();
-        let item = |id, contact, not_before_ms, lease| OutboxItem {
+        let item = |id, contact, not_before_ms| OutboxItem {
             id,
             contact,
             not_before_ms,
             automatic: true,
-            lease,
             action: Action::Skey {
                 queue: String::new(),
                 sender_key: Secret32::new([0; 32]),
             },
         };
-        s.outbox.push(item(5, 1, 100, None));
-        s.outbox.push(item(3, 1, 500, None));
-        s.outbox.push(item(
-            4,
-            2,
-            0,
-            Some(Lease {
-                owner: 9,
-                until_ms: 300,
-            }),
-        ));
+        s.outbox.push(item(5, 1, 100));
+        s.outbox.push(item(3, 1, 500));
+        s.outbox.push(item(4, 2, 300));
         assert_eq!(s.first_item_of(1).unwrap().id, 3);
-        assert_eq!(s.due_contacts(200, 7), Vec::<u64>::new());
-        assert_eq!(s.due_contacts(200, 9), vec![2]);
-        assert_eq!(s.due_contacts(600, 7), vec![1, 2]);
+        // Contact 1's item 5 is due, but it waits behind item 3.
+        assert_eq!(s.due_contacts(200), Vec::<u64>::new());
+        assert_eq!(s.due_contacts(300), vec![2]);
+        assert_eq!(s.due_contacts(600), vec![1, 2]);
         assert_eq!(s.next_due_ms(), Some(300));
         s.remove_contact(2);
         assert_eq!(s.next_due_ms(), Some(500));

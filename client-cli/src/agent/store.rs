@@ -15,9 +15,12 @@
 //! old or the new state, never a mixture. The Olm pickle key is derived from the profile key
 //! (BLAKE3 `derive_key`), so Olm state is encrypted twice at rest.
 //!
-//! Locks: `lock` (exclusive `flock`) is held only for the length of one read-modify-write;
-//! `recv.lock` is held by the one process that receives (`recv`, `listen`), since two
-//! subscribers on one queue would take it from each other.
+//! Locks (all `flock`, so the kernel releases them when their holder exits or crashes):
+//! `lock` is held only for the length of one read-modify-write; `recv.lock` is held by the
+//! one process that receives (`recv`, `listen`), since two subscribers on one queue would
+//! take it from each other; `outbox-ID.lock` is held by the process doing contact ID's
+//! outbox items (one at a time), and names its holder (process id, and whether it
+//! receives) for another process that finds it taken.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -36,6 +39,8 @@ use super::state::{STATE_VERSION, State};
 pub const PROFILE_FILE: &str = "profile.sotto";
 const LOCK_FILE: &str = "lock";
 const RECV_LOCK_FILE: &str = "recv.lock";
+/// Longest holder line read from an outbox lock file.
+const MAX_HOLDER_LEN: u64 = 64;
 const MAGIC: &[u8; 8] = b"SOTTOPRF";
 const FORMAT: u8 = 1;
 const SALT_LEN: usize = 16;
@@ -134,6 +139,40 @@ impl Drop for LockGuard {
 /// Holds the receiver lock while alive (see [`Store::lock_receiver`]).
 #[derive(Debug)]
 pub struct ReceiverLock(#[allow(dead_code)] File);
+
+/// Holds a contact's outbox lock while alive (see [`Store::try_lock_outbox`]); the kernel
+/// releases it if the process dies.
+#[derive(Debug)]
+pub struct OutboxLock(#[allow(dead_code)] File);
+
+/// Who holds a contact's outbox lock, as its holder wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockHolder {
+    /// Its process id (0 if it could not be read).
+    pub pid: u32,
+    /// Whether it is a receiving process (`sotto recv` or `listen`), which does due outbox
+    /// items at its next round.
+    pub receiving: bool,
+}
+
+impl LockHolder {
+    fn line(self) -> String {
+        format!(
+            "{} {}\n",
+            self.pid,
+            if self.receiving { "receive" } else { "send" }
+        )
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut words = text.split_whitespace();
+        let pid = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        Self {
+            pid,
+            receiving: words.next() == Some("receive"),
+        }
+    }
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -247,6 +286,44 @@ impl Store {
             Err(fs::TryLockError::WouldBlock) => Err(StoreError::ReceiverBusy),
             Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
         }
+    }
+
+    /// Takes contact `contact`'s outbox lock without waiting, writing `me` into it; if
+    /// another holder (another process, or another agent in this one) has it, returns who.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn try_lock_outbox(
+        &self,
+        contact: u64,
+        me: LockHolder,
+    ) -> Result<Result<OutboxLock, LockHolder>, StoreError> {
+        use std::io::{Read as _, Seek as _};
+        let path = self.dir.join(format!("outbox-{contact}.lock"));
+        let mut f = lock_file(&path)?;
+        match f.try_lock() {
+            Ok(()) => {
+                let written = f
+                    .set_len(0)
+                    .and_then(|()| f.rewind())
+                    .and_then(|()| f.write_all(me.line().as_bytes()));
+                written.map_err(io(&path))?;
+                Ok(Ok(OutboxLock(f)))
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = (&mut f).take(MAX_HOLDER_LEN).read_to_string(&mut text);
+                Ok(Err(LockHolder::parse(&text)))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Removes contact `contact`'s outbox lock file (the contact is gone). A holder keeps
+    /// its lock on the unlinked file until it ends, which does no harm: nothing is left to
+    /// do for that contact.
+    pub fn remove_outbox_lock(&self, contact: u64) {
+        let _ = fs::remove_file(self.dir.join(format!("outbox-{contact}.lock")));
     }
 
     fn lock(&self) -> Result<LockGuard, StoreError> {
@@ -473,5 +550,90 @@ mod tests {
         assert!(matches!(s.lock_receiver(), Err(StoreError::ReceiverBusy)));
         drop(held);
         s.lock_receiver().unwrap();
+    }
+
+    const ME: LockHolder = LockHolder {
+        pid: 4242,
+        receiving: true,
+    };
+
+    #[test]
+    fn an_outbox_lock_names_its_holder_and_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), b"pw", KdfParams::INSECURE_FAST).unwrap();
+        let held = s.try_lock_outbox(1, ME).unwrap().unwrap();
+        // Another agent (its own open file) finds it taken and learns by whom; another
+        // contact's lock is free.
+        assert_eq!(s.try_lock_outbox(1, ME).unwrap().unwrap_err(), ME);
+        let other = s.try_lock_outbox(2, ME).unwrap().unwrap();
+        drop(held);
+        let me = LockHolder {
+            pid: 7,
+            receiving: false,
+        };
+        let again = s.try_lock_outbox(1, me).unwrap().unwrap();
+        assert_eq!(s.try_lock_outbox(1, ME).unwrap().unwrap_err(), me);
+        drop((again, other));
+    }
+
+    /// Two processes: a copy of this test binary (running [`outbox_lock_holder`]) holds
+    /// contact 3's lock, the way another `sotto` would; while it lives the lock is taken and
+    /// names it, and once it is killed (SIGKILL: no chance to unlock) the kernel has
+    /// released the lock and this process proceeds.
+    #[test]
+    fn a_killed_holder_process_releases_the_outbox_lock() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), b"pw", KdfParams::INSECURE_FAST).unwrap();
+        let ready = dir.path().join("ready");
+        let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "agent::store::tests::outbox_lock_holder",
+                "--include-ignored",
+                "--quiet",
+            ])
+            .env(HOLDER_DIR_ENV, dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            assert!(holder.try_wait().unwrap().is_none(), "the holder exited");
+            assert!(Instant::now() < until, "the holder never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let busy = s.try_lock_outbox(3, ME).unwrap().unwrap_err();
+        assert_eq!(
+            busy,
+            LockHolder {
+                pid: holder.id(),
+                receiving: false
+            }
+        );
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let _lock = s.try_lock_outbox(3, ME).unwrap().expect("released on exit");
+    }
+
+    const HOLDER_DIR_ENV: &str = "SOTTO_TEST_OUTBOX_LOCK_HOLDER";
+
+    /// The other process of [`a_killed_holder_process_releases_the_outbox_lock`]: takes
+    /// contact 3's outbox lock, says so, and waits to be killed.
+    #[test]
+    #[ignore = "helper process of a_killed_holder_process_releases_the_outbox_lock"]
+    fn outbox_lock_holder() {
+        let Some(dir) = std::env::var_os(HOLDER_DIR_ENV) else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let s = Store::open(&dir, b"pw").unwrap();
+        let me = LockHolder {
+            pid: std::process::id(),
+            receiving: false,
+        };
+        let _lock = s.try_lock_outbox(3, me).unwrap().unwrap();
+        fs::write(dir.join("ready"), b"").unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(600));
     }
 }

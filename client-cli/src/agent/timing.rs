@@ -1,5 +1,5 @@
 //! The agent's clock and delays: wall-clock Unix milliseconds for the deadlines kept in the
-//! profile (outbox items, leases), the random delay of automatic sends, and the growing
+//! profile (outbox items), the random delay of automatic sends, and the growing
 //! pause between retries of a relay or an outbox that failed.
 //!
 //! It does not decide when anything runs: the receive loop and the outbox read these
@@ -26,6 +26,13 @@ pub fn auto_delay(mean: Duration) -> Duration {
 /// twice the `previous` pause, at most [`MAX_BACKOFF`].
 pub(super) fn next_backoff(previous: Option<Duration>) -> Duration {
     previous.map_or(Duration::from_secs(1), |p| (p * 2).min(MAX_BACKOFF))
+}
+
+/// `pause` shortened at random to between half and all of it, so that the clients of a relay
+/// that went away do not all come back at the same instants.
+pub(super) fn jittered(pause: Duration) -> Duration {
+    use rand::Rng as _;
+    pause.mul_f64(OsRng.gen_range(0.5..=1.0))
 }
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).
@@ -75,5 +82,9 @@ mod tests {
             })
             .collect();
         assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+        let p = Duration::from_secs(8);
+        let waits: Vec<Duration> = (0..1000).map(|_| jittered(p)).collect();
+        assert!(waits.iter().all(|w| *w >= p / 2 && *w <= p));
+        assert!(waits.iter().any(|w| *w < p * 3 / 4) && waits.iter().any(|w| *w > p * 3 / 4));
     }
 }

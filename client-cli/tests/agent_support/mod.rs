@@ -83,6 +83,7 @@ pub fn options() -> AgentOptions {
         auto_delay_mean: Duration::ZERO,
         kdf: KdfParams::INSECURE_FAST,
         send_tap: None,
+        send_timeout: None,
         stop_after_send: false,
         traffic: sotto_client::timing::TrafficPolicy::OFF,
     }
