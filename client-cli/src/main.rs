@@ -47,9 +47,10 @@ struct Cli {
         default_value_t = 2.0
     )]
     auto_delay: f64,
-    /// Seconds to wait for a relay: for connecting (QUIC, then TLS over TCP if QUIC has
-    /// not answered after min(3, SECS/2) seconds, within the same SECS), and for `send` and
-    /// `accept` in all — they exit non-zero after SECS at most, the message queued.
+    /// Seconds to wait for a relay to answer a connection (QUIC, then TLS over TCP if QUIC
+    /// has not answered after min(3, SECS/2) seconds, within the same SECS; the retries of
+    /// one request share them). `send` and `accept` end within SECS + 2 in all: unreachable,
+    /// non-zero exit, the message stays queued.
     #[arg(
         long,
         global = true,
@@ -276,6 +277,10 @@ impl Signal {
     }
 }
 
+/// What `send` and `accept` get on top of `--timeout` in all: time for the request itself
+/// once connected, so that an unreachable relay is reported as such, not as a timeout.
+const SEND_AFTER_CONNECT: Duration = Duration::from_secs(2);
+
 /// How long closing connections may take once a signal came: the relays notice the rest.
 const CLOSE_AFTER_SIGNAL: Duration = Duration::from_millis(200);
 
@@ -394,7 +399,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         auto_delay_mean: Duration::from_secs_f64(cli.auto_delay),
         kdf: KdfParams::DEFAULT,
         send_tap: None,
-        send_timeout: Some(Duration::from_secs(cli.timeout.max(1))),
+        send_timeout: Some(Duration::from_secs(cli.timeout.max(1)) + SEND_AFTER_CONNECT),
         stop_after_send: false,
         traffic,
     };

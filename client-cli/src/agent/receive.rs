@@ -98,8 +98,9 @@ pub enum Event {
         /// The policy's `overdue_after`, in seconds.
         after_secs: u64,
     },
-    /// A relay reported unreachable (a [`Event::Warning`]) is reachable again: its
-    /// subscriptions (or link) are back, and the outbox goes on.
+    /// A relay whose connection was lost, or that was reported unreachable (each a
+    /// [`Event::Warning`]), is connected again: its subscriptions (or link) are back, and
+    /// the outbox goes on.
     Reconnected {
         /// The relay (`host:port`).
         relay: String,
@@ -251,6 +252,15 @@ impl Agent {
                         let current = self.net.serial(&t.relay);
                         if current.is_none() || current == Some(t.serial) {
                             self.net.drop_conn(&t.relay).await;
+                            // The next round connects again (and says so).
+                            if subs.lost.insert(t.relay.to_string()) {
+                                let _ = on_event(&Event::Warning {
+                                    message: format!(
+                                        "lost the connection to relay {}; reconnecting",
+                                        t.relay.host_port()
+                                    ),
+                                });
+                            }
                         }
                     }
                 },
@@ -292,7 +302,7 @@ impl Agent {
             match self.net.client(&relay).await {
                 Ok(_) => {
                     subs.retry.remove(&text);
-                    if subs.down.remove(&text) {
+                    if subs.down.remove(&text) | subs.lost.remove(&text) {
                         let _ = on_event(&Event::Reconnected {
                             relay: relay.host_port(),
                         });
@@ -697,7 +707,7 @@ impl Round {
                     subs.live.insert(key, serial);
                 }
                 subs.retry.remove(&relay);
-                if subs.down.remove(&relay) {
+                if subs.down.remove(&relay) | subs.lost.remove(&relay) {
                     let _ = on_event(&Event::Reconnected {
                         relay: relay
                             .parse::<RelayAddress>()
@@ -742,6 +752,8 @@ struct Subscriptions {
     retry: HashMap<String, (Instant, Duration)>,
     /// Relays reported unreachable (warned once per outage).
     down: HashSet<String>,
+    /// Relays whose connection was lost and not made again yet (warned once).
+    lost: HashSet<String>,
     /// Queues their relay's operator blocked (warned once per run).
     blocked: HashSet<QueueKey>,
     /// Every wanted queue has a live subscription.

@@ -45,8 +45,13 @@ impl Profile {
     /// Starts `sotto --home HOME args…` (e.g. `listen`) with its output piped; end it with
     /// [`interrupt`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sotto"))
-            .arg("--home")
+        self.spawn_env(args, &[])
+    }
+
+    /// [`Profile::spawn`] with extra environment.
+    pub fn spawn_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sotto"));
+        cmd.arg("--home")
             .arg(&self.home)
             .args(args)
             .env("SOTTO_PASSPHRASE", "correct horse battery staple")
@@ -56,9 +61,11 @@ impl Profile {
             .env_remove("SOTTO_SOCKS5")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
     }
 
     pub async fn run(&self, args: &[&str]) -> Output {
@@ -128,13 +135,18 @@ impl Profile {
 
 /// Ends a spawned `sotto` as Ctrl-C does (SIGINT) and returns its output once it exited.
 pub async fn interrupt(child: std::process::Child) -> Output {
-    let status = std::process::Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -INT failed");
+    signal(child.id(), "INT");
     tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap()
+}
+
+/// Sends signal `name` (`INT`, `TERM`, `KILL`, `STOP`, `CONT`) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
