@@ -115,7 +115,8 @@ pub enum AgentError {
     )]
     QueueBlocked(String),
     /// Another process (or agent) is doing this contact's outbox right now (it holds the
-    /// contact's outbox lock) and had not sent this message within half the send timeout.
+    /// contact's outbox lock) and had not let go or sent this message in time (2 s for a
+    /// sending holder, half the send timeout for a receiving one).
     /// The message stays queued.
     #[error(
         "{}",

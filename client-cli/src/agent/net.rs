@@ -32,6 +32,11 @@ pub const ATTEMPTS: usize = 3;
 /// Pause between attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
+/// How long closing waits for the endpoints' connections to drain once their
+/// CONNECTION_CLOSE is out (it leaves at once; a connection attempt to a dead relay would
+/// otherwise hold the process for its whole draining period).
+const ENDPOINT_CLOSE_BOUND: Duration = Duration::from_millis(500);
+
 /// How long closing waits for a relay to read the end of a paced session.
 const FINISH_BOUND: Duration = Duration::from_secs(10);
 
@@ -221,7 +226,7 @@ impl Net {
         }
         for ep in [self.v4.take(), self.v6.take()].into_iter().flatten() {
             ep.close(transport::CLOSE_NORMAL.into(), b"");
-            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+            let _ = tokio::time::timeout(ENDPOINT_CLOSE_BOUND, ep.wait_idle()).await;
         }
     }
 
@@ -284,11 +289,11 @@ impl Net {
         let mut last = None;
         let mut connect_left = self.opts.connect_timeout;
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
             if connect_left.is_zero() {
                 break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             let started = tokio::time::Instant::now();
             let connected = tokio::time::timeout(connect_left, self.client(relay)).await;

@@ -26,6 +26,10 @@ use super::{Agent, AgentError, Event};
 /// How often a `send` that found its contact's outbox lock taken looks again.
 const BUSY_POLL: Duration = Duration::from_millis(100);
 
+/// How long a `send` waits for another `send` holding its contact's outbox lock before it
+/// says so (a receiving holder is given half the send bound: it sends our item).
+const BUSY_SEND_WAIT: Duration = Duration::from_secs(2);
+
 impl Agent {
     /// Sends a text; returns once the relay answered OK (the message is durable there), or
     /// once another agent that is receiving (`sotto listen`) has sent it. Ends within
@@ -199,7 +203,7 @@ impl Agent {
             pid: std::process::id(),
             receiving: self.receiving,
         };
-        let deadline = Instant::now() + self.send_timeout() / 2;
+        let started = Instant::now();
         loop {
             let holder = match self.store.try_lock_outbox(contact, me)? {
                 Ok(lock) => return Ok(Some(lock)),
@@ -218,9 +222,16 @@ impl Agent {
                     return Ok(None);
                 }
             }
-            // A receiving holder does our item at its next step; a sending one lets go
-            // when it has done its own items. Either way not for long, and never silently.
-            if Instant::now() >= deadline {
+            // A receiving holder does our item in the same pass (so it is worth waiting
+            // for, within half our bound); a sending one lets go when it has done its own
+            // items — a healthy one in well under a second. Either way not for long, and
+            // never without saying who.
+            let patience = if holder.receiving {
+                self.send_timeout() / 2
+            } else {
+                BUSY_SEND_WAIT.min(self.send_timeout() / 2)
+            };
+            if started.elapsed() >= patience {
                 return Err(AgentError::busy(name, holder));
             }
             tokio::time::sleep(BUSY_POLL).await;
