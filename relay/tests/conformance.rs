@@ -411,22 +411,34 @@ async fn new_with_an_over_long_password_is_answered_large() {
     assert!(matches!(s.request(at_limit).await, Response::Ids { .. }));
 }
 
-/// § 2: relays do not check correlation ids; a command with the all-zero id (which clients
-/// MUST NOT send, since it marks pushes) is answered with the all-zero id, so its answer
-/// cannot be told from an unsolicited transmission by the id alone.
+/// § 2: a command with the all-zero correlation id (which marks pushes) is refused with ERR
+/// SYNTAX under correlation id zero and not executed: a NEW so sent makes no queue (before,
+/// its answer was dropped as an internal write's and the queue was left orphaned), and the
+/// session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_with_correlation_id_zero_is_answered_with_zero() {
+async fn a_command_with_correlation_id_zero_is_refused_and_not_executed() {
     let relay = TestRelay::start().await;
     let mut s = RawSession::open(&relay).await;
-    let got = s
-        .exchange(
-            &[Transmission::command(CorrId::NONE, None, &Command::Ping)],
-            |got| !got.is_empty(),
-        )
-        .await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].corr_id, CorrId::NONE);
-    assert_eq!(got[0].decode_response().unwrap(), Response::Pong);
+    let key = AuthSecretKey::generate(&mut OsRng).public();
+    let (before, _) = relay.running().store.counts().unwrap();
+    let ping = Transmission::command(CorrId::NONE, None, &Command::Ping);
+    for (name, t) in [("PING", ping), ("NEW", new_queue(0, key, Vec::new()))] {
+        let got = s.exchange(&[t], |got| !got.is_empty()).await;
+        assert_eq!(got.len(), 1, "{name}");
+        assert_eq!(got[0].corr_id, CorrId::NONE);
+        assert_eq!(
+            got[0].decode_response().unwrap(),
+            Response::Err(ErrorCode::Syntax),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        relay.running().store.counts().unwrap().0,
+        before,
+        "no queue was made"
+    );
+    let ping = Transmission::command(CorrId::from_u64(1), None, &Command::Ping);
+    assert_eq!(s.request(ping).await, Response::Pong);
 }
 
 /// § 4, § 5.4: a message 1 that is short (the stream ends inside it) or does not decrypt

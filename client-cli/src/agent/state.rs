@@ -316,7 +316,10 @@ impl Contact {
 
     /// Takes a decrypted message in: buffers it and returns what is now in order.
     pub fn arrive(&mut self, seq: u64, payload: Payload) -> Arrival {
-        if seq < self.next_recv_seq || self.reorder.contains_key(&seq) {
+        // u64::MAX can never be reached by counting (2^64 messages); refusing it keeps
+        // `next_recv_seq` (at most the largest accepted seq + 1) from overflowing whatever a
+        // contact sends.
+        if seq == u64::MAX || seq < self.next_recv_seq || self.reorder.contains_key(&seq) {
             return Arrival::Duplicate;
         }
         self.reorder.insert(seq, payload);
@@ -582,6 +585,21 @@ mod tests {
         );
         assert_eq!(c.arrive(0, text("a")), Arrival::Duplicate);
         assert_eq!(c.next_recv_seq, 2);
+    }
+
+    /// A contact sending sequence numbers at the top of the range cannot make the counter
+    /// overflow: the last value is refused, the one before it is the last accepted.
+    #[test]
+    fn sequence_numbers_at_the_end_of_the_range_do_not_overflow() {
+        let mut c = contact();
+        assert_eq!(c.arrive(u64::MAX, text("max")), Arrival::Duplicate);
+        for i in 0..MAX_REORDER as u64 {
+            let seq = u64::MAX - 1 - i;
+            assert!(matches!(c.arrive(seq, text("x")), Arrival::Accepted { .. }));
+        }
+        assert_eq!(c.next_recv_seq, u64::MAX);
+        assert_eq!(c.arrive(u64::MAX, text("max")), Arrival::Duplicate);
+        assert_eq!(c.arrive(5, text("old")), Arrival::Duplicate);
     }
 
     #[test]

@@ -77,6 +77,20 @@ impl KdfParams {
         t: 1,
         p: 1,
     };
+
+    /// The most a profile may ask for (memory 1 GiB, 16 passes, 16 lanes): a profile file
+    /// with larger values is refused before any derivation, so a crafted one cannot make
+    /// opening it take unbounded memory or time.
+    pub const MAX: KdfParams = KdfParams {
+        m_kib: 1024 * 1024,
+        t: 16,
+        p: 16,
+    };
+
+    /// Whether each parameter is at most [`KdfParams::MAX`]'s.
+    pub fn within_bounds(self) -> bool {
+        self.m_kib <= Self::MAX.m_kib && self.t <= Self::MAX.t && self.p <= Self::MAX.p
+    }
 }
 
 impl Default for KdfParams {
@@ -467,6 +481,17 @@ fn derive(
     p: KdfParams,
     salt: &[u8; SALT_LEN],
 ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    if !p.within_bounds() {
+        return Err(StoreError::Corrupt(format!(
+            "key derivation parameters out of range ({} KiB, {} passes, {} lanes; at most {} KiB, {}, {})",
+            p.m_kib,
+            p.t,
+            p.p,
+            KdfParams::MAX.m_kib,
+            KdfParams::MAX.t,
+            KdfParams::MAX.p
+        )));
+    }
     let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32))
         .map_err(|e| StoreError::Corrupt(format!("key derivation parameters: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -550,6 +575,27 @@ mod tests {
         assert!(matches!(s.lock_receiver(), Err(StoreError::ReceiverBusy)));
         drop(held);
         s.lock_receiver().unwrap();
+    }
+
+    /// A crafted profile asking for 4 TiB of Argon2 memory (or 2^32 − 1 passes) is refused
+    /// at once, before any derivation.
+    #[test]
+    fn a_profile_with_unbounded_kdf_parameters_is_refused_at_once() {
+        for (offset, value) in [(9, u32::MAX), (13, u32::MAX), (17, 1000)] {
+            let dir = tempfile::tempdir().unwrap();
+            Store::create(dir.path(), b"pw", KdfParams::INSECURE_FAST).unwrap();
+            let path = dir.path().join(PROFILE_FILE);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[offset..offset + 4].copy_from_slice(&value.to_be_bytes());
+            fs::write(&path, &bytes).unwrap();
+            let started = std::time::Instant::now();
+            match Store::open(dir.path(), b"pw") {
+                Err(StoreError::Corrupt(why)) => assert!(why.contains("out of range"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        assert!(KdfParams::DEFAULT.within_bounds());
     }
 
     const ME: LockHolder = LockHolder {

@@ -428,15 +428,43 @@ fn connect_error(e: &ClientError) -> ErrorCode {
 
 /// Whether `ip` is a globally routable unicast address (IANA special-purpose registries:
 /// loopback, private, shared, link-local, documentation, benchmarking, multicast, reserved
-/// and unique-local ranges are not).
+/// and unique-local ranges are not). An IPv6 address that carries an IPv4 address a
+/// gateway would reach — IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64
+/// `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48` — is as global as that IPv4 address, so
+/// that forwarding cannot reach a private IPv4 network through a translator; Teredo
+/// (`2001::/32`, whose client address is obfuscated) is not global.
 pub fn is_global(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_global_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => is_global_v4(v4),
             None => is_global_v6(v6),
         },
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms a translator or tunnel
+/// routes to IPv4 (see [`is_global`]).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let o = ip.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    // ::a.b.c.d (IPv4-compatible, deprecated; `::` and `::1` fall in 0.0.0.0/8, not global).
+    if s[..6] == [0; 6] {
+        return Some(last);
+    }
+    // 64:ff9b::/96, the NAT64 well-known prefix.
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return Some(last);
+    }
+    // 2002::/16, 6to4: the IPv4 address is bits 16–47.
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
 }
 
 fn is_global_v4(ip: Ipv4Addr) -> bool {
@@ -469,6 +497,8 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80
         // 2001:db8::/32 documentation.
         || (s[0] == 0x2001 && s[1] == 0x0db8)
+        // 2001::/32 Teredo.
+        || (s[0] == 0x2001 && s[1] == 0)
         // 64:ff9b:1::/48 local-use translation, 100::/64 discard.
         || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1)
         || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0))
@@ -602,6 +632,16 @@ mod tests {
             "ff02::1",
             "2001:db8::1",
             "::ffff:10.0.0.1",
+            // Private IPv4 behind a translator or tunnel.
+            "::10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::192.168.1.1",
+            "2002:0a00:0001::1",
+            "2002:7f00:0001::1",
+            "2002:c0a8:0101::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!is_global(a.parse().unwrap()), "{a}");
         }
@@ -610,6 +650,8 @@ mod tests {
             "93.184.216.34",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
         ] {
             assert!(is_global(a.parse().unwrap()), "{a}");
         }

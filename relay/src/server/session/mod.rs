@@ -335,6 +335,15 @@ impl Session {
             self.shared.metrics.cover_received.inc();
             return;
         }
+        // § 2: the all-zero correlation id marks transmissions the relay sends on its own,
+        // so an answer to it could not be told from a push — and the answers of NEW, FWD and
+        // RFWD (no entity) would be taken for internal writes and never sent, leaving e.g.
+        // a queue nobody holds the ids of. Refused before any work.
+        if corr == CorrId::NONE {
+            return self
+                .reply(corr, entity, Response::Err(ErrorCode::Syntax))
+                .await;
+        }
         match (needs(&cmd), entity) {
             (Needs::Nothing, Some(_)) | (Needs::Recipient | Needs::Sender, None) => {
                 return self
