@@ -7,7 +7,10 @@
 //!   key → `ERR AUTH`;
 //! - `unknown_sender_id`: to a random sender id, signed → `ERR AUTH` (the relay verifies
 //!   against a dummy key so that the signature check is paid either way);
-//! - `valid_send` (reference): correctly signed → `OK` after a durable commit.
+//! - `valid_send` (reference): correctly signed → `OK` after a durable commit;
+//! - in the interleaved pass also recipient commands: a GET on a queue that is not secured
+//!   yet (no sender key), signed with the wrong key, against a GET on a random recipient id
+//!   → both `ERR AUTH`.
 //!
 //! First an interleaved pass (the three cases in turn, so drift hits them equally) reports
 //! mean, median and p99 of each and the difference between the two AUTH cases; then
@@ -30,6 +33,8 @@ struct Bench {
     sender_id: SenderId,
     sender_key: AuthSecretKey,
     wrong_key: AuthSecretKey,
+    /// A queue not secured yet, with the wrong recipient key.
+    unsecured_wrong: sotto_transport::QueueCredentials,
     _relay: sotto_relay::RunningRelay,
     _endpoint: quinn::Endpoint,
     _dir: tempfile::TempDir,
@@ -52,44 +57,69 @@ impl Bench {
         config.delivery.mode = "off".into();
         config.queues.quota = u32::MAX;
         config.limits.commands_per_session_per_s = 1_000_000;
-        let (relay, endpoint, client, sender_id, sender_key) = rt.block_on(async {
-            let relay = sotto_relay::start(dir.path(), config).await.expect("relay");
-            let endpoint = transport::client_endpoint(
-                "127.0.0.1:0".parse().expect("address"),
-                &QuicOptions::default(),
-            )
-            .expect("endpoint");
-            let opts = ClientOptions {
-                connect_timeout: Duration::from_secs(10),
-                request_timeout: Duration::from_secs(20),
-                ..ClientOptions::default()
-            };
-            let (client, pushes) = RelayClient::connect(&endpoint, &relay.address, &opts)
-                .await
-                .expect("connect");
-            drop(pushes);
-            let creds = client.create_queue(None).await.expect("NEW");
-            let sender_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
-            client
-                .secure(&creds, sender_key.public())
-                .await
-                .expect("KEY");
-            (relay, endpoint, client, creds.sender_id, sender_key)
-        });
+        let (relay, endpoint, client, sender_id, sender_key, unsecured_wrong) =
+            rt.block_on(async {
+                let relay = sotto_relay::start(dir.path(), config).await.expect("relay");
+                let endpoint = transport::client_endpoint(
+                    "127.0.0.1:0".parse().expect("address"),
+                    &QuicOptions::default(),
+                )
+                .expect("endpoint");
+                let opts = ClientOptions {
+                    connect_timeout: Duration::from_secs(10),
+                    request_timeout: Duration::from_secs(20),
+                    ..ClientOptions::default()
+                };
+                let (client, pushes) = RelayClient::connect(&endpoint, &relay.address, &opts)
+                    .await
+                    .expect("connect");
+                drop(pushes);
+                let creds = client.create_queue(None).await.expect("NEW");
+                let sender_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+                client
+                    .secure(&creds, sender_key.public())
+                    .await
+                    .expect("KEY");
+                let mut unsecured = client.create_queue(None).await.expect("NEW");
+                unsecured.recipient_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+                (
+                    relay,
+                    endpoint,
+                    client,
+                    creds.sender_id,
+                    sender_key,
+                    unsecured,
+                )
+            });
         Bench {
             rt,
             client,
             sender_id,
             sender_key,
             wrong_key: AuthSecretKey::generate(&mut rand::rngs::OsRng),
+            unsecured_wrong,
             _relay: relay,
             _endpoint: endpoint,
             _dir: dir,
         }
     }
 
-    /// One SEND of case `case`; returns its round-trip time.
+    /// One SEND (or GET) of case `case`; returns its round-trip time.
     fn once(&self, case: Case) -> Duration {
+        if let Case::RecipientUnsecured | Case::RecipientUnknown = case {
+            let mut creds = self.unsecured_wrong.clone();
+            if let Case::RecipientUnknown = case {
+                creds.recipient_id = sotto_protocol::RecipientId::random(&mut rand::rngs::OsRng);
+            }
+            let started = Instant::now();
+            let r = self.rt.block_on(self.client.get(&creds));
+            let took = started.elapsed();
+            match r {
+                Err(ClientError::Relay(ErrorCode::Auth)) => {}
+                other => panic!("{case:?}: unexpected answer {other:?}"),
+            }
+            return took;
+        }
         let body = vec![0x33; MAX_BODY];
         let (id, key, want_ok) = match case {
             Case::WrongSignature => (self.sender_id, &self.wrong_key, false),
@@ -99,6 +129,7 @@ impl Bench {
                 false,
             ),
             Case::Valid => (self.sender_id, &self.sender_key, true),
+            Case::RecipientUnsecured | Case::RecipientUnknown => unreachable!("GET above"),
         };
         let started = Instant::now();
         let r = self.rt.block_on(self.client.send(id, Some(key), 0, body));
@@ -116,6 +147,8 @@ enum Case {
     WrongSignature,
     UnknownId,
     Valid,
+    RecipientUnsecured,
+    RecipientUnknown,
 }
 
 fn summary(name: &str, mut d: Vec<Duration>) -> (f64, f64) {
@@ -143,9 +176,12 @@ fn interleaved(bench: &Bench) {
         bench.once(Case::UnknownId);
     }
     let (mut wrong, mut unknown, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut r_unsecured, mut r_unknown) = (Vec::new(), Vec::new());
     for i in 0..n {
         wrong.push(bench.once(Case::WrongSignature));
         unknown.push(bench.once(Case::UnknownId));
+        r_unsecured.push(bench.once(Case::RecipientUnsecured));
+        r_unknown.push(bench.once(Case::RecipientUnknown));
         if i % 10 == 0 {
             valid.push(bench.once(Case::Valid));
         }
@@ -157,6 +193,13 @@ fn interleaved(bench: &Bench) {
     let diff = m1 - m2;
     let t = diff / (se1 + se2).sqrt();
     println!("difference of means (existing − unknown): {diff:+.2} µs (Welch t = {t:.2})");
+    let (m3, se3) = summary("GET, unsecured queue, wrong key", r_unsecured);
+    let (m4, se4) = summary("GET, unknown recipient id", r_unknown);
+    let diff = m3 - m4;
+    let t = diff / (se3 + se4).sqrt();
+    println!(
+        "difference of means (unsecured recipient − unknown): {diff:+.2} µs (Welch t = {t:.2})"
+    );
 }
 
 fn auth_timing(c: &mut Criterion) {

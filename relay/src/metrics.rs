@@ -27,6 +27,8 @@ pub const LIMITS: &[&str] = &[
     "subscriptions_per_session",
     "forwards_per_session",
     "min_pace_gap",
+    "idle_session",
+    "record_timeout",
 ];
 
 /// Every `result` label of [`Metrics::handshakes`].

@@ -235,3 +235,42 @@ async fn thousands_of_commands_in_a_burst() {
             > 0
     );
 }
+
+/// Issue 22 M3: a session that only keeps its connection alive (QUIC keep-alives, not a
+/// single frame) is closed after `limits.idle_timeout` (orderly, counted under
+/// `idle_session`), so it cannot hold its place under `max_sessions` for ever; a subscribed
+/// session that is just as quiet stays, since it waits for messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_without_frames_are_closed_but_quiet_subscribers_stay() {
+    let relay = TestRelay::start_with(|c| c.limits.idle_timeout = Duration::from_secs(2)).await;
+    let m = relay.running().metrics.clone();
+    let idle = common::raw::RawSession::open(&relay).await;
+    let (client, _pushes, _ep) = connect(&relay.address()).await;
+    let creds = client.create_queue(None).await.unwrap();
+    client.subscribe(&creds).await.unwrap();
+    assert_eq!(idle.close_code().await, Some(0), "closed in an orderly way");
+    assert_eq!(m.rate_limited.with_label_values(&["idle_session"]).get(), 1);
+    // Three idle timeouts later the subscriber is still there and answers.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!client.is_closed());
+    client.ping().await.unwrap();
+    assert_eq!(m.sessions.get(), 1);
+    second_client_still_works(&relay).await;
+}
+
+/// Issue 22 M3: a session that sends the first bytes of a record and stalls is closed with
+/// code 1 after `limits.record_timeout` (counted under `record_timeout`); before, it held
+/// its session, and a record buffer, for as long as QUIC kept the connection alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_record_does_not_hold_a_session() {
+    let relay = TestRelay::start_with(|c| c.limits.record_timeout = Duration::from_secs(1)).await;
+    let m = relay.running().metrics.clone();
+    let mut s = common::raw::RawSession::open(&relay).await;
+    s.send_raw(&[0u8; 100]).await;
+    assert_eq!(s.close_code().await, Some(1));
+    assert_eq!(
+        m.rate_limited.with_label_values(&["record_timeout"]).get(),
+        1
+    );
+    second_client_still_works(&relay).await;
+}

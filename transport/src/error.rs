@@ -67,6 +67,10 @@ pub enum TransportError {
     /// The peer ended the stream in the middle of a record.
     #[error("the peer ended the stream inside a record ({0} of {FRAME_LEN} bytes)")]
     TruncatedRecord(usize),
+    /// The peer began a record and did not finish it within the receiver's record timeout
+    /// ([`FrameReceiver::set_record_timeout`](crate::FrameReceiver::set_record_timeout)).
+    #[error("the peer did not finish a record in time ({0} of {FRAME_LEN} bytes)")]
+    RecordTimeout(usize),
     /// A local I/O error (for example binding the UDP socket).
     #[error("network I/O failed: {0}")]
     Io(#[source] std::io::Error),
@@ -106,6 +110,7 @@ impl TransportError {
             TransportError::IdentityMismatch => "identity",
             TransportError::Record(_) => "record",
             TransportError::TruncatedRecord(_) => "truncated",
+            TransportError::RecordTimeout(_) => "record_timeout",
             TransportError::Io(_) => "io",
             TransportError::ConnectionLost(_) | TransportError::Lost(_) => "lost",
             TransportError::Closed => "closed",

@@ -6,6 +6,8 @@
 //! does not know what frames contain ([`sotto_protocol::frame`]) and keeps no state beyond
 //! the two ciphers.
 
+use std::time::Duration;
+
 use sotto_protocol::{FRAME_LEN, FRAME_PLAINTEXT_LEN, RecvCipher, SendCipher, Session};
 
 use crate::TransportError;
@@ -37,6 +39,7 @@ impl FramedConnection {
                 reader,
                 cipher: session.recv,
                 connection: connection.clone(),
+                record_timeout: None,
             },
             connection,
             handshake_hash: session.handshake_hash,
@@ -121,7 +124,13 @@ impl Reader {
     /// have arrived, so that a session waiting for its peer holds no record buffer (16 KiB
     /// of an idle relay session's ≈ 72 KiB, measured with 10 000 idle sessions; see
     /// `docs/benchmarks.md`). `Ok(None)` on an orderly end before the first byte.
-    async fn read_record_owned(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+    ///
+    /// With `rest_within`, the rest of a record must arrive within that time of its first
+    /// bytes, else [`TransportError::RecordTimeout`].
+    async fn read_record_owned(
+        &mut self,
+        rest_within: Option<Duration>,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
         match self {
             Reader::Quic(stream) => {
                 let first = match stream.read_chunk(FRAME_LEN, true).await {
@@ -135,7 +144,15 @@ impl Reader {
                 let (head, rest) = buf.split_at_mut(n.min(FRAME_LEN));
                 head.copy_from_slice(first.get(..head.len()).unwrap_or_default());
                 drop(first);
-                match stream.read_exact(rest).await {
+                let read = stream.read_exact(rest);
+                let read = match rest_within {
+                    Some(t) => match tokio::time::timeout(t, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(TransportError::RecordTimeout(n)),
+                    },
+                    None => read.await,
+                };
+                match read {
                     Ok(()) => Ok(Some(buf)),
                     Err(quinn::ReadExactError::FinishedEarly(k)) => {
                         Err(TransportError::TruncatedRecord(n + k))
@@ -153,7 +170,13 @@ impl Reader {
                 if let Some(b) = buf.first_mut() {
                     *b = b0;
                 }
-                r.fill(&mut buf, 1).await?;
+                match rest_within {
+                    Some(t) => match tokio::time::timeout(t, r.fill(&mut buf, 1)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Err(TransportError::RecordTimeout(1)),
+                    },
+                    None => r.fill(&mut buf, 1).await?,
+                };
                 Ok(Some(buf))
             }
         }
@@ -240,9 +263,19 @@ pub struct FrameReceiver {
     reader: Reader,
     cipher: RecvCipher,
     connection: Link,
+    record_timeout: Option<Duration>,
 }
 
 impl FrameReceiver {
+    /// Bounds how long the rest of a record may take once its first bytes arrived (`None`,
+    /// the default: unbounded). A peer that starts a record and stalls then gets
+    /// [`TransportError::RecordTimeout`] and the connection is closed with
+    /// [`CLOSE_PROTOCOL`](crate::CLOSE_PROTOCOL): a relay uses it so that a session cannot
+    /// hold its place, and a record buffer, by sending part of a record.
+    pub fn set_record_timeout(&mut self, timeout: Option<Duration>) {
+        self.record_timeout = timeout;
+    }
+
     /// Reads exactly one record and returns its [`FRAME_PLAINTEXT_LEN`]-byte plaintext;
     /// `Ok(None)` when the peer finished the stream at a record boundary.
     ///
@@ -256,11 +289,14 @@ impl FrameReceiver {
     /// [`TransportError::ConnectionLost`] / [`TransportError::Lost`] when the connection is
     /// gone.
     pub async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        let mut buf = match self.reader.read_record_owned().await {
+        let mut buf = match self.reader.read_record_owned(self.record_timeout).await {
             Ok(Some(buf)) => buf,
             Ok(None) => return Ok(None),
             Err(e) => {
-                if matches!(e, TransportError::TruncatedRecord(_)) {
+                if matches!(
+                    e,
+                    TransportError::TruncatedRecord(_) | TransportError::RecordTimeout(_)
+                ) {
                     self.connection.close_protocol();
                 }
                 return Err(e);

@@ -48,6 +48,8 @@ pub const KEYS: &[&str] = &[
     "limits.subscriptions_per_session",
     "limits.forwards_per_session_per_s",
     "limits.handshake_timeout",
+    "limits.idle_timeout",
+    "limits.record_timeout",
     "forwarding.mode",
     "forwarding.allowed",
     "forwarding.allow_private",
@@ -269,6 +271,14 @@ impl Config {
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");
+            }
+        }
+        for (key, d) in [
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.record_timeout", l.record_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be more than zero");
             }
         }
         let f = &self.forwarding;

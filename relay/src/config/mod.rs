@@ -353,6 +353,15 @@ pub struct LimitsConfig {
     /// half-open connection holds its place under `max_sessions`.
     #[serde(with = "duration_text")]
     pub handshake_timeout: Duration,
+    /// A session that holds no subscription and has sent no frame for this long is closed
+    /// (QUIC keep-alives do not count: a client that only keeps its connection alive does
+    /// not keep its place under `max_sessions`). Subscribed sessions may stay quiet.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// Once a record's first bytes arrived, the rest must arrive within this; otherwise the
+    /// session is closed (code 1), so that half a record cannot hold a session open.
+    #[serde(with = "duration_text")]
+    pub record_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -366,6 +375,8 @@ impl Default for LimitsConfig {
             subscriptions_per_session: 4096,
             forwards_per_session_per_s: 100,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            record_timeout: Duration::from_secs(30),
         }
     }
 }

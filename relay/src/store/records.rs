@@ -220,9 +220,17 @@ pub fn decode_queue_record(b: &[u8]) -> Result<QueueRecord, StoreError> {
     }
     let recipient_id = RecipientId(r.array::<ID_LEN>().map_err(bad)?);
     let sender_id = SenderId(r.array::<ID_LEN>().map_err(bad)?);
-    let recipient_key = AuthPublicKey::from_bytes(&r.array().map_err(bad)?).map_err(bad)?;
+    let recipient_key_bytes = r.array().map_err(bad)?;
+    let recipient_key = AuthPublicKey::from_bytes(&recipient_key_bytes).map_err(bad)?;
     let sender_key = match r.u8().map_err(bad)? {
-        0 => None,
+        0 => {
+            // The point decompression a sender key costs, so that a queue not secured yet
+            // takes as long to look up as a secured one and as an id that names nothing
+            // (which opens a dummy record with a sender key): AUTH timing, issue 22 L2.
+            let again = AuthPublicKey::from_bytes(std::hint::black_box(&recipient_key_bytes));
+            std::hint::black_box(again.is_ok());
+            None
+        }
         1 => Some(AuthPublicKey::from_bytes(&r.array().map_err(bad)?).map_err(bad)?),
         _ => {
             return Err(StoreError::Corrupt(

@@ -122,6 +122,9 @@ pub(super) async fn read_frames(
                 ) {
                     shared.metrics.protocol_errors.inc();
                 }
+                if matches!(e, transport::TransportError::RecordTimeout(_)) {
+                    shared.limited("record_timeout");
+                }
                 tracing::debug!(error = %e, "session read ended");
                 return;
             }

@@ -147,9 +147,10 @@ pub(super) async fn run_session(shared: Arc<Shared>, framed: FramedConnection, i
     let FramedConnection {
         connection,
         sender,
-        receiver,
+        mut receiver,
         handshake_hash,
     } = framed;
+    receiver.set_record_timeout(Some(shared.config.limits.record_timeout));
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let (frames_tx, mut frames_rx) = mpsc::channel(IN_FRAMES);
     let subscribed = Arc::new(AtomicUsize::new(0));
@@ -188,6 +189,9 @@ pub(super) async fn run_session(shared: Arc<Shared>, framed: FramedConnection, i
     };
 
     let mut reading = true;
+    // `limits.idle_timeout`: only frames count, not QUIC keep-alives.
+    let idle_timeout = shared.config.limits.idle_timeout;
+    let mut idle_at = tokio::time::Instant::now() + idle_timeout;
     // The command handlers' futures are boxed while they run: inline, their largest state
     // would be part of this task for the session's whole life (≈ 6 KiB of every idle
     // session, see `docs/benchmarks.md`); boxed, it costs one allocation per frame.
@@ -196,6 +200,7 @@ pub(super) async fn run_session(shared: Arc<Shared>, framed: FramedConnection, i
             _ = shared.shutdown.cancelled() => break,
             frame = frames_rx.recv(), if reading && s.writes.len() < MAX_IN_FLIGHT => match frame {
                 Some(transmissions) => {
+                    idle_at = tokio::time::Instant::now() + idle_timeout;
                     Box::pin(async {
                         for t in transmissions {
                             s.handle(t).await;
@@ -207,6 +212,14 @@ pub(super) async fn run_session(shared: Arc<Shared>, framed: FramedConnection, i
             },
             Some(done) = s.writes.next() => Box::pin(s.complete(done)).await,
             () = s.inbox.notify.notified() => Box::pin(s.drain_inbox()).await,
+            () = tokio::time::sleep_until(idle_at), if reading => {
+                if s.subs.is_empty() && s.writes.is_empty() {
+                    shared.limited("idle_session");
+                    break;
+                }
+                // A subscriber may be quiet: it waits for messages.
+                idle_at = tokio::time::Instant::now() + idle_timeout;
+            }
         }
         if !reading && s.writes.is_empty() {
             break;
