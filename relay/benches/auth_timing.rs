@@ -35,6 +35,10 @@ struct Bench {
     wrong_key: AuthSecretKey,
     /// A queue not secured yet, with the wrong recipient key.
     unsecured_wrong: sotto_transport::QueueCredentials,
+    /// Another secured queue and its key, for the valid SENDs: a SEND that passes puts its
+    /// queue in the session's sender-key cache, which would then answer the wrong-signature
+    /// case without a store lookup.
+    valid: (SenderId, AuthSecretKey),
     _relay: sotto_relay::RunningRelay,
     _endpoint: quinn::Endpoint,
     _dir: tempfile::TempDir,
@@ -57,8 +61,8 @@ impl Bench {
         config.delivery.mode = "off".into();
         config.queues.quota = u32::MAX;
         config.limits.commands_per_session_per_s = 1_000_000;
-        let (relay, endpoint, client, sender_id, sender_key, unsecured_wrong) =
-            rt.block_on(async {
+        let (relay, endpoint, client, sender_id, sender_key, (unsecured_wrong, valid)) = rt
+            .block_on(async {
                 let relay = sotto_relay::start(dir.path(), config).await.expect("relay");
                 let endpoint = transport::client_endpoint(
                     "127.0.0.1:0".parse().expect("address"),
@@ -82,13 +86,19 @@ impl Bench {
                     .expect("KEY");
                 let mut unsecured = client.create_queue(None).await.expect("NEW");
                 unsecured.recipient_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+                let other = client.create_queue(None).await.expect("NEW");
+                let valid_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+                client
+                    .secure(&other, valid_key.public())
+                    .await
+                    .expect("KEY");
                 (
                     relay,
                     endpoint,
                     client,
                     creds.sender_id,
                     sender_key,
-                    unsecured,
+                    (unsecured, (other.sender_id, valid_key)),
                 )
             });
         Bench {
@@ -98,6 +108,7 @@ impl Bench {
             sender_key,
             wrong_key: AuthSecretKey::generate(&mut rand::rngs::OsRng),
             unsecured_wrong,
+            valid,
             _relay: relay,
             _endpoint: endpoint,
             _dir: dir,
@@ -128,7 +139,7 @@ impl Bench {
                 &self.sender_key,
                 false,
             ),
-            Case::Valid => (self.sender_id, &self.sender_key, true),
+            Case::Valid => (self.valid.0, &self.valid.1, true),
             Case::RecipientUnsecured | Case::RecipientUnknown => unreachable!("GET above"),
         };
         let started = Instant::now();
