@@ -49,8 +49,8 @@ struct Cli {
     auto_delay: f64,
     /// Seconds to wait for a relay to answer a connection (QUIC, then TLS over TCP if QUIC
     /// has not answered after min(3, SECS/2) seconds, within the same SECS; the retries of
-    /// one request share them). `send` and `accept` end within SECS + 2 in all: unreachable,
-    /// non-zero exit, the message stays queued.
+    /// one request share them). `send` and `accept` give up after SECS + 2 seconds at most:
+    /// they exit non-zero and the message stays queued for the next send, recv or listen.
     #[arg(
         long,
         global = true,

@@ -121,9 +121,9 @@ pub enum AgentError {
     #[error(
         "{}",
         if *receiving {
-            format!("the running `sotto listen` or `sotto recv` (process {pid}) is sending to `{contact}` and sends this message too; it stays queued until then")
+            format!("the running `sotto listen` or `sotto recv` ({}) is sending to `{contact}` and sends this message too; it stays queued until then", process(*pid))
         } else {
-            format!("another `sotto send` (process {pid}) is sending to `{contact}` right now; this message stays queued and is sent by the next `sotto send`, `recv` or `listen`")
+            format!("another `sotto send` ({}) is sending to `{contact}` right now; this message stays queued and is sent by the next `sotto send`, `recv` or `listen`", process(*pid))
         }
     )]
     Busy {
@@ -159,6 +159,16 @@ pub enum AgentError {
     /// [`AgentOptions::stop_after_send`](super::AgentOptions::stop_after_send).
     #[error("stopped after a SEND was accepted, before recording it (test hook)")]
     StoppedAfterSend,
+}
+
+/// "process 4242", or "another process" when the holder's id could not be read (it was
+/// being written).
+fn process(pid: u32) -> String {
+    if pid == 0 {
+        "another process".into()
+    } else {
+        format!("process {pid}")
+    }
 }
 
 impl AgentError {
