@@ -304,17 +304,15 @@ fn watch_signals(
     let mut term = signal(SignalKind::terminate()).map_err(setup)?;
     let seen = which.clone();
     tokio::spawn(async move {
-        let first = tokio::select! {
-            _ = int.recv() => Signal::Int,
-            _ = term.recv() => Signal::Term,
+        let mut next = async || {
+            tokio::select! {
+                _ = int.recv() => Signal::Int,
+                _ = term.recv() => Signal::Term,
+            }
         };
-        let _ = seen.set(first);
+        let _ = seen.set(next().await);
         token.cancel();
-        let second = tokio::select! {
-            _ = int.recv() => Signal::Int,
-            _ = term.recv() => Signal::Term,
-        };
-        std::process::exit(i32::from(second.exit_status()));
+        std::process::exit(i32::from(next().await.exit_status()));
     });
     Ok(which)
 }

@@ -14,7 +14,7 @@
 mod agent_support;
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -171,10 +171,13 @@ fn relay_process() {
     });
 }
 
-/// Alice and Bob, contacts through one relay process (both receive on it).
-async fn contacts_on(relay: &RelayProcess, root: &Path) -> (Profile, Profile) {
-    let alice = Profile::new(root, "alice");
-    let bob = Profile::new(root, "bob");
+/// A relay process, and Alice and Bob, contacts through it (both receive on it), with
+/// their profiles in the directory returned.
+async fn alice_and_bob() -> (RelayProcess, tempfile::TempDir, Profile, Profile) {
+    let relay = RelayProcess::start();
+    let root = tempfile::tempdir().unwrap();
+    let alice = Profile::new(root.path(), "alice");
+    let bob = Profile::new(root.path(), "bob");
     for p in [&alice, &bob] {
         p.ok(&["init"]).await;
         p.ok(&["relay", "add", &relay.address]).await;
@@ -183,10 +186,10 @@ async fn contacts_on(relay: &RelayProcess, root: &Path) -> (Profile, Profile) {
     bob.ok(&["accept", link.trim(), "--name", "alice"]).await;
     alice.recv_until_connected("bob").await;
     bob.recv_until_connected("alice").await;
-    (alice, bob)
+    (relay, root, alice, bob)
 }
 
-/// Waits (bounded) for a child to exit; returns its output and how long it took.
+/// Waits (bounded) for a child to exit; returns its output.
 async fn finish(child: Child) -> Output {
     let waited = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
     tokio::time::timeout(HANG_GUARD, waited)
@@ -235,10 +238,6 @@ async fn bob_receives_exactly(bob: &Profile, expected: &[String]) {
     assert_eq!(texts, expected, "each message once, in order");
 }
 
-fn profile_dir(p: &Profile) -> PathBuf {
-    p.home.clone()
-}
-
 /// Five rounds of: a `send` running while the relay is SIGKILLed at a random moment, the
 /// relay restarted on the same port and directory, three more sends. The sends after each
 /// restart all succeed (nothing left by the killed one holds the contact), and in the end
@@ -252,9 +251,7 @@ async fn sends_survive_a_relay_killed_and_restarted_in_a_loop() {
         .unwrap_or(18);
     eprintln!("seed {seed} (SOTTO_TEST_SEED)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut relay = RelayProcess::start();
-    let root = tempfile::tempdir().unwrap();
-    let (alice, bob) = contacts_on(&relay, root.path()).await;
+    let (mut relay, _root, alice, bob) = alice_and_bob().await;
 
     let mut sent = Vec::new();
     let mut exit_zero = 0;
@@ -298,9 +295,7 @@ async fn sends_survive_a_relay_killed_and_restarted_in_a_loop() {
 /// anything, and every message arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_send_never_locks_the_contact() {
-    let relay = RelayProcess::start();
-    let root = tempfile::tempdir().unwrap();
-    let (alice, bob) = contacts_on(&relay, root.path()).await;
+    let (relay, _root, alice, bob) = alice_and_bob().await;
 
     signal(relay.pid(), "STOP");
     let held = alice.spawn_env(
@@ -308,7 +303,7 @@ async fn a_killed_send_never_locks_the_contact() {
         &[("SOTTO_TIMEOUT", "60")],
     );
     let held_pid = held.id();
-    holds_outbox_lock(&profile_dir(&alice), held_pid).await;
+    holds_outbox_lock(&alice.home, held_pid).await;
 
     let err = alice
         .fails_in_one_line(&["send", "bob", "sent while the contact is held"])
@@ -348,9 +343,7 @@ async fn a_killed_send_never_locks_the_contact() {
 /// arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_end_commands_cleanly_and_lose_nothing() {
-    let relay = RelayProcess::start();
-    let root = tempfile::tempdir().unwrap();
-    let (alice, bob) = contacts_on(&relay, root.path()).await;
+    let (relay, _root, alice, bob) = alice_and_bob().await;
 
     signal(relay.pid(), "STOP");
     for (name, code) in [("INT", 130), ("TERM", 143)] {
@@ -358,7 +351,7 @@ async fn signals_end_commands_cleanly_and_lose_nothing() {
             &["send", "bob", &format!("interrupted by SIG{name}")],
             &[("SOTTO_TIMEOUT", "60")],
         );
-        holds_outbox_lock(&profile_dir(&alice), send.id()).await;
+        holds_outbox_lock(&alice.home, send.id()).await;
         signal(send.id(), name);
         let out = finish(send).await;
         assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
@@ -398,9 +391,7 @@ async fn signals_end_commands_cleanly_and_lose_nothing() {
 /// it queued with the reason; after a restart the next send delivers both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_to_a_dead_relay_ends_in_time_and_says_why() {
-    let mut relay = RelayProcess::start();
-    let root = tempfile::tempdir().unwrap();
-    let (alice, bob) = contacts_on(&relay, root.path()).await;
+    let (mut relay, _root, alice, bob) = alice_and_bob().await;
     relay.kill();
 
     let started = Instant::now();
@@ -452,9 +443,7 @@ async fn a_send_to_a_dead_relay_ends_in_time_and_says_why() {
 /// reconnects by itself, says so, and shows a message sent after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_reconnects_after_its_relay_restarts() {
-    let mut relay = RelayProcess::start();
-    let root = tempfile::tempdir().unwrap();
-    let (alice, bob) = contacts_on(&relay, root.path()).await;
+    let (mut relay, _root, alice, bob) = alice_and_bob().await;
 
     let mut listen = bob.spawn(&["listen", "--policy", "off"]);
     let lines = lines_of(listen.stdout.take().unwrap());

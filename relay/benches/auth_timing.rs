@@ -78,27 +78,17 @@ impl Bench {
                     .await
                     .expect("connect");
                 drop(pushes);
-                let creds = client.create_queue(None).await.expect("NEW");
-                let sender_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
-                client
-                    .secure(&creds, sender_key.public())
-                    .await
-                    .expect("KEY");
+                let (sender_id, sender_key) = secured_queue(&client).await;
                 let mut unsecured = client.create_queue(None).await.expect("NEW");
                 unsecured.recipient_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
-                let other = client.create_queue(None).await.expect("NEW");
-                let valid_key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
-                client
-                    .secure(&other, valid_key.public())
-                    .await
-                    .expect("KEY");
+                let valid = secured_queue(&client).await;
                 (
                     relay,
                     endpoint,
                     client,
-                    creds.sender_id,
+                    sender_id,
                     sender_key,
-                    (unsecured, (other.sender_id, valid_key)),
+                    (unsecured, valid),
                 )
             });
         Bench {
@@ -151,6 +141,14 @@ impl Bench {
         }
         took
     }
+}
+
+/// A new queue secured with a new sender key: its sender id and that key.
+async fn secured_queue(client: &RelayClient) -> (SenderId, AuthSecretKey) {
+    let creds = client.create_queue(None).await.expect("NEW");
+    let key = AuthSecretKey::generate(&mut rand::rngs::OsRng);
+    client.secure(&creds, key.public()).await.expect("KEY");
+    (creds.sender_id, key)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -144,15 +144,7 @@ impl Reader {
                 let (head, rest) = buf.split_at_mut(n.min(FRAME_LEN));
                 head.copy_from_slice(first.get(..head.len()).unwrap_or_default());
                 drop(first);
-                let read = stream.read_exact(rest);
-                let read = match rest_within {
-                    Some(t) => match tokio::time::timeout(t, read).await {
-                        Ok(r) => r,
-                        Err(_) => return Err(TransportError::RecordTimeout(n)),
-                    },
-                    None => read.await,
-                };
-                match read {
+                match rest_of_record(rest_within, n, stream.read_exact(rest)).await? {
                     Ok(()) => Ok(Some(buf)),
                     Err(quinn::ReadExactError::FinishedEarly(k)) => {
                         Err(TransportError::TruncatedRecord(n + k))
@@ -170,13 +162,7 @@ impl Reader {
                 if let Some(b) = buf.first_mut() {
                     *b = b0;
                 }
-                match rest_within {
-                    Some(t) => match tokio::time::timeout(t, r.fill(&mut buf, 1)).await {
-                        Ok(r) => r?,
-                        Err(_) => return Err(TransportError::RecordTimeout(1)),
-                    },
-                    None => r.fill(&mut buf, 1).await?,
-                };
+                rest_of_record(rest_within, 1, r.fill(&mut buf, 1)).await??;
                 Ok(Some(buf))
             }
         }
@@ -191,6 +177,21 @@ impl Reader {
                 while let Ok(true) = r.read_record(&mut scratch).await {}
             }
         }
+    }
+}
+
+/// `read` (the rest of a record whose first `filled` bytes arrived), within `within` if
+/// given: past it, [`TransportError::RecordTimeout`].
+async fn rest_of_record<T>(
+    within: Option<Duration>,
+    filled: usize,
+    read: impl Future<Output = T>,
+) -> Result<T, TransportError> {
+    match within {
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .map_err(|_| TransportError::RecordTimeout(filled)),
+        None => Ok(read.await),
     }
 }
 

@@ -99,11 +99,16 @@ pub(super) fn claim_next(
     Claim::Item(item.id, Box::new(item.action.clone()))
 }
 
-/// Ends an attempt at item `id`: a `done` item leaves the outbox; otherwise it stays for
-/// the next attempt.
+/// Ends an attempt at item `id`: a `done` item leaves the outbox, and its contact's last
+/// failure is over; otherwise it stays for the next attempt.
 pub(super) fn finish(st: &mut State, id: u64, done: bool) {
-    if done {
-        st.outbox.retain(|i| i.id != id);
+    if !done {
+        return;
+    }
+    let contact = st.outbox.iter().find(|i| i.id == id).map(|i| i.contact);
+    st.outbox.retain(|i| i.id != id);
+    if let Some(c) = contact.and_then(|c| st.contact_mut(c)) {
+        c.last_failure = None;
     }
 }
 

@@ -28,7 +28,7 @@ use super::inbound::process;
 use super::net::{self, NetError};
 use super::state::{QueueOwner, RecvQueue, StateError};
 use super::store::ReceiverLock;
-use super::timing::{jittered, millis, next_backoff, now_ms};
+use super::timing::{millis, next_retry, now_ms};
 use super::traffic::{Background, Loops};
 use super::wire;
 use super::{Agent, AgentError};
@@ -302,16 +302,15 @@ impl Agent {
             match self.net.client(&relay).await {
                 Ok(_) => {
                     subs.retry.remove(&text);
-                    if subs.down.remove(&text) | subs.lost.remove(&text) {
+                    if subs.came_back(&text) {
                         let _ = on_event(&Event::Reconnected {
                             relay: relay.host_port(),
                         });
                     }
                 }
                 Err(e) => {
-                    let pause = next_backoff(subs.retry.get(&text).map(|(_, p)| *p));
-                    subs.retry
-                        .insert(text.clone(), (now + jittered(pause), pause));
+                    let retry = next_retry(now, subs.retry.get(&text).map(|(_, p)| *p));
+                    subs.retry.insert(text.clone(), retry);
                     if subs.down.insert(text) {
                         let _ = on_event(&Event::Warning {
                             message: e.to_string(),
@@ -707,7 +706,7 @@ impl Round {
                     subs.live.insert(key, serial);
                 }
                 subs.retry.remove(&relay);
-                if subs.down.remove(&relay) | subs.lost.remove(&relay) {
+                if subs.came_back(&relay) {
                     let _ = on_event(&Event::Reconnected {
                         relay: relay
                             .parse::<RelayAddress>()
@@ -730,9 +729,8 @@ impl Round {
             }
             Err(e) => {
                 self.failed.insert(relay.clone());
-                let pause = next_backoff(subs.retry.get(&relay).map(|(_, p)| *p));
-                subs.retry
-                    .insert(relay.clone(), (self.now + jittered(pause), pause));
+                let retry = next_retry(self.now, subs.retry.get(&relay).map(|(_, p)| *p));
+                subs.retry.insert(relay.clone(), retry);
                 if subs.down.insert(relay) {
                     let _ = on_event(&Event::Warning {
                         message: e.to_string(),
@@ -758,4 +756,12 @@ struct Subscriptions {
     blocked: HashSet<QueueKey>,
     /// Every wanted queue has a live subscription.
     complete: bool,
+}
+
+impl Subscriptions {
+    /// `relay` is connected again: whether it had been reported unreachable or lost (and
+    /// so is to be reported back).
+    fn came_back(&mut self, relay: &str) -> bool {
+        self.down.remove(relay) | self.lost.remove(relay)
+    }
 }

@@ -19,7 +19,7 @@ use super::net::NetError;
 use super::outbox::{Claim, claim_next, enqueue_message, finish};
 use super::state::{self, Action, Failure};
 use super::store::{LockHolder, OutboxLock};
-use super::timing::{jittered, next_backoff, now_ms};
+use super::timing::{next_retry, now_ms};
 use super::wire::{self, MAX_TEXT_LEN, Payload};
 use super::{Agent, AgentError, Event};
 
@@ -131,9 +131,8 @@ impl Agent {
                 Err(AgentError::Busy { .. }) => {}
                 Err(e @ (AgentError::Store(_) | AgentError::State(_))) => return Err(e),
                 Err(e) => {
-                    let pause = next_backoff(self.backoff.get(&c).map(|(_, p)| *p));
-                    self.backoff
-                        .insert(c, (Instant::now() + jittered(pause), pause));
+                    let retry = next_retry(Instant::now(), self.backoff.get(&c).map(|(_, p)| *p));
+                    self.backoff.insert(c, retry);
                     let _ = on_event(&Event::Warning {
                         message: e.to_string(),
                     });
@@ -145,8 +144,8 @@ impl Agent {
 
     /// Does the contact's outbox items in order, under its outbox lock: all of them up to
     /// and including `until` (whether due or not: the person is sending anyway), or, with
-    /// `until = None`, those that are due (`include_not_due` = false) or all. The outcome
-    /// is recorded as the contact's last failure (or clears it).
+    /// `until = None`, those that are due (`include_not_due` = false) or all. A failure is
+    /// recorded as the contact's last one (an item done clears it, in `outbox::finish`).
     ///
     /// If another agent holds the lock: with `until`, waits (within the caller's bound) for
     /// it to have done item `until` or to let go; otherwise returns [`AgentError::Busy`]
@@ -162,15 +161,13 @@ impl Agent {
             return Ok(());
         };
         let result = self.flush_locked(contact, until, include_not_due).await;
-        match &result {
-            Ok(()) => self.store.update(|st| {
-                if let Some(c) = st.contact_mut(contact) {
-                    c.last_failure = None;
-                }
-                Ok::<_, AgentError>(())
-            })?,
-            Err(AgentError::Store(_) | AgentError::State(_) | AgentError::StoppedAfterSend) => {}
-            Err(e) => self.record_failure(contact, e)?,
+        if let Err(e) = &result
+            && !matches!(
+                e,
+                AgentError::Store(_) | AgentError::State(_) | AgentError::StoppedAfterSend
+            )
+        {
+            self.record_failure(contact, e)?;
         }
         result
     }
@@ -209,18 +206,20 @@ impl Agent {
                 Ok(lock) => return Ok(Some(lock)),
                 Err(holder) => holder,
             };
-            let name = self.contact_name(contact);
+            // One read of the profile per look: the contact's name, and whether our item
+            // is still there.
+            let st = self.store.read()?;
+            let name = st
+                .contact(contact)
+                .map_or_else(|| "?".to_owned(), |c| c.name.clone());
             let Some(item) = until else {
                 return Err(AgentError::busy(name, holder));
             };
-            {
-                let st = self.store.read()?;
-                if st.contact(contact).is_none() {
-                    return Err(AgentError::UnknownContact(name));
-                }
-                if !st.outbox.iter().any(|i| i.id == item) {
-                    return Ok(None);
-                }
+            if st.contact(contact).is_none() {
+                return Err(AgentError::UnknownContact(name));
+            }
+            if !st.outbox.iter().any(|i| i.id == item) {
+                return Ok(None);
             }
             // A receiving holder does our item in the same pass (so it is worth waiting
             // for, within half our bound); a sending one lets go when it has done its own

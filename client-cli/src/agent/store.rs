@@ -313,7 +313,7 @@ impl Store {
         me: LockHolder,
     ) -> Result<Result<OutboxLock, LockHolder>, StoreError> {
         use std::io::{Read as _, Seek as _};
-        let path = self.dir.join(format!("outbox-{contact}.lock"));
+        let path = self.outbox_lock_path(contact);
         let mut f = lock_file(&path)?;
         match f.try_lock() {
             Ok(()) => {
@@ -337,7 +337,11 @@ impl Store {
     /// its lock on the unlinked file until it ends, which does no harm: nothing is left to
     /// do for that contact.
     pub fn remove_outbox_lock(&self, contact: u64) {
-        let _ = fs::remove_file(self.dir.join(format!("outbox-{contact}.lock")));
+        let _ = fs::remove_file(self.outbox_lock_path(contact));
+    }
+
+    fn outbox_lock_path(&self, contact: u64) -> PathBuf {
+        self.dir.join(format!("outbox-{contact}.lock"))
     }
 
     fn lock(&self) -> Result<LockGuard, StoreError> {

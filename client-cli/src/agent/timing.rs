@@ -28,9 +28,20 @@ pub(super) fn next_backoff(previous: Option<Duration>) -> Duration {
     previous.map_or(Duration::from_secs(1), |p| (p * 2).min(MAX_BACKOFF))
 }
 
-/// `pause` shortened at random to between half and all of it, so that the clients of a relay
-/// that went away do not all come back at the same instants.
-pub(super) fn jittered(pause: Duration) -> Duration {
+/// After a failure at `now`, following a pause of `previous` (if any): when to try again,
+/// and the pause to remember for the next failure. The pause is [`next_backoff`]'s; the
+/// wait is [`jittered`], so that the clients of a relay that went away do not all come back
+/// at the same instants.
+pub(super) fn next_retry(
+    now: tokio::time::Instant,
+    previous: Option<Duration>,
+) -> (tokio::time::Instant, Duration) {
+    let pause = next_backoff(previous);
+    (now + jittered(pause), pause)
+}
+
+/// `pause` shortened at random to between half and all of it.
+fn jittered(pause: Duration) -> Duration {
     use rand::Rng as _;
     pause.mul_f64(OsRng.gen_range(0.5..=1.0))
 }
