@@ -28,7 +28,8 @@ const LISTENING: &str = "RELAY-LISTENING ";
 
 /// Bound on anything a test waits for (a process to exit, a relay to start, a line to be
 /// printed): a hang fails the test instead of holding CI. Not a performance threshold.
-const HANG_GUARD: Duration = Duration::from_secs(60);
+/// A `listen` notices a killed relay after the QUIC idle timeout (30 s), so it is 120 s.
+const HANG_GUARD: Duration = Duration::from_secs(120);
 
 /// The relay as a child process on a fixed port and data directory.
 struct RelayProcess {

@@ -250,10 +250,11 @@ impl Agent {
                     }
                     Pushed::Closed(_) => {
                         let current = self.net.serial(&t.relay);
+                        let text = t.relay.to_string();
                         if current.is_none() || current == Some(t.serial) {
                             self.net.drop_conn(&t.relay).await;
                             // The next round connects again (and says so).
-                            if subs.lost.insert(t.relay.to_string()) {
+                            if subs.lost.insert(text) {
                                 let _ = on_event(&Event::Warning {
                                     message: format!(
                                         "lost the connection to relay {}; reconnecting",
@@ -261,6 +262,19 @@ impl Agent {
                                     ),
                                 });
                             }
+                        } else if subs.lost.insert(text.clone()) {
+                            // A new connection already took its place (a request or a
+                            // round found this one broken before its end was read here).
+                            let _ = on_event(&Event::Warning {
+                                message: format!(
+                                    "lost the connection to relay {}; reconnecting",
+                                    t.relay.host_port()
+                                ),
+                            });
+                            subs.came_back(&text);
+                            let _ = on_event(&Event::Reconnected {
+                                relay: t.relay.host_port(),
+                            });
                         }
                     }
                 },
